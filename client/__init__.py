@@ -1,0 +1,1 @@
+"""fedsqueeze client: the Flower ClientApp and the model/data task it trains."""

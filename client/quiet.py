@@ -1,0 +1,19 @@
+"""Silence library progress bars and chatter that would drown fedsqueeze's own progress display."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+
+def quiet_libraries() -> None:
+    """Turn off transformers/datasets progress bars and known-noisy warnings (idempotent)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*gguf.*", category=UserWarning)

@@ -1,0 +1,134 @@
+"""Build a task from a TaskSpec: the LoRA-wrapped model, its batching and its class logits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from datasets import Dataset
+from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from transformers import PreTrainedTokenizerBase
+
+from client.task.data import LabelledText, load_files, load_finefoods, load_fortunes, split_heldout
+from client.task.models import load_causal_lm, load_encoder_classifier, load_tokenizer, wrap_with_lora
+from client.task.spec import TaskSpec
+
+PROMPT_PREFIX = "Classify the topic of this quote as one of: {labels}.\nQuote: "
+PROMPT_SUFFIX = "\nTopic:"
+
+
+def load_splits(spec: TaskSpec) -> tuple[LabelledText, LabelledText]:
+    """The (train, held-out) split every party derives identically from the spec."""
+    if spec.dataset == "fortunes":
+        data = load_fortunes(spec.topic_names, per_topic=spec.per_topic)
+    elif spec.dataset == "finefoods":
+        data = load_finefoods()
+    else:
+        data = load_files(spec.dataset)
+    return split_heldout(data, spec.heldout, spec.seed)
+
+
+@dataclass
+class Task:
+    """A LoRA-wrapped model and how to turn texts into class logits with it."""
+
+    spec: TaskSpec
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    label_names: tuple[str, ...]
+    device: torch.device
+    class_logits: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    encode: Callable[[list[str]], dict[str, torch.Tensor]]
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The trainable adapter weights (PEFT state-dict names), detached fp32 copies on CPU."""
+        state = get_peft_model_state_dict(self.model)
+        return {name: tensor.detach().to("cpu", torch.float32).clone() for name, tensor in state.items()}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite the adapter weights; names and shapes must match exactly."""
+        current = get_peft_model_state_dict(self.model)
+        if set(state) != set(current):
+            missing, extra = sorted(set(current) - set(state)), sorted(set(state) - set(current))
+            raise ValueError(f"adapter state mismatch: missing {missing[:3]}, unexpected {extra[:3]}")
+        for name, tensor in state.items():
+            if tuple(tensor.shape) != tuple(current[name].shape):
+                raise ValueError(f"adapter tensor '{name}' has shape {tuple(tensor.shape)}, "
+                                 f"expected {tuple(current[name].shape)}")
+        set_peft_model_state_dict(self.model, state)
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast when the spec asks for it, else a disabled context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.spec.precision == "bf16")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable CUDA request is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' requested but CUDA is not available on this node")
+    return device
+
+
+def _prompt_encoder(tokenizer: PreTrainedTokenizerBase, label_names: tuple[str, ...],
+                    max_length: int) -> Callable[[list[str]], dict[str, torch.Tensor]]:
+    prefix = tokenizer(PROMPT_PREFIX.format(labels=", ".join(label_names)), add_special_tokens=False).input_ids
+    suffix = tokenizer(PROMPT_SUFFIX, add_special_tokens=False).input_ids
+    budget = max(1, max_length - len(prefix) - len(suffix))
+
+    def encode(texts: list[str]) -> dict[str, torch.Tensor]:
+        # Truncate the quote, never the instruction or the "Topic:" cue the label token follows.
+        rows = [prefix + tokenizer(t, add_special_tokens=False).input_ids[:budget] + suffix for t in texts]
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    return encode
+
+
+def _label_token_ids(tokenizer: PreTrainedTokenizerBase, label_names: tuple[str, ...]) -> list[int]:
+    ids = [tokenizer(" " + name, add_special_tokens=False).input_ids[0] for name in label_names]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"labels {label_names} do not start with distinct tokens; rename them")
+    return ids
+
+
+def build_task(spec: TaskSpec, label_names: tuple[str, ...]) -> Task:
+    """Load the base model, add the seeded LoRA adapter and set up batching for ``spec``."""
+    device = resolve_device(spec.device)
+    tokenizer = load_tokenizer(spec.model)
+    if spec.kind == "prompt-classification":
+        model = wrap_with_lora(load_causal_lm(spec.model), spec.lora, seed=spec.seed)
+        encode = _prompt_encoder(tokenizer, label_names, spec.max_length)
+        label_ids = torch.tensor(_label_token_ids(tokenizer, label_names), device=device)
+
+        def class_logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+            return out.logits[:, -1, :].index_select(-1, label_ids).float()
+    else:
+        base = load_encoder_classifier(spec.model, len(label_names), spec.seed)
+        model = wrap_with_lora(base, spec.lora, seed=spec.seed, modules_to_save=["head"])
+
+        def encode(texts: list[str]) -> dict[str, torch.Tensor]:
+            out = tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")
+            return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+        def class_logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+
+    model.to(device)
+    return Task(spec, model, tokenizer, label_names, device, class_logits, encode)
+
+
+def batches(dataset: Dataset, order: list[int], batch_size: int) -> list[tuple[list[str], torch.Tensor]]:
+    """Cut ``dataset`` rows in ``order`` into (texts, labels) batches."""
+    out = []
+    for start in range(0, len(order), batch_size):
+        rows = dataset.select(order[start:start + batch_size])
+        out.append((list(rows["text"]), torch.tensor(rows["label"], dtype=torch.long)))
+    return out

@@ -1,0 +1,129 @@
+"""Load base models and tokenizers, and wrap them with PEFT LoRA adapters."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from client.task.model_sources import ModelSource, dequantised_cache_dir, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA options: rank, scaling alpha, dropout and the module names to adapt."""
+
+    r: int
+    alpha: int
+    dropout: float
+    targets: tuple[str, ...]
+
+
+def _strip_gguf_quantisation(model: nn.Module) -> None:
+    # A GGUF-loaded model keeps a quantizer that refuses save_pretrained; the weights are already fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def _dequantise_to_cache(source: ModelSource) -> Path:
+    """Dequantise a GGUF model once and cache it as an fp32 HF directory (file-locked)."""
+    target = dequantised_cache_dir(source)
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").is_file():
+            return target
+        log.info("dequantising %s once (cached at %s)", source.gguf_file, target)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.directory, gguf_file=source.gguf_file, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
+        _strip_gguf_quantisation(model)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """Tokenizer for a model spec, padding on the left (last-token scoring needs it)."""
+    source = resolve_model(spec)
+    directory = _dequantise_to_cache(source) if source.gguf_file else source.directory
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(spec: str) -> nn.Module:
+    """An fp32 causal LM from a bundled name, a local directory or GGUF file, or a hub id."""
+    source = resolve_model(spec)
+    directory = _dequantise_to_cache(source) if source.gguf_file else source.directory
+    return AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
+
+
+class MeanPoolClassifier(nn.Module):
+    """A text encoder with mean pooling over real tokens and a linear head."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, seed: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        generator = torch.Generator().manual_seed(seed)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+        with torch.no_grad():
+            self.head.weight.normal_(0.0, 0.02, generator=generator)
+            self.head.bias.zero_()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Class logits of shape [batch, num_labels]."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(pooled)
+
+
+def load_encoder_classifier(spec: str, num_labels: int, seed: int) -> MeanPoolClassifier:
+    """A mean-pooling classifier on an HF encoder; the head is seeded so every party builds the same one."""
+    source = resolve_model(spec)
+    if source.gguf_file:
+        raise ValueError(f"model '{spec}' is a GGUF causal LM, not an encoder")
+    encoder = AutoModel.from_pretrained(str(source.directory), dtype=torch.float32)
+    return MeanPoolClassifier(encoder, num_labels, seed)
+
+
+def wrap_with_lora(
+    base: nn.Module, lora: LoraSettings, *, seed: int, modules_to_save: list[str] | None = None
+) -> PeftModel:
+    """Add a fresh LoRA adapter (initialised from ``seed``) to ``base``; only adapter weights train."""
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.targets),
+        modules_to_save=modules_to_save,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return get_peft_model(base, config)
+        except ValueError as exc:
+            raise ValueError(f"cannot add LoRA to target modules {list(lora.targets)}: {exc}") from exc

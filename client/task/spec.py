@@ -1,0 +1,93 @@
+"""TaskSpec: everything a party needs to build the same model, data split and training recipe."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from client.task.models import LoraSettings
+
+TASK_KINDS = ("prompt-classification", "encoder-classification")
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The learning task, sent from the coordinator to every client in each training message.
+
+    kind: ``prompt-classification`` (causal LM scores one label token after a prompt) or
+    ``encoder-classification`` (mean-pooled encoder + linear head).
+    model: bundled model name, local HF directory / GGUF file, or hub id.
+    dataset: ``fortunes``, ``finefoods`` or a path to csv/json/jsonl/parquet files with text and label columns.
+    topics: fortune topic files used as labels (fortunes only). per_topic: cap per topic (0 = all).
+    heldout: examples kept back for the coordinator's evaluation. max_length: tokens per example.
+    lora_*: LoRA rank, alpha, dropout and target modules. seed: seeds adapter init, splits and sampling.
+    precision: ``bf16`` autocast or ``fp32``. device: ``auto``, ``cpu`` or ``cuda[:i]``.
+    partitioner / dirichlet_alpha: how the training set is split across clients.
+    lr / local_steps / batch_size: the local optimiser recipe per round.
+    """
+
+    kind: str
+    model: str
+    dataset: str
+    topics: str
+    per_topic: int
+    heldout: int
+    max_length: int
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_targets: str
+    seed: int
+    precision: str
+    device: str
+    partitioner: str
+    dirichlet_alpha: float
+    lr: float
+    local_steps: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"task kind '{self.kind}' is not one of {', '.join(TASK_KINDS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        for name in ("lora_r", "lora_alpha", "max_length", "heldout", "local_steps", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_targets.strip():
+            raise ValueError("lora-targets must name at least one module")
+
+    @property
+    def lora(self) -> LoraSettings:
+        """The LoRA options as a LoraSettings."""
+        targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, targets)
+
+    @property
+    def topic_names(self) -> tuple[str, ...]:
+        """The fortune topics as a tuple."""
+        return tuple(t.strip() for t in self.topics.split(",") if t.strip())
+
+    def to_record(self) -> dict[str, str | int | float]:
+        """A flat dict of scalars, ready for a Flower ConfigRecord."""
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> TaskSpec:
+        """Rebuild a spec from a ConfigRecord, with a clear error for missing or mistyped keys."""
+        values = {}
+        for field in fields(cls):
+            if field.name not in record:
+                raise ValueError(f"task spec is missing '{field.name}'")
+            value = record[field.name]
+            expected = {"str": str, "int": int, "float": float}[str(field.type)]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise ValueError(f"task spec field '{field.name}' should be {expected.__name__}, got {value!r}")
+            values[field.name] = value
+        return cls(**values)

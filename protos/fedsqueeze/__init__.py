@@ -1,0 +1,1 @@
+"""fedsqueeze wire format, package fedsqueeze.v1."""

@@ -1,0 +1,1 @@
+"""fedsqueeze.v1 messages."""

@@ -1,0 +1,1 @@
+"""fedsqueeze server package."""

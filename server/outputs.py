@@ -1,0 +1,65 @@
+"""What a run leaves in its --out directory: metrics.jsonl, summary.json, adapter/ and plots/."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temporary file and rename it into place, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(handle, "w") as out:
+        json.dump(payload, out, indent=2, sort_keys=True)
+        out.write("\n")
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Appends one JSON line per round to ``metrics.jsonl`` and keeps the rows in memory."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / "metrics.jsonl"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        self.rows: list[dict[str, Any]] = []
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Record one round's metrics and flush it to disk at once."""
+        self.rows.append(row)
+        with self.path.open("a") as out:
+            out.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def plot_metrics(rows: list[dict[str, Any]], metric: str, base_value: float, out_dir: Path) -> list[Path]:
+    """PNG plots of ``metric`` against round and against cumulative bytes sent up; returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir = out_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    rounds = [0] + [row["round"] for row in rows]
+    values = [base_value] + [row[metric] for row in rows]
+    cumulative, total = [0.0], 0.0
+    for row in rows:
+        total += row["bytes_up"]
+        cumulative.append(total / 1e6)
+    paths = []
+    for name, xs, label in (("round", rounds, "round"), ("bytes", cumulative, "MB sent by clients (cumulative)")):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(xs, values, marker="o")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"held-out {metric}")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = plots_dir / f"{metric}_vs_{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

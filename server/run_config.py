@@ -1,0 +1,155 @@
+"""The run config: defaults, presets and validation of every key a user can set.
+
+Defaults mirror ``[tool.flwr.app.config]`` in pyproject.toml (a test keeps them equal). Task keys left at
+"" or 0 take the chosen preset's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.task.presets import PRESETS
+from client.task.spec import TaskSpec
+from strategies.codecs.dense import WIRE_DTYPES
+from strategies.codecs.registry import CODEC_NAMES
+
+DEFAULTS: dict[str, str | int | float | bool] = {
+    "preset": "fortunes",
+    "num-server-rounds": 3,
+    "num-clients": 3,
+    "fraction-train": 1.0,
+    "min-train-clients": 0,
+    "codec": "dense",
+    "dense-dtype": "fp32",
+    "seed": 0,
+    "model": "",
+    "dataset": "",
+    "topics": "",
+    "per-topic": 0,
+    "heldout": 0,
+    "max-length": 0,
+    "lora-r": 0,
+    "lora-alpha": 0,
+    "lora-dropout": 0.0,
+    "lora-targets": "",
+    "lr": 0.0,
+    "local-steps": 0,
+    "batch-size": 0,
+    "precision": "bf16",
+    "device": "auto",
+    "partitioner": "dirichlet",
+    "dirichlet-alpha": 1.0,
+    "round-timeout-s": 3600.0,
+    "wait-for-clients-s": 300.0,
+    "out-dir": "",
+}
+
+# Keys whose "" / 0 default means "the preset decides".
+PRESET_KEYS = ("kind", "model", "dataset", "topics", "per-topic", "heldout", "max-length", "lora-r", "lora-alpha",
+               "lora-targets", "lr", "local-steps", "batch-size")
+
+
+class ConfigError(ValueError):
+    """A run-config key or value that fedsqueeze cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run config: federation settings plus the TaskSpec every client receives."""
+
+    preset: str
+    num_server_rounds: int
+    num_clients: int
+    fraction_train: float
+    min_train_clients: int
+    codec: str
+    dense_dtype: str
+    seed: int
+    round_timeout_s: float
+    wait_for_clients_s: float
+    out_dir: str
+    task: TaskSpec
+
+    def codec_options(self) -> dict[str, str]:
+        """The codec settings clients need, as ConfigRecord entries."""
+        return {"codec": self.codec, "dense-dtype": self.dense_dtype}
+
+    def output_dir(self) -> Path:
+        """Where this run writes its outputs (``out-dir``, else ``runs/<preset>``)."""
+        return Path(self.out_dir).expanduser() if self.out_dir else Path("runs") / self.preset
+
+
+def _typed(key: str, value: object) -> str | int | float | bool:
+    default = DEFAULTS[key]
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value  # type: ignore[arg-type]
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"run-config key '{key}' expects {type(default).__name__}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def resolve(user_config: Mapping[str, object]) -> RunConfig:
+    """Merge ``user_config`` over the defaults and the preset, and validate everything.
+
+    Raises ConfigError naming the first unknown key, mistyped value or out-of-range setting.
+    """
+    unknown = sorted(set(user_config) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run-config key '{unknown[0]}' (known keys: {', '.join(DEFAULTS)})")
+    values = {key: _typed(key, user_config.get(key, default)) for key, default in DEFAULTS.items()}
+    preset_name = str(values["preset"])
+    if preset_name not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset_name}' (choose from {', '.join(PRESETS)})")
+    preset = PRESETS[preset_name]
+    task_values: dict[str, object] = {}
+    for key in PRESET_KEYS:
+        chosen = values.get(key)
+        task_values[key] = preset[key] if chosen in (None, "", 0, 0.0) else chosen
+    for key in ("seed", "lora-dropout", "precision", "device", "partitioner", "dirichlet-alpha"):
+        task_values[key] = values[key]
+    if values["codec"] not in CODEC_NAMES:
+        raise ConfigError(f"unknown codec '{values['codec']}' (choose from {', '.join(CODEC_NAMES)})")
+    if values["dense-dtype"] not in WIRE_DTYPES:
+        raise ConfigError(f"dense-dtype '{values['dense-dtype']}' is not one of {', '.join(WIRE_DTYPES)}")
+    if values["partitioner"] not in ("iid", "dirichlet"):
+        raise ConfigError(f"partitioner '{values['partitioner']}' is not one of iid, dirichlet")
+    if not float(values["dirichlet-alpha"]) > 0:
+        raise ConfigError("dirichlet-alpha must be positive")
+    if int(values["num-server-rounds"]) < 1:
+        raise ConfigError(f"num-server-rounds must be at least 1, got {values['num-server-rounds']}")
+    if int(values["num-clients"]) < 1:
+        raise ConfigError(f"num-clients must be at least 1, got {values['num-clients']}")
+    if not 0.0 < float(values["fraction-train"]) <= 1.0:
+        raise ConfigError(f"fraction-train must be in (0, 1], got {values['fraction-train']}")
+    if not 0 <= int(values["min-train-clients"]) <= int(values["num-clients"]):
+        raise ConfigError("min-train-clients must be between 0 and num-clients")
+    for key in ("round-timeout-s", "wait-for-clients-s"):
+        if not float(values[key]) > 0:
+            raise ConfigError(f"{key} must be positive")
+    try:
+        task = TaskSpec.from_record({k.replace("-", "_"): v for k, v in task_values.items()})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return RunConfig(
+        preset=preset_name,
+        num_server_rounds=int(values["num-server-rounds"]),
+        num_clients=int(values["num-clients"]),
+        fraction_train=float(values["fraction-train"]),
+        min_train_clients=int(values["min-train-clients"]),
+        codec=str(values["codec"]),
+        dense_dtype=str(values["dense-dtype"]),
+        seed=int(values["seed"]),
+        round_timeout_s=float(values["round-timeout-s"]),
+        wait_for_clients_s=float(values["wait-for-clients-s"]),
+        out_dir=str(values["out-dir"]),
+        task=task,
+    )

@@ -1,0 +1,1 @@
+"""In-process experiments: the same ServerApp and ClientApp, many clients, Flower's simulation engine."""

@@ -1,0 +1,81 @@
+"""The ``fedsqueeze`` command: simulate, and launch helpers for a real gRPC deployment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from client.task.data import DataNotFoundError
+from client.task.model_sources import ModelNotFoundError
+from server.logs import configure_logging
+from server.run_config import ConfigError
+from simulations.config_args import parse_run_config
+
+log = logging.getLogger("fedsqueeze")
+USER_ERRORS = (ConfigError, ModelNotFoundError, DataNotFoundError, ValueError, FileNotFoundError)
+
+
+def _quiet_environment() -> None:
+    # Flower phones home unless told not to; nothing here may reach the network.
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from simulations.simulate import simulate
+
+    user_config = parse_run_config(args.run_config)
+    if args.preset:
+        user_config["preset"] = args.preset
+    fail = frozenset(int(p) for p in args.fail_partitions.split(",") if p.strip()) if args.fail_partitions else None
+    summary = simulate(user_config, out_dir=Path(args.out), max_parallel=args.max_parallel,
+                       fail_partitions=fail or frozenset())
+    keys = ("preset", "metric", "metric_base", "metric_final", "bytes_up_total", "bytes_up_dense_equivalent",
+            "clients_failed_total", "wall_s")
+    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    print(f"outputs in {Path(args.out).resolve()}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every ``fedsqueeze`` subcommand."""
+    parser = argparse.ArgumentParser(prog="fedsqueeze", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="run a federation in-process (Flower simulation engine)")
+    sim.add_argument("--out", required=True, help="output directory (metrics.jsonl, summary.json, adapter/, plots/)")
+    sim.add_argument("--preset", default="", help="task preset: fortunes (default) or encoder")
+    sim.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=2 num-clients=4"')
+    sim.add_argument("--max-parallel", type=int, default=0, help="clients training at once (default min(n, 3))")
+    sim.add_argument("--fail-partitions", default="", help="comma-separated partition ids that fail on purpose")
+    sim.set_defaults(func=_cmd_simulate)
+
+    from simulations.deploy_cli import add_deploy_commands
+
+    add_deploy_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line and exit 2, never a traceback."""
+    _quiet_environment()
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except USER_ERRORS as exc:
+        print(f"fedsqueeze: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedsqueeze: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
