@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from datasets import Dataset
@@ -66,6 +66,8 @@ def train(msg: Message, context: Context) -> Message:
     round_id = int(config["round"])
     spec = TaskSpec.from_record({k: v for k, v in config.items() if k in TaskSpec.__dataclass_fields__})
     partition_id, num_partitions = _node_partition(context)
+    if context.node_config.get("device"):
+        spec = replace(spec, device=str(context.node_config["device"]))
     loaded = _load(spec, partition_id, num_partitions)
     received = {k: v.to(torch.float32) for k, v in msg.content[messages.GLOBAL_ADAPTER].to_torch_state_dict().items()}
     loaded.task.load_adapter_state(received)

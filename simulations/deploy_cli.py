@@ -1,7 +1,84 @@
-"""Deployment subcommands (filled in below)."""
+"""``fedsqueeze coordinator | node | submit | certs``: start the real SuperLink/SuperNode processes over gRPC."""
+
+from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from client.launch import supernode_command
+from server.certs import generate_dev_certificates
+from server.launch import submit_command, superlink_command, write_connection
+
+
+def _run(command: list[str], env: dict[str, str] | None = None) -> int:
+    print("+ " + " ".join(command), flush=True)
+    return subprocess.call(command, env=env)
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    paths = generate_dev_certificates(Path(args.dir), tuple(args.host or ("localhost", "127.0.0.1")))
+    for role, path in paths.items():
+        print(f"{role}: {path}")
+    return 0
+
+
+def _cmd_coordinator(args: argparse.Namespace) -> int:
+    certs = None if args.insecure else Path(args.certs)
+    return _run(superlink_command(certs_dir=certs, fleet_address=args.fleet_address, control_host=args.control_host,
+                                  control_port=args.control_port, database=args.database))
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    root = None if args.insecure else Path(args.root_certificates)
+    return _run(supernode_command(superlink=args.superlink, partition_id=args.partition_id,
+                                  num_partitions=args.num_partitions, root_certificates=root,
+                                  clientappio_port=args.clientappio_port, device=args.device))
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    root = None if args.insecure else Path(args.root_certificates)
+    with tempfile.TemporaryDirectory(prefix="fedsqueeze-flwr-") as home:
+        write_connection(Path(home), address=args.superlink, root_certificates=root)
+        env = {**os.environ, "FLWR_HOME": home}
+        return _run(submit_command(args.run_config, stream=not args.no_stream), env=env)
+
+
+def _tls_args(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--insecure", action="store_true", help="no TLS (local trials only)")
+    group.add_argument(flag, help=help_text)
 
 
 def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
-    return None
+    """Register the deployment subcommands on the ``fedsqueeze`` parser."""
+    certs = sub.add_parser("certs", help="make a dev CA and SuperLink certificate for TLS trials")
+    certs.add_argument("dir", help="output directory for ca.crt, server.pem, server.key")
+    certs.add_argument("--host", action="append", default=None, help="host name or IP (repeatable)")
+    certs.set_defaults(func=_cmd_certs, host=None)
+
+    coord = sub.add_parser("coordinator", help="start the SuperLink (Fleet API over gRPC)")
+    _tls_args(coord, "--certs", "directory with ca.crt, server.pem, server.key")
+    coord.add_argument("--fleet-address", default="0.0.0.0:9092", help="gRPC Fleet API address for SuperNodes")
+    coord.add_argument("--control-host", default="127.0.0.1", help="control API host (flwr run connects here)")
+    coord.add_argument("--control-port", type=int, default=8000, help="control API port")
+    coord.add_argument("--database", default=None, help="SuperLink state database file (default: in memory)")
+    coord.set_defaults(func=_cmd_coordinator)
+
+    node = sub.add_parser("node", help="start a client node (SuperNode) that trains its data partition")
+    _tls_args(node, "--root-certificates", "CA certificate that signed the SuperLink's certificate")
+    node.add_argument("--superlink", default="127.0.0.1:9092", help="SuperLink Fleet API address")
+    node.add_argument("--partition-id", type=int, required=True)
+    node.add_argument("--num-partitions", type=int, required=True)
+    node.add_argument("--clientappio-port", type=int, default=9094, help="local port, unique per node on a host")
+    node.add_argument("--device", default="", help="cpu, cuda or cuda:N for this node (default: the run's)")
+    node.set_defaults(func=_cmd_node)
+
+    submit = sub.add_parser("submit", help="submit a fedsqueeze run to a running SuperLink (flwr run)")
+    _tls_args(submit, "--root-certificates", "CA certificate that signed the SuperLink's certificate")
+    submit.add_argument("--superlink", default="127.0.0.1:8000", help="SuperLink control API address")
+    submit.add_argument("--run-config", default="", help="overrides in TOML form: \"preset='encoder' num-clients=2\"")
+    submit.add_argument("--no-stream", action="store_true", help="return once submitted instead of streaming logs")
+    submit.set_defaults(func=_cmd_submit)

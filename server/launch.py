@@ -1,0 +1,59 @@
+"""Launch helpers for the coordinator side of a deployment: the SuperLink and run submission."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY
+
+APP_DIR = Path(__file__).resolve().parents[1]
+CONNECTION_NAME = "fedsqueeze"
+
+
+def superlink_command(*, certs_dir: Path | None, fleet_address: str = "0.0.0.0:9092",
+                      control_host: str = "127.0.0.1", control_port: int = 8000,
+                      database: str | None = None) -> list[str]:
+    """The ``flower-superlink`` command line: TLS from ``certs_dir`` (ca.crt, server.pem, server.key) or insecure.
+
+    Runtime dependency installation stays off: the coordinator's environment already has fedsqueeze.
+    """
+    command = ["flower-superlink", "--fleet-api-address", fleet_address, "--host", control_host,
+               "--port", str(control_port), "--disable-runtime-dependency-installation"]
+    if certs_dir is None:
+        command.append("--insecure")
+    else:
+        for name in (CA_CERT, SERVER_CERT, SERVER_KEY):
+            if not (certs_dir / name).is_file():
+                raise FileNotFoundError(f"TLS file {certs_dir / name} is missing "
+                                        "(make a dev set with: fedsqueeze certs DIR)")
+        command += ["--ssl-ca-certfile", str(certs_dir / CA_CERT), "--ssl-certfile", str(certs_dir / SERVER_CERT),
+                    "--ssl-keyfile", str(certs_dir / SERVER_KEY)]
+    if database:
+        command += ["--database", database]
+    return command
+
+
+def write_connection(flwr_home: Path, *, address: str, root_certificates: Path | None) -> Path:
+    """Write a Flower config naming the SuperLink's control API as connection ``fedsqueeze``."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{CONNECTION_NAME}"', "", f"[superlink.{CONNECTION_NAME}]",
+             f'address = "{address}"']
+    if root_certificates is None:
+        lines.append("insecure = true")
+    else:
+        if not root_certificates.is_file():
+            raise FileNotFoundError(f"root certificate {root_certificates} is missing")
+        lines.append(f'root-certificates = "{root_certificates.resolve()}"')
+    path = flwr_home / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def submit_command(run_config: str, *, app_dir: Path = APP_DIR, stream: bool = True) -> list[str]:
+    """The ``flwr run`` command that submits this app to the connection written by write_connection."""
+    command = ["flwr", "run", str(app_dir), CONNECTION_NAME]
+    if run_config:
+        command += ["--run-config", run_config]
+    if stream:
+        command.append("--stream")
+    return command
