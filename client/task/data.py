@@ -100,7 +100,8 @@ def load_files(path: str, text_column: str = "text", label_column: str = "label"
         names = tuple(feature.names)
     else:
         names = tuple(sorted({str(v) for v in dataset["label"]}))
-        dataset = dataset.map(lambda row: {"label": names.index(str(row["label"]))})
+        ids = [names.index(str(v)) for v in dataset["label"]]
+        dataset = dataset.remove_columns("label").add_column("label", ids)
     return LabelledText(dataset.select_columns(["text", "label"]), names)
 
 

@@ -1,0 +1,46 @@
+"""Run config: pyproject defaults, presets, overrides and clear errors."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from server.run_config import DEFAULTS, ConfigError, resolve
+from simulations.config_args import parse_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_app_config_equals_code_defaults() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == DEFAULTS
+
+
+def test_preset_values_fill_unset_task_keys_and_overrides_win() -> None:
+    cfg = resolve({"preset": "encoder"})
+    assert cfg.task.model == "all-minilm-l6-v2" and cfg.task.lr == pytest.approx(3e-3)
+    cfg = resolve({"preset": "encoder", "lr": 1e-4, "num-clients": 5})
+    assert cfg.task.lr == pytest.approx(1e-4) and cfg.num_clients == 5
+    assert resolve({}).task.model == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"learning-rate": 0.1}, "unknown run-config key 'learning-rate'"),
+    ({"preset": "nope"}, "unknown preset 'nope'"),
+    ({"num-clients": "three"}, "'num-clients' expects int"),
+    ({"num-server-rounds": 0}, "num-server-rounds must be at least 1"),
+    ({"codec": "zip"}, "unknown codec 'zip'"),
+    ({"fraction-train": 1.5}, "fraction-train"),
+    ({"precision": "int4"}, "precision 'int4'"),
+    ({"lr": -1.0}, "lr must be positive"),
+])
+def test_bad_config_is_named(config: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve(config)
+
+
+def test_run_config_parsing_accepts_bare_and_quoted_strings() -> None:
+    parsed = parse_run_config("num-clients=4 codec=dense model='a b' lr=1e-3 flag=true")
+    assert parsed == {"num-clients": 4, "codec": "dense", "model": "a b", "lr": 1e-3, "flag": True}
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_run_config("num-clients")

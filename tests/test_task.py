@@ -1,0 +1,60 @@
+"""The real task on the bundled MiniLM encoder: deterministic training, adapter round trips, model sources."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from client.task.build import build_task, load_splits
+from client.task.loop import evaluate, train_locally
+from client.task.model_sources import ModelNotFoundError, resolve_model
+from client.task.models import load_causal_lm
+from server.run_config import resolve
+
+
+@pytest.fixture(scope="module")
+def encoder_spec():
+    return resolve({"preset": "encoder", "precision": "fp32"}).task
+
+
+def test_training_is_deterministic_and_moves_only_the_adapter(encoder_spec) -> None:
+    train, heldout = load_splits(encoder_spec)
+    task = build_task(encoder_spec, train.label_names)
+    start = task.adapter_state()
+    frozen_before = task.model.base_model.model.encoder.embeddings.word_embeddings.weight.clone()
+    small = train.dataset.select(range(64))
+    first = train_locally(task, small, steps=2, batch_size=8, lr=1e-3, seed=5)
+    after_first = task.adapter_state()
+    task.load_adapter_state(start)
+    second = train_locally(task, small, steps=2, batch_size=8, lr=1e-3, seed=5)
+    after_second = task.adapter_state()
+    assert first == second
+    assert all(torch.equal(after_first[k], after_second[k]) for k in start)
+    assert any(not torch.equal(after_first[k], start[k]) for k in start)
+    assert any("head" in k for k in start), "the classification head must travel with the adapter"
+    assert torch.equal(frozen_before, task.model.base_model.model.encoder.embeddings.word_embeddings.weight)
+    result = evaluate(task, heldout.dataset.select(range(32)))
+    assert result.num_examples == 32 and 0.0 <= result.accuracy <= 1.0
+
+
+def test_adapter_state_refuses_wrong_names_and_shapes(encoder_spec) -> None:
+    train, _ = load_splits(encoder_spec)
+    task = build_task(encoder_spec, train.label_names)
+    state = task.adapter_state()
+    name = next(iter(state))
+    with pytest.raises(ValueError, match="mismatch"):
+        task.load_adapter_state({k: v for k, v in state.items() if k != name})
+    with pytest.raises(ValueError, match="has shape"):
+        task.load_adapter_state({**state, name: torch.zeros(1)})
+
+
+def test_model_sources(tmp_path: Path) -> None:
+    assert resolve_model("all-minilm-l6-v2").directory.is_dir()
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        resolve_model(str(tmp_path / "no-such-model"))
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    model = load_causal_lm(str(tmp_path / "tiny"))
+    assert model.config.hidden_size == 16
