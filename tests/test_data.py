@@ -41,5 +41,5 @@ def test_split_and_partitions_are_disjoint_and_deterministic(tmp_path: Path) -> 
     assert train.dataset["text"] == again.dataset["text"]
     parts = [client_partition(train.dataset, i, 3, kind="iid", alpha=1.0, seed=0)["text"] for i in range(3)]
     assert sum(len(p) for p in parts) == 30 and not set(parts[0]) & set(parts[1])
-    with pytest.raises(ValueError, match="outside 0..2"):
+    with pytest.raises(ValueError, match=r"outside 0\.\.2"):
         client_partition(train.dataset, 3, 3, kind="iid", alpha=1.0, seed=0)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from protos.fedsqueeze.v1 import update_pb2
-from strategies.codecs import UpdateRejected
-from strategies.codecs import dense
+from strategies.codecs import UpdateRejected, dense
 
 UPDATE = {"a.lora_A.weight": torch.tensor([[1.0, -2.0, 0.5]]), "a.lora_B.weight": torch.tensor([[0.25], [-0.125]])}
 LAYOUT = {"a.lora_A.weight": (1, 3), "a.lora_B.weight": (2, 1)}

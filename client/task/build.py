@@ -38,8 +38,12 @@ class Task:
     tokenizer: PreTrainedTokenizerBase
     label_names: tuple[str, ...]
     device: torch.device
-    class_logits: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+    class_logits: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
     encode: Callable[[list[str]], dict[str, torch.Tensor]]
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class logits [batch, num_labels] in fp32 from the current ``model``."""
+        return self.class_logits(self.model, batch)
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The trainable adapter weights (PEFT state-dict names), detached fp32 copies on CPU."""
@@ -107,7 +111,7 @@ def build_task(spec: TaskSpec, label_names: tuple[str, ...]) -> Task:
         encode = _prompt_encoder(tokenizer, label_names, spec.max_length)
         label_ids = torch.tensor(_label_token_ids(tokenizer, label_names), device=device)
 
-        def class_logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        def class_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
             return out.logits[:, -1, :].index_select(-1, label_ids).float()
     else:
@@ -118,7 +122,7 @@ def build_task(spec: TaskSpec, label_names: tuple[str, ...]) -> Task:
             out = tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")
             return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
-        def class_logits(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        def class_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
 
     model.to(device)

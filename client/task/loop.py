@@ -53,7 +53,7 @@ def train_locally(task: Task, dataset: Dataset, *, steps: int, batch_size: int, 
     for texts, labels in batches(dataset, order, batch_size):
         batch = {k: v.to(task.device) for k, v in task.encode(texts).items()}
         with task.autocast():
-            logits = task.class_logits(batch)
+            logits = task.logits(batch)
         loss = functional.cross_entropy(logits.float(), labels.to(task.device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {len(losses) + 1}")
@@ -73,7 +73,7 @@ def evaluate(task: Task, dataset: Dataset, *, batch_size: int = 16) -> EvalResul
     for texts, labels in batches(dataset, list(range(len(dataset))), batch_size):
         batch = {k: v.to(task.device) for k, v in task.encode(texts).items()}
         with task.autocast():
-            logits = task.class_logits(batch).float().cpu()
+            logits = task.logits(batch).float().cpu()
         total_loss += functional.cross_entropy(logits, labels, reduction="sum").item()
         correct += int((logits.argmax(-1) == labels).sum())
     count = len(dataset)
