@@ -142,6 +142,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             if applied:
                 delta = weighted_mean(outcome.updates, outcome.weights)
                 global_adapter = apply_update(global_adapter, delta)
+            round_s = time.perf_counter() - round_started
+            if applied:
                 current = _evaluate(task, heldout.dataset, global_adapter)
             else:
                 log.warning("round %d skipped: %d usable updates, %d needed; global adapter unchanged",
@@ -162,7 +164,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 "bytes_up": outcome.bytes_up,
                 "bytes_up_per_client": outcome.bytes_up / len(outcome.updates) if outcome.updates else 0,
                 "bytes_down": dense_bytes_per_client * len(sampled),
-                "round_s": time.perf_counter() - round_started,
+                "round_s": round_s,
+                "eval_s": time.perf_counter() - round_started - round_s,
             }
             metrics_log.append(row)
             progress.round_done(round_id, f"{METRIC} {current[METRIC]:.3f}, {len(outcome.updates)}/{len(sampled)} "
