@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from server.launch import submit_command, superlink_command, write_connection
 
 
 def _run(command: list[str], env: dict[str, str] | None = None) -> int:
+    # Flower's processes start each other by name (flwr-serverapp, flwr-clientapp): put this env's bin first.
+    env = dict(env or os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     print("+ " + " ".join(command), flush=True)
     return subprocess.call(command, env=env)
 

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 def test_two_supernodes_train_the_encoder_preset_over_grpc_with_tls(tmp_path: Path) -> None:
     certs = generate_dev_certificates(tmp_path / "certs")
     fleet_port, control_port = _free_port(), _free_port()
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FEDSQUEEZE_CLIENT_THREADS": "1",
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "FLWR_HOME": str(tmp_path / "flwr-home"), "FEDSQUEEZE_CLIENT_THREADS": "1",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0"}
     logs = tmp_path / "logs"
     logs.mkdir()
