@@ -1,12 +1,14 @@
 """Dense codec: exact round trips, byte counts a reader can check, and clean rejections."""
 
 import math
+import zlib
 
 import pytest
 import torch
 
 from protos.fedsqueeze.v1 import update_pb2
 from strategies.codecs import UpdateRejected, dense
+from strategies.codecs.envelope import seal
 
 UPDATE = {"a.lora_A.weight": torch.tensor([[1.0, -2.0, 0.5]]), "a.lora_B.weight": torch.tensor([[0.25], [-0.125]])}
 LAYOUT = {"a.lora_A.weight": (1, 3), "a.lora_B.weight": (2, 1)}
@@ -45,11 +47,13 @@ def _tampered(**changes: object) -> bytes:
     message = update_pb2.EncodedUpdate.FromString(dense.encode(UPDATE, round_id=3))
     for key, value in changes.items():
         setattr(message, key, value)
-    return message.SerializeToString()
+    return seal(message)
 
 
 @pytest.mark.parametrize(("payload", "reason"), [
-    (b"\xff\xff\xff", "not a fedsqueeze.v1.EncodedUpdate"),
+    (b"\xff\xff\xff", "truncated or unsealed"),
+    (b"\xff\xff\xff\x45" + (0).to_bytes(4, "little"), "checksum mismatch"),
+    (b"\xff\x45" + zlib.crc32(b"\xff").to_bytes(4, "little"), "not a fedsqueeze.v1.EncodedUpdate"),
     (_tampered(codec="compeft"), "codec 'compeft'"),
     (_tampered(codec_version=9), "codec version 9"),
     (_tampered(format_version=2), "wire format version 2"),
@@ -69,14 +73,14 @@ def test_decoder_rejects_layout_data_and_value_problems() -> None:
     message = update_pb2.EncodedUpdate.FromString(good)
     message.tensors[0].data = message.tensors[0].data[:-1]
     with pytest.raises(UpdateRejected, match="carries 11 bytes, expected 12"):
-        dense.decode(message.SerializeToString())
+        dense.decode(seal(message))
     message = update_pb2.EncodedUpdate.FromString(good)
     message.tensors[0].data = torch.tensor([math.inf, 0.0, 0.0]).numpy().tobytes()
     with pytest.raises(UpdateRejected, match="NaN or Inf"):
-        dense.decode(message.SerializeToString())
+        dense.decode(seal(message))
     message = update_pb2.EncodedUpdate.FromString(good)
     message.tensors.add(name="a.lora_A.weight", shape=[1], dtype="float32", data=b"\0" * 4)
     with pytest.raises(UpdateRejected, match="more than once"):
-        dense.decode(message.SerializeToString())
+        dense.decode(seal(message))
     with pytest.raises(UpdateRejected, match="exceeds the limit"):
         dense.decode(good, max_bytes=10)

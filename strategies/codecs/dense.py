@@ -7,7 +7,7 @@ import math
 import torch
 
 from protos.fedsqueeze.v1 import update_pb2
-from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, FORMAT_VERSION, Layout, parse_envelope
+from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, FORMAT_VERSION, Layout, parse_envelope, seal
 from strategies.codecs.errors import UpdateRejected
 
 CODEC = "dense"
@@ -34,7 +34,7 @@ def encode(update: dict[str, torch.Tensor], *, dtype: str = "fp32", round_id: in
         raw = values.view(torch.uint8) if values.numel() else values
         message.tensors.add(name=name, shape=list(values.shape), dtype=_WIRE_NAMES[wire_dtype],
                             data=raw.numpy().tobytes())
-    return message.SerializeToString()
+    return seal(message)
 
 
 def decode(payload: bytes, *, expected_round: int | None = None, expected_layout: Layout | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 from google.protobuf.message import DecodeError
 
@@ -12,7 +13,55 @@ from strategies.codecs.errors import UpdateRejected
 FORMAT_VERSION = 1
 DEFAULT_MAX_PAYLOAD_BYTES = 2**31 - 1
 
+MAX_NAME_CHARS = 4096
+_CHECKSUM_TAG = bytes([(8 << 3) | 5])  # field 8, wire type fixed32
 Layout = dict[str, tuple[int, ...]]
+
+
+def seal(message: update_pb2.EncodedUpdate) -> bytes:
+    """Serialise ``message`` and append its CRC-32 as the final field (see update.proto, ``checksum``)."""
+    message.ClearField("checksum")
+    body = message.SerializeToString()
+    return body + _CHECKSUM_TAG + zlib.crc32(body).to_bytes(4, "little")
+
+
+def _check_seal(payload: bytes) -> None:
+    if len(payload) < 5 or payload[-5:-4] != _CHECKSUM_TAG:
+        raise UpdateRejected("update payload is truncated or unsealed (no trailing checksum)")
+    if zlib.crc32(payload[:-5]) != int.from_bytes(payload[-4:], "little"):
+        raise UpdateRejected("update payload is corrupted (checksum mismatch)")
+
+
+def pack_tensor_names(message: update_pb2.EncodedUpdate, names: list[str]) -> None:
+    """Move the entries' names into one zlib-compressed table (saves kilobytes on PEFT names)."""
+    if len(names) != len(message.tensors):
+        raise ValueError(f"{len(names)} names for {len(message.tensors)} tensors")
+    if any("\n" in name for name in names):
+        raise ValueError("tensor names may not contain a newline")
+    for entry in message.tensors:
+        entry.name = ""
+    message.tensor_names_zlib = zlib.compress("\n".join(names).encode(), level=9)
+
+
+def _unpack_tensor_names(message: update_pb2.EncodedUpdate) -> None:
+    if any(entry.name for entry in message.tensors):
+        raise UpdateRejected("update has both a name table and named entries")
+    limit = (MAX_NAME_CHARS + 1) * max(1, len(message.tensors))
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(message.tensor_names_zlib, limit)
+    except zlib.error as exc:
+        raise UpdateRejected(f"tensor name table is not a zlib stream: {exc}") from exc
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise UpdateRejected("tensor name table is truncated or longer than its tensors allow")
+    try:
+        names = raw.decode().split("\n") if message.tensors else []
+    except UnicodeDecodeError as exc:
+        raise UpdateRejected("tensor name table is not UTF-8") from exc
+    if len(names) != len(message.tensors):
+        raise UpdateRejected(f"tensor name table lists {len(names)} names for {len(message.tensors)} tensors")
+    for entry, name in zip(message.tensors, names, strict=True):
+        entry.name = name
 
 
 def parse_envelope(payload: bytes, *, codec: str, codec_version: int, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
@@ -23,6 +72,7 @@ def parse_envelope(payload: bytes, *, codec: str, codec_version: int, max_bytes:
         raise UpdateRejected(f"update payload must be bytes, got {type(payload).__name__}")
     if len(payload) > max_bytes:
         raise UpdateRejected(f"update payload of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    _check_seal(payload)
     message = update_pb2.EncodedUpdate()
     try:
         message.ParseFromString(bytes(payload))
@@ -36,7 +86,11 @@ def parse_envelope(payload: bytes, *, codec: str, codec_version: int, max_bytes:
         raise UpdateRejected(f"{codec} codec version {message.codec_version} is not supported ({codec_version})")
     if expected_round is not None and message.round != expected_round:
         raise UpdateRejected(f"update answers round {message.round}, but this is round {expected_round}")
+    if message.tensor_names_zlib:
+        _unpack_tensor_names(message)
     names = [entry.name for entry in message.tensors]
+    if any(not name or len(name) > MAX_NAME_CHARS for name in names):
+        raise UpdateRejected(f"update has an empty tensor name or one longer than {MAX_NAME_CHARS} characters")
     if len(set(names)) != len(names):
         raise UpdateRejected("update names a tensor more than once")
     for entry in message.tensors:

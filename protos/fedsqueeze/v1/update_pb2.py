@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64squeeze/v1/update.proto\x12\rfedsqueeze.v1\"G\n\x0bTensorEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x9f\x01\n\rEncodedUpdate\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x15\n\rcodec_version\x18\x03 \x01(\r\x12\r\n\x05round\x18\x04 \x01(\x04\x12+\n\x07tensors\x18\x05 \x03(\x0b\x32\x1a.fedsqueeze.v1.TensorEntry\x12\x14\n\x0c\x63odec_header\x18\x06 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64squeeze/v1/update.proto\x12\rfedsqueeze.v1\"G\n\x0bTensorEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xcc\x01\n\rEncodedUpdate\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x15\n\rcodec_version\x18\x03 \x01(\r\x12\r\n\x05round\x18\x04 \x01(\x04\x12+\n\x07tensors\x18\x05 \x03(\x0b\x32\x1a.fedsqueeze.v1.TensorEntry\x12\x14\n\x0c\x63odec_header\x18\x06 \x01(\x0c\x12\x19\n\x11tensor_names_zlib\x18\x07 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x08 \x01(\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSORENTRY']._serialized_start=45
   _globals['_TENSORENTRY']._serialized_end=116
   _globals['_ENCODEDUPDATE']._serialized_start=119
-  _globals['_ENCODEDUPDATE']._serialized_end=278
+  _globals['_ENCODEDUPDATE']._serialized_end=323
 # @@protoc_insertion_point(module_scope)

@@ -19,17 +19,21 @@ class TensorEntry(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class EncodedUpdate(_message.Message):
-    __slots__ = ("format_version", "codec", "codec_version", "round", "tensors", "codec_header")
+    __slots__ = ("format_version", "codec", "codec_version", "round", "tensors", "codec_header", "tensor_names_zlib", "checksum")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     CODEC_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     CODEC_HEADER_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_NAMES_ZLIB_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     codec: str
     codec_version: int
     round: int
     tensors: _containers.RepeatedCompositeFieldContainer[TensorEntry]
     codec_header: bytes
-    def __init__(self, format_version: _Optional[int] = ..., codec: _Optional[str] = ..., codec_version: _Optional[int] = ..., round: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorEntry, _Mapping]]] = ..., codec_header: _Optional[bytes] = ...) -> None: ...
+    tensor_names_zlib: bytes
+    checksum: int
+    def __init__(self, format_version: _Optional[int] = ..., codec: _Optional[str] = ..., codec_version: _Optional[int] = ..., round: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorEntry, _Mapping]]] = ..., codec_header: _Optional[bytes] = ..., tensor_names_zlib: _Optional[bytes] = ..., checksum: _Optional[int] = ...) -> None: ...

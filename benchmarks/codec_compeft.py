@@ -1,0 +1,105 @@
+"""ComPEFT codec on LoRA-like deltas: bytes against fp32 and the entropy bound, speed against a numpy copy.
+
+Prints JSON. For each size (default 10M and 100M entries) it builds a delta shaped like LoRA A/B matrices of a
+large model (rank 16, width 4096, heavy-tailed Laplace entries with a per-tensor scale), and for each density
+encodes and decodes it ``--repeats`` times on one thread. In the same run, and interleaved with those, it times
+``numpy.copy`` of an array of the same size (the memory-bandwidth floor), so speed is reported as a ratio of
+medians. Usage: python benchmarks/codec_compeft.py [--sizes 10000000 100000000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from strategies.codecs import compeft
+
+DENSITIES = (0.01, 0.05, 0.1, 0.2)
+
+
+def lora_like_delta(entries: int, *, rank: int = 16, width: int = 4096, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A dict of LoRA A (rank x width) and B (width x rank) deltas with about ``entries`` entries in all."""
+    rng = np.random.default_rng(seed)
+    per_module = 2 * rank * width
+    modules = max(1, round(entries / per_module))
+    delta: dict[str, torch.Tensor] = {}
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj")
+    for index in range(modules):
+        layer, projection = divmod(index, len(projections))
+        prefix = f"base_model.model.model.layers.{layer}.self_attn.{projections[projection]}"
+        for part, shape in (("lora_A", (rank, width)), ("lora_B", (width, rank))):
+            scale = np.float32(1e-3 * rng.uniform(0.8, 1.25))
+            values = rng.laplace(size=shape).astype(np.float32) * scale
+            delta[f"{prefix}.{part}.weight"] = torch.from_numpy(values)
+    return delta
+
+
+def _timed(function, *args, **kwargs) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = function(*args, **kwargs)
+    return time.perf_counter() - started, result
+
+
+def measure(entries: int, repeats: int) -> list[dict[str, object]]:
+    """Figures for one delta size at every density."""
+    delta = lora_like_delta(entries)
+    total = sum(t.numel() for t in delta.values())
+    flat = np.concatenate([t.numpy().reshape(-1) for t in delta.values()])
+    rows = []
+    for density in DENSITIES:
+        encode_s, decode_s, copy_s = [], [], []
+        payload = b""
+        for _ in range(repeats):
+            seconds, _copy = _timed(np.copy, flat)
+            copy_s.append(seconds)
+            del _copy
+            seconds, payload = _timed(compeft.encode, delta, density=density)
+            encode_s.append(seconds)
+            seconds, decoded = _timed(compeft.decode, payload)
+            decode_s.append(seconds)
+            del decoded
+        report = compeft.size_report(payload)
+        copy_median = statistics.median(copy_s)
+        rows.append({
+            "entries": total,
+            "tensors": len(delta),
+            "density": density,
+            **report.as_dict(),
+            "encode_s": statistics.median(encode_s),
+            "decode_s": statistics.median(decode_s),
+            "numpy_copy_s": copy_median,
+            "encode_plus_decode_over_copy": (statistics.median(encode_s) + statistics.median(decode_s)) / copy_median,
+        })
+    return rows
+
+
+def main() -> None:
+    """Run every size and density and print one JSON document."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000_000, 100_000_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = [row for size in args.sizes for row in measure(size, args.repeats)]
+    at_005 = [r for r in results if r["density"] == 0.05]
+    print(json.dumps({
+        "benchmark": "codec_compeft",
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": 1},
+        "repeats": args.repeats,
+        "results": results,
+        "targets": {
+            "max_ratio_to_entropy_bound": max(r["ratio_to_bound"] for r in results),
+            "min_compression_ratio_at_density_0.05": min(r["compression_ratio"] for r in at_005) if at_005 else None,
+            "max_encode_plus_decode_over_copy": max(r["encode_plus_decode_over_copy"] for r in results),
+        },
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

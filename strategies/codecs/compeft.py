@@ -1,0 +1,306 @@
+"""The ComPEFT codec: keep the largest-magnitude fraction of a delta, send each kept entry as ``alpha * sign``.
+
+Semantics (Yadav et al., ComPEFT): with ``k = density``, keep the ``round(k * d)`` entries of largest magnitude
+(ties: earlier tensor, then lower flat index; zeros are never kept), and replace each by ``alpha * sign(entry)``
+with ``alpha = alpha_scale * std(delta)``, the unbiased std over the whole delta (``scope="global"``) or over each
+tensor (``scope="tensor"``), taken before sparsification. Every other entry decodes to zero. Values are read as
+fp32 (bf16/fp16 exactly; fp64 rounded); a one-entry tensor in tensor scope, whose std is undefined, uses its own
+magnitude.
+
+Wire: an EncodedUpdate (protos/fedsqueeze/v1/update.proto) whose codec_header is a CompeftHeader and whose tensor
+entries each carry a CompeftTensor (protos/fedsqueeze/v1/compeft.proto): positions Golomb–Rice coded or a bitmap,
+signs one bit each, alpha fp32. Tensors are processed one at a time, in chunks, with numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from google.protobuf.message import DecodeError
+
+from protos.fedsqueeze.v1 import compeft_pb2, update_pb2
+from strategies.codecs import magnitude_select as ms
+from strategies.codecs.envelope import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    FORMAT_VERSION,
+    Layout,
+    pack_tensor_names,
+    parse_envelope,
+    seal,
+)
+from strategies.codecs.errors import UpdateRejected
+from strategies.codecs.position_coding import (
+    BITMAP,
+    RICE,
+    CodedPositions,
+    binary_entropy,
+    decode_positions,
+    encode_positions,
+)
+
+CODEC = "compeft"
+CODEC_VERSION = 1
+SCOPES = ("global", "tensor")
+DEFAULT_MAX_ENTRIES = 1 << 33
+CHUNK_ENTRIES = 1 << 22
+_DTYPE_NAMES = {torch.float32: "", torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}
+_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()} | {"float32": torch.float32}
+_CODINGS = {BITMAP: compeft_pb2.CompeftTensor.POSITION_CODING_BITMAP,
+            RICE: compeft_pb2.CompeftTensor.POSITION_CODING_RICE_GAPS}
+_SCOPES = {"global": compeft_pb2.CompeftHeader.SCOPE_GLOBAL, "tensor": compeft_pb2.CompeftHeader.SCOPE_TENSOR}
+
+
+def check_options(density: float, alpha_scale: float, scope: str) -> None:
+    """Raise ValueError naming the first ComPEFT option that is out of range."""
+    if isinstance(density, bool) or not isinstance(density, int | float) or not 0.0 < density <= 1.0:
+        raise ValueError(f"compeft density must be in (0, 1], got {density!r}")
+    if isinstance(alpha_scale, bool) or not isinstance(alpha_scale, int | float) or not (
+            math.isfinite(alpha_scale) and alpha_scale > 0):
+        raise ValueError(f"compeft alpha_scale must be a positive finite number, got {alpha_scale!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"compeft scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+
+
+def kept_count(density: float, numel: int) -> int:
+    """How many entries a ``density`` keeps out of ``numel``: ``round(density * numel)``, at least 1."""
+    return min(numel, max(1, round(density * numel)))
+
+
+@dataclass
+class _Flat:
+    name: str
+    shape: tuple[int, ...]
+    dtype_name: str
+    values: np.ndarray  # contiguous fp32, flat
+
+    def chunks(self) -> list[tuple[int, np.ndarray]]:
+        return [(start, self.values[start:start + CHUNK_ENTRIES])
+                for start in range(0, self.values.size, CHUNK_ENTRIES)]
+
+
+@dataclass
+class _FirstPass:
+    """Pass-one figures of some entries: count, mean and M2 (combined per chunk, Chan et al.) and a strided
+    sample of non-zero magnitude keys."""
+
+    stride: int
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    sample_size: int = 0
+    samples: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, flat: _Flat, first_offset: int, scratch: np.ndarray) -> None:
+        for start, chunk in flat.chunks():
+            as64 = scratch[:chunk.size]
+            np.copyto(as64, chunk)
+            total, squares = float(as64.sum()), float(np.dot(as64, as64))
+            if not (math.isfinite(total) and math.isfinite(squares)):
+                raise ValueError(f"tensor '{flat.name}' has NaN or Inf entries; refusing to encode")
+            n_b = chunk.size
+            mean_b = total / n_b
+            m2_b = max(0.0, squares - total * mean_b)
+            n = self.count + n_b
+            shift = mean_b - self.mean
+            self.mean += shift * n_b / n
+            self.m2 += m2_b + shift * shift * self.count * n_b / n
+            self.count = n
+            sample = ms.magnitude_keys(chunk[(-(first_offset + start)) % self.stride::self.stride])
+            self.sample_size += sample.size
+            self.samples.append(sample[sample != 0])
+
+    def std(self, lone_value: float) -> float:
+        """Unbiased std; for a single entry (undefined) its magnitude ``lone_value``."""
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else abs(lone_value)
+
+
+def _flatten(name: str, tensor: torch.Tensor) -> _Flat:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"update entry '{name}' is a {type(tensor).__name__}, not a tensor")
+    if tensor.dtype not in _DTYPE_NAMES:
+        raise ValueError(f"tensor '{name}' has dtype {tensor.dtype}; compeft takes float32, bfloat16, float16, float64")
+    if tensor.numel() == 0:
+        raise ValueError(f"tensor '{name}' is empty")
+    values = tensor.detach().to("cpu", torch.float32).contiguous().reshape(-1).numpy()
+    return _Flat(name, tuple(tensor.shape), _DTYPE_NAMES[tensor.dtype], values)
+
+
+def _top_k(flats: list[_Flat], density: float, scratch: np.ndarray) -> tuple[list[np.ndarray], float]:
+    """The kept entries of ``flats`` taken together (one tensor in tensor scope, all in global scope), and std."""
+    total = sum(flat.values.size for flat in flats)
+    first = _FirstPass(stride=ms.sample_stride(total))
+    offset = 0
+    for flat in flats:
+        first.add(flat, offset, scratch)
+        offset += flat.values.size
+    k = kept_count(density, total)
+    sample = np.concatenate(first.samples) if len(first.samples) > 1 else first.samples[0]
+    bounds = ms.bounds_from_sample(sample, first.sample_size, k / total)
+    candidates = [ms.Candidates.collect(flat.chunks(), bounds.floor) for flat in flats]
+    if sum(c.keys.size for c in candidates) < k and bounds.floor > ms.SMALLEST_NONZERO_KEY:
+        # The sample misjudged (or there are fewer than k non-zeros): take every non-zero entry.
+        candidates = [ms.Candidates.collect(flat.chunks(), ms.SMALLEST_NONZERO_KEY) for flat in flats]
+    return ms.select_top(candidates, k, bounds.ceiling), first.std(float(flats[0].values[0]))
+
+
+def _tensor_message(flat: _Flat, kept: np.ndarray, alpha: float | None) -> compeft_pb2.CompeftTensor:
+    coded = encode_positions(kept, flat.values.size)
+    message = compeft_pb2.CompeftTensor(coding=_CODINGS[coded.coding], rice_bits=coded.rice_bits,
+                                        positions=coded.positions, remainders=coded.remainders,
+                                        signs=np.packbits(np.signbit(flat.values[kept])).tobytes())
+    if alpha is not None:
+        message.alpha = alpha
+    return message
+
+
+def encode(update: dict[str, torch.Tensor], *, density: float, alpha_scale: float = 1.0, scope: str = "global",
+           round_id: int = 0) -> bytes:
+    """Compress ``update`` ComPEFT-style into EncodedUpdate bytes (see the module docstring for the semantics).
+
+    Raises ValueError for options out of range, an empty update or tensor, an unsupported dtype, or NaN/Inf.
+    """
+    check_options(density, alpha_scale, scope)
+    if not update:
+        raise ValueError("update has no tensors")
+    flats = [_flatten(name, tensor) for name, tensor in update.items()]
+    scratch = np.empty(min(CHUNK_ENTRIES, max(flat.values.size for flat in flats)), dtype=np.float64)
+    header = compeft_pb2.CompeftHeader(scope=_SCOPES[scope], density=float(density))
+    tensors: list[compeft_pb2.CompeftTensor] = []
+    if scope == "global":
+        kept, std = _top_k(flats, density, scratch)
+        header.alpha = alpha_scale * std
+        tensors = [_tensor_message(flat, chosen, alpha=None) for flat, chosen in zip(flats, kept, strict=True)]
+    else:
+        for flat in flats:
+            (chosen,), std = _top_k([flat], density, scratch)
+            tensors.append(_tensor_message(flat, chosen, alpha=alpha_scale * std))
+    message = update_pb2.EncodedUpdate(format_version=FORMAT_VERSION, codec=CODEC, codec_version=CODEC_VERSION,
+                                       round=round_id, codec_header=header.SerializeToString())
+    for flat, tensor in zip(flats, tensors, strict=True):
+        message.tensors.add(name=flat.name, shape=list(flat.shape), dtype=flat.dtype_name,
+                            data=tensor.SerializeToString())
+    pack_tensor_names(message, [flat.name for flat in flats])
+    return seal(message)
+
+
+def _parse_header(message: update_pb2.EncodedUpdate) -> compeft_pb2.CompeftHeader:
+    try:
+        header = compeft_pb2.CompeftHeader.FromString(message.codec_header)
+    except DecodeError as exc:
+        raise UpdateRejected(f"compeft header is malformed: {exc}") from exc
+    if header.scope not in _SCOPES.values():
+        raise UpdateRejected(f"compeft header has an unknown scope {header.scope}")
+    return header
+
+
+def _parse_tensor(entry: update_pb2.TensorEntry) -> tuple[compeft_pb2.CompeftTensor, CodedPositions]:
+    try:
+        tensor = compeft_pb2.CompeftTensor.FromString(entry.data)
+    except DecodeError as exc:
+        raise UpdateRejected(f"tensor '{entry.name}': compeft payload is malformed: {exc}") from exc
+    coding = {code: name for name, code in _CODINGS.items()}.get(tensor.coding)
+    if coding is None:
+        raise UpdateRejected(f"tensor '{entry.name}': unknown position coding {tensor.coding}")
+    return tensor, CodedPositions(coding, tensor.rice_bits, tensor.positions, tensor.remainders)
+
+
+def _checked_alpha(alpha: float, where: str) -> float:
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise UpdateRejected(f"{where}: alpha {alpha} is not a finite non-negative number")
+    return alpha
+
+
+def decode(payload: bytes, *, expected_round: int | None = None, expected_layout: Layout | None = None,
+           max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES
+           ) -> dict[str, torch.Tensor]:
+    """Rebuild the sparse ternary tensors of a compeft payload, in the dtypes they were encoded from.
+
+    Everything is checked before it is trusted (envelope, round, layout, entry budget, positions in range, stream
+    lengths and padding, alpha); anything malformed raises UpdateRejected (a ValueError).
+    """
+    message = parse_envelope(payload, codec=CODEC, codec_version=CODEC_VERSION, max_bytes=max_bytes,
+                             expected_round=expected_round, expected_layout=expected_layout)
+    header = _parse_header(message)
+    total_entries = sum(math.prod(entry.shape) for entry in message.tensors)
+    if total_entries > max_entries:
+        raise UpdateRejected(f"update describes {total_entries} entries, more than the limit of {max_entries}")
+    tensor_scope = header.scope == compeft_pb2.CompeftHeader.SCOPE_TENSOR
+    if not tensor_scope:
+        _checked_alpha(header.alpha, "compeft header")
+    buffer = np.zeros(total_entries, dtype=np.float32)  # one allocation: large pages, views per tensor
+    update: dict[str, torch.Tensor] = {}
+    offset = 0
+    for entry in message.tensors:
+        dtype = _DTYPES.get(entry.dtype)
+        if dtype is None:
+            raise UpdateRejected(f"tensor '{entry.name}' has unsupported dtype '{entry.dtype}'")
+        tensor, coded = _parse_tensor(entry)
+        numel = math.prod(entry.shape)
+        positions = decode_positions(coded, numel, f"tensor '{entry.name}'")
+        if len(tensor.signs) != (positions.size + 7) // 8:
+            raise UpdateRejected(f"tensor '{entry.name}' has {len(tensor.signs)} sign bytes for {positions.size} "
+                                 "kept entries")
+        negative = np.unpackbits(np.frombuffer(tensor.signs, dtype=np.uint8), count=positions.size).view(bool)
+        if positions.size % 8 and tensor.signs[-1] & ((1 << (8 - positions.size % 8)) - 1):
+            raise UpdateRejected(f"tensor '{entry.name}' has non-zero sign padding bits")
+        alpha = np.float32(_checked_alpha(tensor.alpha, f"tensor '{entry.name}'") if tensor_scope else header.alpha)
+        values = buffer[offset:offset + numel]
+        offset += numel
+        values[positions] = np.where(negative, -alpha, alpha)
+        update[entry.name] = torch.from_numpy(values).reshape(tuple(entry.shape)).to(dtype)
+    return update
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    """A compeft payload's size against the fp32 dense size and the entropy bound ``d * (H(k) + k)`` bits."""
+
+    payload_bytes: int
+    entries: int
+    kept: int
+    dense_fp32_bytes: int
+    entropy_bound_bytes: float
+
+    @property
+    def kept_fraction(self) -> float:
+        """The fraction k of entries kept."""
+        return self.kept / self.entries
+
+    @property
+    def compression_ratio(self) -> float:
+        """fp32 dense bytes over payload bytes."""
+        return self.dense_fp32_bytes / self.payload_bytes
+
+    @property
+    def ratio_to_bound(self) -> float:
+        """Payload bytes over the entropy bound (1.0 = at the bound)."""
+        return self.payload_bytes / self.entropy_bound_bytes if self.entropy_bound_bytes else math.inf
+
+    def as_dict(self) -> dict[str, float | int]:
+        """JSON-ready figures."""
+        return {"payload_bytes": self.payload_bytes, "entries": self.entries, "kept": self.kept,
+                "kept_fraction": self.kept_fraction, "dense_fp32_bytes": self.dense_fp32_bytes,
+                "entropy_bound_bytes": self.entropy_bound_bytes, "compression_ratio": self.compression_ratio,
+                "ratio_to_bound": self.ratio_to_bound}
+
+
+def entropy_bound_bits(entries: int, kept: int) -> float:
+    """``d * (H(k) + k)`` bits: positions at their entropy plus one sign bit per kept entry."""
+    fraction = kept / entries
+    return entries * (binary_entropy(fraction) + fraction)
+
+
+def size_report(payload: bytes) -> SizeReport:
+    """Measure a compeft payload: bytes, entries, kept entries, and the entropy bound for that kept fraction."""
+    message = parse_envelope(payload, codec=CODEC, codec_version=CODEC_VERSION)
+    entries = kept = 0
+    for entry in message.tensors:
+        numel = math.prod(entry.shape)
+        _, coded = _parse_tensor(entry)
+        kept += decode_positions(coded, numel, f"tensor '{entry.name}'").size
+        entries += numel
+    return SizeReport(payload_bytes=len(payload), entries=entries, kept=kept, dense_fp32_bytes=4 * entries,
+                      entropy_bound_bytes=entropy_bound_bits(entries, kept) / 8)
