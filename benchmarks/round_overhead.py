@@ -36,7 +36,7 @@ def local_round_s(config: dict) -> float:
     received = task.adapter_state()
     train_locally(task, partition, steps=cfg.task.local_steps, batch_size=cfg.task.batch_size, lr=cfg.task.lr,
                   seed=1)
-    encode_update(cfg.codec, subtract(task.adapter_state(), received), round_id=1, options=cfg.codec_options())
+    encode_update(cfg.uplink, subtract(task.adapter_state(), received), round_id=1)
     return time.perf_counter() - started
 
 

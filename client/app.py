@@ -12,14 +12,15 @@ from datasets import Dataset
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client import messages
+from client import messages, node_state
 from client.quiet import quiet_libraries
 from client.task.build import Task, build_task, load_splits
 from client.task.loop import train_locally
 from client.task.partition import client_partition
 from client.task.spec import TaskSpec
-from strategies.codecs import encode_update
-from strategies.fedavg import subtract
+from strategies import downlink
+from strategies.codecs import CodecSettings, decode_update, encode_update
+from strategies.fedavg import apply_update, subtract
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -55,6 +56,39 @@ def _load(spec: TaskSpec, partition_id: int, num_partitions: int) -> _Loaded:
     return _CACHE[key]
 
 
+def _receive_global(msg: Message, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]]
+                    ) -> tuple[dict[str, torch.Tensor], int]:
+    """Rebuild the global state from the downlink (full, or compressed aggregates applied to the held state)."""
+    message = messages.downlink_from_record(msg.content[messages.DOWNLINK])
+    held, held_version = node_state.load_global(context.state)
+    received = downlink.receive(message, settings.codec, held, held_version, layout=layout)
+    if settings.codec != "dense":
+        node_state.save_global(context.state, received, message.version)
+    else:
+        node_state.drop(context.state, node_state.GLOBAL_STATE, node_state.GLOBAL_VERSION)
+    return received, message.nbytes
+
+
+def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSettings, error_feedback: bool,
+                          context: Context, round_id: int) -> tuple[bytes, float]:
+    """Encode ``delta`` plus the carried residual; keep ``what was meant - what was sent`` for the next round."""
+    if not (error_feedback and settings.lossy):
+        node_state.drop(context.state, node_state.RESIDUAL)
+        return encode_update(settings, delta, round_id=round_id), 0.0
+    residual = node_state.load_tensors(context.state, node_state.RESIDUAL)
+    layout = {name: tuple(t.shape) for name, t in delta.items()}
+    if residual is not None and {n: tuple(t.shape) for n, t in residual.items()} == layout:
+        delta = apply_update(delta, residual)
+    elif residual is not None:
+        log.warning("error-feedback residual does not match the model's tensors; starting a new one")
+    encoded = encode_update(settings, delta, round_id=round_id)
+    sent = decode_update(settings.codec, encoded, expected_round=round_id, expected_layout=layout)
+    residual = subtract(delta, sent)
+    node_state.save_tensors(context.state, node_state.RESIDUAL, residual)
+    norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in residual.values())))
+    return encoded, norm
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global adapter on this node's data and reply with an encoded update."""
@@ -65,26 +99,32 @@ def train(msg: Message, context: Context) -> Message:
     config = dict(msg.content[messages.TRAIN_CONFIG])
     round_id = int(config["round"])
     spec = TaskSpec.from_record({k: v for k, v in config.items() if k in TaskSpec.__dataclass_fields__})
+    uplink = CodecSettings.from_record(config)
+    downlink_settings = CodecSettings.from_record(config, prefix="downlink-")
     partition_id, num_partitions = _node_partition(context)
     if context.node_config.get("device"):
         spec = replace(spec, device=str(context.node_config["device"]))
     loaded = _load(spec, partition_id, num_partitions)
-    received = {k: v.to(torch.float32) for k, v in msg.content[messages.GLOBAL_ADAPTER].to_torch_state_dict().items()}
+    layout = {name: tuple(t.shape) for name, t in loaded.task.adapter_state().items()}
+    received, bytes_down = _receive_global(msg, context, downlink_settings, layout)
     loaded.task.load_adapter_state(received)
     started = time.perf_counter()
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
                            lr=spec.lr, seed=spec.seed * 1_000_003 + round_id * 1009 + partition_id)
     delta = subtract(loaded.task.adapter_state(), received)
-    encoded_update = encode_update(str(config["codec"]), delta, round_id=round_id, options=config)
+    encoded_update, residual_norm = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
+                                                          round_id)
     train_s = time.perf_counter() - started
-    log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up", partition_id, round_id,
-             result.train_loss, result.num_examples, len(encoded_update))
+    log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up, %d bytes down", partition_id, round_id,
+             result.train_loss, result.num_examples, len(encoded_update), bytes_down)
     content = RecordDict({
         messages.UPDATE: ConfigRecord({messages.ENCODED_UPDATE: encoded_update}),
         messages.METRICS: MetricRecord({
             "num-examples": result.num_examples,
             "train-loss": result.train_loss,
             "bytes-up": len(encoded_update),
+            "bytes-down": bytes_down,
+            "residual-norm": residual_norm,
             "train-s": train_s,
             "partition-id": partition_id,
         }),

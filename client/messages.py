@@ -1,7 +1,35 @@
-"""Record names shared by the ClientApp and the ServerApp for what travels in Flower messages."""
+"""Record names shared by the ClientApp and the ServerApp, and the downlink's record layout."""
 
-GLOBAL_ADAPTER = "global-adapter"  # ArrayRecord: the global adapter weights (downlink)
+from __future__ import annotations
+
+from flwr.app import ConfigRecord
+
+from strategies.downlink import DownlinkMessage
+
+DOWNLINK = "downlink"              # ConfigRecord: the global state, full or as compressed aggregates (downlink)
 TRAIN_CONFIG = "train-config"      # ConfigRecord: TaskSpec fields + round + codec options
 UPDATE = "update"                  # ConfigRecord: {"encoded-update": bytes} (uplink)
 ENCODED_UPDATE = "encoded-update"
-METRICS = "metrics"                # MetricRecord: num-examples, train-loss, bytes-up, train-s
+METRICS = "metrics"                # MetricRecord: num-examples, train-loss, bytes-up, bytes-down, train-s
+
+
+def downlink_record(message: DownlinkMessage) -> ConfigRecord:
+    """A DownlinkMessage as a ConfigRecord (payloads stay protobuf bytes)."""
+    return ConfigRecord({"kind": message.kind, "payloads": list(message.payloads),
+                         "base-version": message.base_version, "version": message.version,
+                         "digest": message.digest})
+
+
+def downlink_from_record(record: ConfigRecord) -> DownlinkMessage:
+    """Inverse of ``downlink_record``; raises ValueError naming a missing or mistyped entry."""
+    try:
+        payloads = record["payloads"]
+        if isinstance(payloads, bytes):
+            payloads = [payloads]
+        if not isinstance(payloads, list) or not all(isinstance(p, bytes) for p in payloads):
+            raise ValueError("downlink payloads must be bytes")
+        return DownlinkMessage(kind=str(record["kind"]), payloads=payloads,
+                               base_version=int(record["base-version"]),  # type: ignore[arg-type]
+                               version=int(record["version"]), digest=str(record["digest"]))  # type: ignore[arg-type]
+    except KeyError as exc:
+        raise ValueError(f"downlink record lacks {exc.args[0]!r}") from exc

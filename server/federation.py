@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from client import messages
@@ -21,7 +21,8 @@ from server.progress import RoundProgress
 from server.run_config import RunConfig
 from strategies.codecs import UpdateRejected, decode_update
 from strategies.codecs.dense import dense_fp32_bytes
-from strategies.fedavg import apply_update, weighted_mean
+from strategies.downlink import DownlinkPlanner
+from strategies.fedavg import weighted_mean
 
 log = logging.getLogger("fedsqueeze")
 METRIC = "accuracy"
@@ -41,6 +42,8 @@ class RoundOutcome:
     bytes_up: int = 0
     failures: list[str] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
+    clients: dict[int, dict[str, Any]] = field(default_factory=dict)  # per node: bytes, partition, status
+    answered: list[int] = field(default_factory=list)  # nodes that replied without an error
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
@@ -55,50 +58,63 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
         time.sleep(1.0)
 
 
-def _collect(replies: list[Message], sent: int, round_id: int, layout: dict[str, tuple[int, ...]],
+def _collect(replies: list[Message], sent: dict[int, int], round_id: int, layout: dict[str, tuple[int, ...]],
              codec: str) -> RoundOutcome:
+    """Decode and validate every reply; ``sent`` maps each sampled node to the bytes sent down to it."""
     outcome = RoundOutcome()
+    for node, bytes_down in sent.items():
+        outcome.clients[node] = {"node_id": node, "partition_id": None, "bytes_up": 0, "bytes_down": bytes_down,
+                                 "status": "no reply"}
     for reply in replies:
         node = reply.metadata.src_node_id
+        client = outcome.clients.setdefault(node, {"node_id": node, "partition_id": None, "bytes_up": 0,
+                                                   "bytes_down": 0, "status": "no reply"})
         if reply.has_error():
             outcome.failures.append(f"node {node}: client failed: {reply.error.reason}")
+            client["status"] = "failed"
             continue
+        outcome.answered.append(node)
         try:
             payload = reply.content[messages.UPDATE][messages.ENCODED_UPDATE]
             metrics = reply.content[messages.METRICS]
+            if not isinstance(payload, bytes):
+                raise UpdateRejected("encoded-update is not bytes")
+            client["bytes_up"] = len(payload)
+            client["partition_id"] = int(metrics["partition-id"]) if "partition-id" in metrics else None
             num_examples = float(metrics["num-examples"])
             if not num_examples > 0:
                 raise UpdateRejected(f"num-examples must be positive, got {num_examples}")
-            if not isinstance(payload, bytes):
-                raise UpdateRejected("encoded-update is not bytes")
             update = decode_update(codec, payload, expected_round=round_id, expected_layout=layout)
-        except (KeyError, TypeError, UpdateRejected) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             outcome.rejections.append(f"node {node}: update rejected: {exc}")
+            client["status"] = "rejected"
             continue
+        client["status"] = "ok"
         outcome.updates.append(update)
         outcome.weights.append(num_examples)
         outcome.train_losses.append(float(metrics["train-loss"]))
         outcome.bytes_up += len(payload)
-    if len(replies) < sent:
-        outcome.failures.append(f"{sent - len(replies)} client(s) sent no reply before the round timeout")
+    if len(replies) < len(sent):
+        outcome.failures.append(f"{len(sent) - len(replies)} client(s) sent no reply before the round timeout")
     return outcome
 
 
-def _train_messages(node_ids: list[int], global_adapter: dict[str, torch.Tensor], cfg: RunConfig,
-                    round_id: int) -> list[Message]:
-    train_config = {**cfg.task.to_record(), **cfg.codec_options(), "round": round_id}
-    return [
-        Message(
-            content=RecordDict({
-                messages.GLOBAL_ADAPTER: ArrayRecord(torch_state_dict=global_adapter),
-                messages.TRAIN_CONFIG: ConfigRecord(train_config),
-            }),
+def _train_messages(node_ids: list[int], planner: DownlinkPlanner, cfg: RunConfig, round_id: int
+                    ) -> tuple[list[Message], dict[int, int]]:
+    """One train message per node (with the downlink that node needs) and the exact bytes sent down to each."""
+    train_config = ConfigRecord({**cfg.task.to_record(), **cfg.codec_options(), "round": round_id})
+    out, bytes_down = [], {}
+    for node_id in node_ids:
+        downlink = planner.message_for(node_id)
+        bytes_down[node_id] = downlink.nbytes
+        out.append(Message(
+            content=RecordDict({messages.DOWNLINK: messages.downlink_record(downlink),
+                                messages.TRAIN_CONFIG: train_config}),
             dst_node_id=node_id,
             message_type=MessageType.TRAIN,
             group_id=str(round_id),
-        )
-        for node_id in node_ids
-    ]
+        ))
+    return out, bytes_down
 
 
 def _evaluate(task: Task, heldout: Any, adapter: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -115,11 +131,11 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         progress.status("loading model and held-out data")
         train, heldout = load_splits(cfg.task)
         task = build_task(cfg.task, train.label_names)
-        global_adapter = task.adapter_state()
-        layout = {name: tuple(t.shape) for name, t in global_adapter.items()}
-        dense_bytes_per_client = dense_fp32_bytes(global_adapter)
+        planner = DownlinkPlanner(cfg.downlink, task.adapter_state())
+        layout = {name: tuple(t.shape) for name, t in planner.state.items()}
+        dense_bytes_per_client = dense_fp32_bytes(planner.state)
         progress.status("evaluating the base model")
-        base = _evaluate(task, heldout.dataset, global_adapter)
+        base = _evaluate(task, heldout.dataset, planner.state)
         log.info("base model: held-out %s %.4f (%d examples)", METRIC, base[METRIC], len(heldout.dataset))
         metrics_log = MetricsLog(out_dir)
         progress.status(f"waiting for {cfg.num_clients} client nodes")
@@ -127,29 +143,38 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         sampler = random.Random(cfg.seed)
         per_round = max(1, round(cfg.fraction_train * len(node_ids)))
         min_clients = cfg.min_train_clients or 1
-        bytes_up_total = bytes_dense_total = 0
+        totals = {"bytes_up_total": 0, "bytes_down_total": 0, "bytes_up_dense_equivalent": 0,
+                  "bytes_down_dense_equivalent": 0}
         current = base
         for round_id in range(1, cfg.num_server_rounds + 1):
             round_started = time.perf_counter()
             sampled = sorted(sampler.sample(node_ids, per_round))
             progress.status(f"round {round_id}: training on {len(sampled)} clients")
-            replies = list(grid.send_and_receive(_train_messages(sampled, global_adapter, cfg, round_id),
-                                                 timeout=cfg.round_timeout_s))
-            outcome = _collect(replies, len(sampled), round_id, layout, cfg.codec)
+            train_messages, bytes_down = _train_messages(sampled, planner, cfg, round_id)
+            replies = list(grid.send_and_receive(train_messages, timeout=cfg.round_timeout_s))
+            outcome = _collect(replies, bytes_down, round_id, layout, cfg.codec)
+            for node in sampled:
+                (planner.confirmed if node in outcome.answered else planner.forget)(node)
             for problem in outcome.failures + outcome.rejections:
                 log.warning("round %d: %s", round_id, problem)
             applied = len(outcome.updates) >= min_clients
             if applied:
-                delta = weighted_mean(outcome.updates, outcome.weights)
-                global_adapter = apply_update(global_adapter, delta)
+                planner.advance(weighted_mean(outcome.updates, outcome.weights))
             round_s = time.perf_counter() - round_started
             if applied:
-                current = _evaluate(task, heldout.dataset, global_adapter)
+                current = _evaluate(task, heldout.dataset, planner.state)
             else:
                 log.warning("round %d skipped: %d usable updates, %d needed; global adapter unchanged",
                             round_id, len(outcome.updates), min_clients)
-            bytes_up_total += outcome.bytes_up
-            bytes_dense_total += dense_bytes_per_client * len(outcome.updates)
+            clients = sorted(outcome.clients.values(), key=lambda c: c["node_id"])
+            for client in clients:
+                client["dense_fp32_bytes_up"] = dense_bytes_per_client if client["bytes_up"] else 0
+                client["dense_fp32_bytes_down"] = dense_bytes_per_client
+            round_bytes_down = sum(c["bytes_down"] for c in clients)
+            totals["bytes_up_total"] += sum(c["bytes_up"] for c in clients)
+            totals["bytes_down_total"] += round_bytes_down
+            totals["bytes_up_dense_equivalent"] += sum(c["dense_fp32_bytes_up"] for c in clients)
+            totals["bytes_down_dense_equivalent"] += sum(c["dense_fp32_bytes_down"] for c in clients)
             row = {
                 "round": round_id,
                 "accuracy": current["accuracy"],
@@ -161,19 +186,23 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 "updates_rejected": len(outcome.rejections),
                 "problems": outcome.failures + outcome.rejections,
                 "applied": applied,
-                "bytes_up": outcome.bytes_up,
+                "bytes_up": sum(c["bytes_up"] for c in clients),
+                "bytes_up_accepted": outcome.bytes_up,
                 "bytes_up_per_client": outcome.bytes_up / len(outcome.updates) if outcome.updates else 0,
-                "bytes_down": dense_bytes_per_client * len(sampled),
+                "bytes_down": round_bytes_down,
+                "state_version": planner.version,
+                "clients": clients,
                 "round_s": round_s,
                 "eval_s": time.perf_counter() - round_started - round_s,
             }
             metrics_log.append(row)
             progress.round_done(round_id, f"{METRIC} {current[METRIC]:.3f}, {len(outcome.updates)}/{len(sampled)} "
-                                          f"clients, {outcome.bytes_up / 1e6:.2f} MB up"
+                                          f"clients, {row['bytes_up'] / 1e6:.3f} MB up, "
+                                          f"{round_bytes_down / 1e6:.3f} MB down"
                                           + (f", {len(outcome.failures) + len(outcome.rejections)} problem(s)"
                                              if outcome.failures or outcome.rejections else ""))
         progress.status("writing adapter, summary and plots")
-        task.load_adapter_state(global_adapter)
+        task.load_adapter_state(planner.state)
         task.model.save_pretrained(out_dir / "adapter")
         plot_metrics(metrics_log.rows, METRIC, base[METRIC], out_dir)
         summary = {
@@ -183,13 +212,17 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             "num_clients": cfg.num_clients,
             "rounds": cfg.num_server_rounds,
             "codec": cfg.codec,
+            "codec_options": cfg.codec_options(),
             "metric": METRIC,
             "metric_base": base[METRIC],
             "metric_final": current[METRIC],
             "loss_base": base["loss"],
             "loss_final": current["loss"],
-            "bytes_up_total": bytes_up_total,
-            "bytes_up_dense_equivalent": bytes_dense_total,
+            **totals,
+            "compression_up": (totals["bytes_up_dense_equivalent"] / totals["bytes_up_total"]
+                               if totals["bytes_up_total"] else None),
+            "compression_down": (totals["bytes_down_dense_equivalent"] / totals["bytes_down_total"]
+                                 if totals["bytes_down_total"] else None),
             "clients_failed_total": sum(r["clients_failed"] for r in metrics_log.rows),
             "updates_rejected_total": sum(r["updates_rejected"] for r in metrics_log.rows),
             "rounds_skipped": sum(not r["applied"] for r in metrics_log.rows),

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from client.task.presets import PRESETS
 from client.task.spec import TaskSpec
-from strategies.codecs.dense import WIRE_DTYPES
-from strategies.codecs.registry import CODEC_NAMES
+from strategies.codecs.compeft import SCOPES
+from strategies.codecs.registry import CODEC_NAMES, CodecSettings
 
 DEFAULTS: dict[str, str | int | float | bool] = {
     "preset": "fortunes",
@@ -23,6 +23,12 @@ DEFAULTS: dict[str, str | int | float | bool] = {
     "min-train-clients": 0,
     "codec": "dense",
     "dense-dtype": "fp32",
+    "compeft-density": 0.05,
+    "compeft-alpha-scale": 1.0,
+    "compeft-scope": "global",
+    "error-feedback": True,
+    "downlink-codec": "dense",
+    "downlink-density": 0.05,
     "seed": 0,
     "model": "",
     "dataset": "",
@@ -64,17 +70,24 @@ class RunConfig:
     num_clients: int
     fraction_train: float
     min_train_clients: int
-    codec: str
-    dense_dtype: str
+    uplink: CodecSettings
+    error_feedback: bool
+    downlink: CodecSettings
     seed: int
     round_timeout_s: float
     wait_for_clients_s: float
     out_dir: str
     task: TaskSpec
 
-    def codec_options(self) -> dict[str, str]:
-        """The codec settings clients need, as ConfigRecord entries."""
-        return {"codec": self.codec, "dense-dtype": self.dense_dtype}
+    @property
+    def codec(self) -> str:
+        """The uplink codec's name."""
+        return self.uplink.codec
+
+    def codec_options(self) -> dict[str, str | float | bool]:
+        """The codec settings clients need, as ConfigRecord entries (uplink, error feedback, downlink)."""
+        return {**self.uplink.to_record(), "error-feedback": self.error_feedback,
+                **self.downlink.to_record(prefix="downlink-")}
 
     def output_dir(self) -> Path:
         """Where this run writes its outputs (``out-dir``, else ``runs/<preset>``)."""
@@ -116,10 +129,27 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         task_values[key] = preset[key] if chosen in (None, "", 0, 0.0) else chosen
     for key in ("seed", "lora-dropout", "precision", "device", "partitioner", "dirichlet-alpha"):
         task_values[key] = values[key]
-    if values["codec"] not in CODEC_NAMES:
-        raise ConfigError(f"unknown codec '{values['codec']}' (choose from {', '.join(CODEC_NAMES)})")
-    if values["dense-dtype"] not in WIRE_DTYPES:
-        raise ConfigError(f"dense-dtype '{values['dense-dtype']}' is not one of {', '.join(WIRE_DTYPES)}")
+    for key in ("codec", "downlink-codec"):
+        if values[key] not in CODEC_NAMES:
+            raise ConfigError(f"unknown {key} '{values[key]}' (choose from {', '.join(CODEC_NAMES)})")
+    for key in ("compeft-density", "downlink-density"):
+        if not 0.0 < float(values[key]) <= 1.0:
+            raise ConfigError(f"{key} must be in (0, 1], got {values[key]}")
+    if not 0.0 < float(values["compeft-alpha-scale"]) < float("inf"):
+        raise ConfigError(f"compeft-alpha-scale must be positive, got {values['compeft-alpha-scale']}")
+    if values["compeft-scope"] not in SCOPES:
+        raise ConfigError(f"compeft-scope '{values['compeft-scope']}' is not one of {', '.join(SCOPES)}")
+    try:
+        uplink = CodecSettings(codec=str(values["codec"]), dense_dtype=str(values["dense-dtype"]),
+                               compeft_density=float(values["compeft-density"]),
+                               compeft_alpha_scale=float(values["compeft-alpha-scale"]),
+                               compeft_scope=str(values["compeft-scope"]))
+        downlink = CodecSettings(codec=str(values["downlink-codec"]), dense_dtype="fp32",
+                                 compeft_density=float(values["downlink-density"]),
+                                 compeft_alpha_scale=float(values["compeft-alpha-scale"]),
+                                 compeft_scope=str(values["compeft-scope"]))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if values["partitioner"] not in ("iid", "dirichlet"):
         raise ConfigError(f"partitioner '{values['partitioner']}' is not one of iid, dirichlet")
     if not float(values["dirichlet-alpha"]) > 0:
@@ -145,8 +175,9 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         num_clients=int(values["num-clients"]),
         fraction_train=float(values["fraction-train"]),
         min_train_clients=int(values["min-train-clients"]),
-        codec=str(values["codec"]),
-        dense_dtype=str(values["dense-dtype"]),
+        uplink=uplink,
+        error_feedback=bool(values["error-feedback"]),
+        downlink=downlink,
         seed=int(values["seed"]),
         round_timeout_s=float(values["round-timeout-s"]),
         wait_for_clients_s=float(values["wait-for-clients-s"]),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
-from strategies.codecs import dense
+from strategies.codecs import compeft, dense
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
 
-CODEC_NAMES = ("dense",)
+CODEC_NAMES = ("dense", "compeft")
 
 
 def check_codec_name(codec: str) -> None:
@@ -18,16 +19,60 @@ def check_codec_name(codec: str) -> None:
         raise ValueError(f"unknown codec '{codec}' (choose from {', '.join(CODEC_NAMES)})")
 
 
-def encode_update(codec: str, update: dict[str, torch.Tensor], *, round_id: int,
-                  options: Mapping[str, object]) -> bytes:
-    """Encode a client's update with the named codec and its options (e.g. ``dense-dtype``)."""
-    check_codec_name(codec)
-    return dense.encode(update, dtype=str(options.get("dense-dtype", "fp32")), round_id=round_id)
+@dataclass(frozen=True)
+class CodecSettings:
+    """A codec and its options, as the run config names them (``codec``, ``dense-dtype``, ``compeft-*``)."""
+
+    codec: str = "dense"
+    dense_dtype: str = "fp32"
+    compeft_density: float = 0.05
+    compeft_alpha_scale: float = 1.0
+    compeft_scope: str = "global"
+
+    def __post_init__(self) -> None:
+        check_codec_name(self.codec)
+        if self.dense_dtype not in dense.WIRE_DTYPES:
+            raise ValueError(f"dense-dtype '{self.dense_dtype}' is not one of {', '.join(dense.WIRE_DTYPES)}")
+        compeft.check_options(self.compeft_density, self.compeft_alpha_scale, self.compeft_scope)
+
+    def to_record(self, prefix: str = "") -> dict[str, str | float]:
+        """Flat ConfigRecord entries (keys as in the run config, optionally prefixed)."""
+        return {f"{prefix}codec": self.codec, f"{prefix}dense-dtype": self.dense_dtype,
+                f"{prefix}compeft-density": self.compeft_density,
+                f"{prefix}compeft-alpha-scale": self.compeft_alpha_scale,
+                f"{prefix}compeft-scope": self.compeft_scope}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, object], prefix: str = "") -> CodecSettings:
+        """Inverse of ``to_record``; raises ValueError for a missing or invalid entry."""
+        try:
+            return cls(codec=str(record[f"{prefix}codec"]), dense_dtype=str(record[f"{prefix}dense-dtype"]),
+                       compeft_density=float(record[f"{prefix}compeft-density"]),  # type: ignore[arg-type]
+                       compeft_alpha_scale=float(record[f"{prefix}compeft-alpha-scale"]),  # type: ignore[arg-type]
+                       compeft_scope=str(record[f"{prefix}compeft-scope"]))
+        except KeyError as exc:
+            raise ValueError(f"codec settings lack {exc.args[0]!r}") from exc
+
+    @property
+    def lossy(self) -> bool:
+        """Whether decoding loses information (so error feedback has something to carry)."""
+        return self.codec == "compeft" or self.dense_dtype != "fp32"
+
+
+def encode_update(settings: CodecSettings, update: dict[str, torch.Tensor], *, round_id: int) -> bytes:
+    """Encode an update (a delta) with the codec and options in ``settings``."""
+    if settings.codec == "compeft":
+        return compeft.encode(update, density=settings.compeft_density, alpha_scale=settings.compeft_alpha_scale,
+                              scope=settings.compeft_scope, round_id=round_id)
+    return dense.encode(update, dtype=settings.dense_dtype, round_id=round_id)
 
 
 def decode_update(codec: str, payload: bytes, *, expected_round: int, expected_layout: Layout,
                   max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> dict[str, torch.Tensor]:
-    """Validate and decode an update; raises UpdateRejected for anything it will not accept."""
+    """Validate and decode an update to fp32 tensors; raises UpdateRejected for anything it will not accept."""
     check_codec_name(codec)
-    return dense.decode(payload, expected_round=expected_round, expected_layout=expected_layout,
-                        max_bytes=max_bytes)
+    if codec == "compeft":
+        decoded = compeft.decode(payload, expected_round=expected_round, expected_layout=expected_layout,
+                                 max_bytes=max_bytes)
+        return {name: tensor.to(torch.float32) for name, tensor in decoded.items()}
+    return dense.decode(payload, expected_round=expected_round, expected_layout=expected_layout, max_bytes=max_bytes)
