@@ -70,14 +70,18 @@ def _receive_global(msg: Message, context: Context, settings: CodecSettings, lay
 
 
 def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSettings, error_feedback: bool,
-                          context: Context, round_id: int) -> tuple[bytes, float]:
-    """Encode ``delta`` plus the carried residual; keep ``what was meant - what was sent`` for the next round."""
+                          context: Context, round_id: int) -> tuple[bytes, dict[str, float]]:
+    """Encode ``delta`` plus the carried residual; keep ``what was meant - what was sent`` for the next round.
+
+    Returns the payload and metrics: the new residual's L2 norm and whether an old residual was carried in.
+    """
     if not (error_feedback and settings.lossy):
         node_state.drop(context.state, node_state.RESIDUAL)
-        return encode_update(settings, delta, round_id=round_id), 0.0
+        return encode_update(settings, delta, round_id=round_id), {}
     residual = node_state.load_tensors(context.state, node_state.RESIDUAL)
     layout = {name: tuple(t.shape) for name, t in delta.items()}
-    if residual is not None and {n: tuple(t.shape) for n, t in residual.items()} == layout:
+    carried = residual is not None and {n: tuple(t.shape) for n, t in residual.items()} == layout
+    if carried:
         delta = apply_update(delta, residual)
     elif residual is not None:
         log.warning("error-feedback residual does not match the model's tensors; starting a new one")
@@ -86,7 +90,7 @@ def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSetting
     residual = subtract(delta, sent)
     node_state.save_tensors(context.state, node_state.RESIDUAL, residual)
     norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in residual.values())))
-    return encoded, norm
+    return encoded, {"residual-norm": norm, "residual-carried": float(carried)}
 
 
 @app.train()
@@ -112,7 +116,7 @@ def train(msg: Message, context: Context) -> Message:
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
                            lr=spec.lr, seed=spec.seed * 1_000_003 + round_id * 1009 + partition_id)
     delta = subtract(loaded.task.adapter_state(), received)
-    encoded_update, residual_norm = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
+    encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
                                                           round_id)
     train_s = time.perf_counter() - started
     log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up, %d bytes down", partition_id, round_id,
@@ -124,7 +128,7 @@ def train(msg: Message, context: Context) -> Message:
             "train-loss": result.train_loss,
             "bytes-up": len(encoded_update),
             "bytes-down": bytes_down,
-            "residual-norm": residual_norm,
+            **feedback_metrics,
             "train-s": train_s,
             "partition-id": partition_id,
         }),

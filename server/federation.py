@@ -81,6 +81,9 @@ def _collect(replies: list[Message], sent: dict[int, int], round_id: int, layout
                 raise UpdateRejected("encoded-update is not bytes")
             client["bytes_up"] = len(payload)
             client["partition_id"] = int(metrics["partition-id"]) if "partition-id" in metrics else None
+            for key in ("residual-norm", "residual-carried"):
+                if key in metrics:
+                    client[key.replace("-", "_")] = float(metrics[key])
             num_examples = float(metrics["num-examples"])
             if not num_examples > 0:
                 raise UpdateRejected(f"num-examples must be positive, got {num_examples}")

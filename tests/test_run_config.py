@@ -33,6 +33,13 @@ def test_preset_values_fill_unset_task_keys_and_overrides_win() -> None:
     ({"fraction-train": 1.5}, "fraction-train"),
     ({"precision": "int4"}, "precision 'int4'"),
     ({"lr": -1.0}, "lr must be positive"),
+    ({"compeft-density": 0.0}, r"compeft-density must be in \(0, 1\]"),
+    ({"compeft-density": 1.5}, r"compeft-density must be in \(0, 1\]"),
+    ({"downlink-density": -0.1}, r"downlink-density must be in \(0, 1\]"),
+    ({"compeft-alpha-scale": 0.0}, "compeft-alpha-scale must be positive"),
+    ({"compeft-scope": "layer"}, "compeft-scope 'layer'"),
+    ({"downlink-codec": "zip"}, "unknown downlink-codec 'zip'"),
+    ({"error-feedback": "yes"}, "'error-feedback' expects bool"),
 ])
 def test_bad_config_is_named(config: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -44,3 +51,11 @@ def test_run_config_parsing_accepts_bare_and_quoted_strings() -> None:
     assert parsed == {"num-clients": 4, "codec": "dense", "model": "a b", "lr": 1e-3, "flag": True}
     with pytest.raises(ValueError, match="not key=value"):
         parse_run_config("num-clients")
+
+
+def test_codec_options_reach_clients_as_one_record() -> None:
+    cfg = resolve({"codec": "compeft", "compeft-density": 0.1, "downlink-codec": "compeft", "error-feedback": False})
+    options = cfg.codec_options()
+    assert options["codec"] == "compeft" and options["compeft-density"] == 0.1
+    assert options["downlink-codec"] == "compeft" and options["error-feedback"] is False
+    assert cfg.uplink.lossy and cfg.downlink.codec == "compeft"

@@ -41,3 +41,25 @@ def test_simulation_survives_a_failing_client_and_exports_a_loadable_adapter(tmp
     task = build_task(spec, train.label_names)
     task.model = PeftModel.from_pretrained(base, tmp_path / "adapter")
     assert evaluate(task, heldout.dataset).accuracy == pytest.approx(summary["metric_final"])
+
+
+def test_compeft_with_error_feedback_and_compressed_downlink(tmp_path: Path) -> None:
+    config = {"preset": "encoder", "num-server-rounds": 3, "num-clients": 3, "fraction-train": 0.67,
+              "partitioner": "iid", "codec": "compeft", "compeft-density": 0.05, "error-feedback": True,
+              "downlink-codec": "compeft", "downlink-density": 0.05}
+    summary = simulate(config, out_dir=tmp_path, max_parallel=2)
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["applied"] and r["clients_ok"] == 2 and not r["problems"] for r in rows)
+    clients = [c for r in rows for c in r["clients"]]
+    assert all(c["status"] == "ok" and 0 < c["bytes_up"] < c["dense_fp32_bytes_up"] / 20 for c in clients)
+    # Clients keep the global state: after their first round they get compressed aggregates, not the state.
+    later = [c for r in rows[1:] for c in r["clients"]]
+    assert any(c["bytes_down"] < c["dense_fp32_bytes_down"] / 20 for c in later)
+    # The error-feedback residual survives between rounds in Flower's node state.
+    assert any(c.get("residual_carried") == 1.0 for c in later)
+    assert summary["bytes_up_total"] == sum(c["bytes_up"] for c in clients)
+    assert summary["bytes_down_total"] == sum(c["bytes_down"] for c in clients)
+    assert summary["bytes_up_dense_equivalent"] == sum(c["dense_fp32_bytes_up"] for c in clients)
+    assert summary["compression_up"] > 20 and summary["compression_down"] > 1.5
+    assert summary["metric_final"] > summary["metric_base"]

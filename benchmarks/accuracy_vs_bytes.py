@@ -1,0 +1,95 @@
+"""Quality against bytes sent: dense vs ComPEFT at several densities, with and without error feedback.
+
+Runs ``fedsqueeze simulate`` once per variant with the same preset, seed and rounds (one after the other, each in
+its own process), reads each run's summary.json, and writes ``accuracy_vs_bytes.json`` and
+``accuracy_vs_bytes.png`` to ``--out``; prints the JSON. Usage:
+python benchmarks/accuracy_vs_bytes.py --out runs/accuracy_vs_bytes [--preset fortunes] [--densities 0.05 0.1 0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def variants(densities: list[float], alpha_scale: float) -> list[tuple[str, dict[str, object]]]:
+    """(label, run-config overrides) for dense and every ComPEFT density with and without error feedback."""
+    out: list[tuple[str, dict[str, object]]] = [("dense", {"codec": "dense"})]
+    for density in densities:
+        for feedback in (True, False):
+            label = f"compeft k={density}{' +EF' if feedback else ''}"
+            out.append((label, {"codec": "compeft", "compeft-density": density, "compeft-alpha-scale": alpha_scale,
+                                "error-feedback": feedback}))
+    return out
+
+
+def _run_config(values: dict[str, object]) -> str:
+    return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items())
+
+
+def run_variant(label: str, overrides: dict[str, object], base: dict[str, object], out_dir: Path) -> dict:
+    """One simulation; returns the figures the comparison needs."""
+    run_dir = out_dir / label.replace(" ", "_").replace("=", "").replace("+", "")
+    command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir),
+               "--run-config", _run_config({**base, **overrides})]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"label": label, **overrides, "metric": summary["metric"], "metric_base": summary["metric_base"],
+            "metric_final": summary["metric_final"], "bytes_up_total": summary["bytes_up_total"],
+            "bytes_up_dense_equivalent": summary["bytes_up_dense_equivalent"],
+            "compression_up": summary["compression_up"], "wall_s": summary["wall_s"], "run_dir": str(run_dir)}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """Final metric against total bytes up (log scale), one point per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for row in results:
+        marker = "s" if row["label"] == "dense" else ("o" if "+EF" in row["label"] else "x")
+        ax.scatter(row["bytes_up_total"] / 1e6, row["metric_final"], marker=marker, s=50)
+        ax.annotate(row["label"], (row["bytes_up_total"] / 1e6, row["metric_final"]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    ax.axhline(results[0]["metric_base"], color="grey", linestyle=":", label="base model")
+    ax.set_xscale("log")
+    ax.set_xlabel("MB sent up by all clients (total, log scale)")
+    ax.set_ylabel(f"held-out {results[0]['metric']} after the last round")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Run every variant and write the comparison."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("runs/accuracy_vs_bytes"))
+    parser.add_argument("--preset", default="fortunes")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.1, 0.2])
+    parser.add_argument("--alpha-scale", type=float, default=4.0)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = {"preset": args.preset, "num-server-rounds": args.rounds, "seed": 0}
+    results = [run_variant(label, overrides, base, args.out) for label, overrides in
+               variants(args.densities, args.alpha_scale)]
+    dense = results[0]
+    for row in results:
+        row["metric_gap_vs_dense"] = row["metric_final"] - dense["metric_final"]
+        row["bytes_up_ratio_vs_dense"] = dense["bytes_up_total"] / row["bytes_up_total"]
+    document = {"benchmark": "accuracy_vs_bytes", "preset": args.preset, "rounds": args.rounds, "seed": 0,
+                "alpha_scale": args.alpha_scale, "results": results}
+    (args.out / "accuracy_vs_bytes.json").write_text(json.dumps(document, indent=2))
+    plot(results, args.out / "accuracy_vs_bytes.png")
+    print(json.dumps(document, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Error feedback on the client: the residual lives in Flower's node state and nothing is lost across rounds."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Context, RecordDict
+
+from client import node_state
+from client.app import _encode_with_feedback
+from strategies.codecs import CodecSettings, decode_update
+
+SETTINGS = CodecSettings(codec="compeft", compeft_density=0.05)
+
+
+def _context() -> Context:
+    return Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+
+def _delta(round_id: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(round_id)
+    return {"a.lora_A.weight": torch.randn(8, 64, generator=generator) * 1e-3,
+            "a.lora_B.weight": torch.randn(64, 8, generator=generator) * 1e-3}
+
+
+def test_sent_plus_residual_equals_everything_trained() -> None:
+    context = _context()
+    layout = {name: tuple(t.shape) for name, t in _delta(0).items()}
+    sent_total = {name: torch.zeros(shape) for name, shape in layout.items()}
+    delta_total = {name: torch.zeros(shape) for name, shape in layout.items()}
+    for round_id in range(1, 6):
+        payload, metrics = _encode_with_feedback(_delta(round_id), SETTINGS, True, context, round_id)
+        assert metrics["residual-carried"] == float(round_id > 1)
+        sent = decode_update("compeft", payload, expected_round=round_id, expected_layout=layout)
+        for name in layout:
+            sent_total[name] += sent[name]
+            delta_total[name] += _delta(round_id)[name]
+    residual = node_state.load_tensors(context.state, node_state.RESIDUAL)
+    assert residual is not None
+    for name in layout:
+        torch.testing.assert_close(sent_total[name] + residual[name], delta_total[name], rtol=1e-5, atol=1e-7)
+    norm = torch.sqrt(sum((t.double() ** 2).sum() for t in residual.values()))
+    assert abs(float(norm) - metrics["residual-norm"]) < 1e-9
+
+
+def test_without_feedback_nothing_is_kept_and_dense_fp32_needs_none() -> None:
+    context = _context()
+    _encode_with_feedback(_delta(1), SETTINGS, True, context, 1)
+    assert node_state.RESIDUAL in context.state
+    _, metrics = _encode_with_feedback(_delta(2), SETTINGS, False, context, 2)
+    assert metrics == {} and node_state.RESIDUAL not in context.state
+    _, metrics = _encode_with_feedback(_delta(3), CodecSettings(), True, context, 3)
+    assert metrics == {} and node_state.RESIDUAL not in context.state
+
+
+def test_a_residual_for_other_tensors_is_replaced() -> None:
+    context = _context()
+    node_state.save_tensors(context.state, node_state.RESIDUAL, {"other.weight": torch.ones(3)})
+    _, metrics = _encode_with_feedback(_delta(1), SETTINGS, True, context, 1)
+    assert metrics["residual-carried"] == 0.0
+    assert set(node_state.load_tensors(context.state, node_state.RESIDUAL)) == set(_delta(1))
