@@ -43,7 +43,7 @@ DEFAULTS: dict[str, str | int | float | bool] = {
     "lr": 0.0,
     "local-steps": 0,
     "batch-size": 0,
-    "precision": "bf16",
+    "precision": "auto",
     "device": "auto",
     "partitioner": "dirichlet",
     "dirichlet-alpha": 1.0,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from client.task.build import build_task, load_splits
+from client.task.build import build_task, load_splits, native_bf16, resolve_precision
 from client.task.loop import evaluate, train_locally
 from client.task.model_sources import ModelNotFoundError, resolve_model
 from client.task.models import load_causal_lm
@@ -58,3 +58,10 @@ def test_model_sources(tmp_path: Path) -> None:
     LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
     model = load_causal_lm(str(tmp_path / "tiny"))
     assert model.config.hidden_size == 16
+
+
+def test_precision_auto_uses_bf16_only_where_the_device_has_it() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve({}).task.precision == "auto"

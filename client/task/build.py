@@ -63,8 +63,32 @@ class Task:
         set_peft_model_state_dict(self.model, state)
 
     def autocast(self) -> torch.autocast:
-        """bf16 autocast when the spec asks for it, else a disabled context."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.spec.precision == "bf16")
+        """bf16 autocast when the spec asks for it (or ``auto`` finds native bf16), else a disabled context."""
+        enabled = resolve_precision(self.spec.precision, self.device) == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matmuls in hardware (CUDA with bf16, or a CPU with AVX-512/AMX bf16).
+
+    Without it, CPU autocast emulates bf16 and runs an order of magnitude slower than fp32 (17x measured on an
+    AVX2-only EPYC).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``bf16`` or ``fp32``: ``auto`` picks bf16 only where the device runs it natively."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from client.task.models import LoraSettings
 
 TASK_KINDS = ("prompt-classification", "encoder-classification")
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,8 @@ class TaskSpec:
     topics: fortune topic files used as labels (fortunes only). per_topic: cap per topic (0 = all).
     heldout: examples kept back for the coordinator's evaluation. max_length: tokens per example.
     lora_*: LoRA rank, alpha, dropout and target modules. seed: seeds adapter init, splits and sampling.
-    precision: ``bf16`` autocast or ``fp32``. device: ``auto``, ``cpu`` or ``cuda[:i]``.
+    precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 where the device computes it natively).
+    device: ``auto``, ``cpu`` or ``cuda[:i]``.
     partitioner / dirichlet_alpha: how the training set is split across clients.
     lr / local_steps / batch_size: the local optimiser recipe per round.
     """
