@@ -106,6 +106,9 @@ class DownlinkPlanner:
         applied = decode_update(self.settings.codec, payload, expected_round=self.version, expected_layout=layout)
         self.residual = subtract(target, applied)
         self.history[self.version] = payload
+        oldest_held = min(self.held.values(), default=self.version)
+        for stale in [v for v in self.history if v <= oldest_held]:  # no client needs these any more
+            del self.history[stale]
         self.state = apply_update(self.state, applied)
         return applied
 

@@ -53,6 +53,7 @@ def test_compressed_downlink_keeps_regular_and_occasional_clients_bit_identical(
     assert kinds[1] == ["full:1", "deltas:1", "deltas:1", "deltas:1", "deltas:1"]
     assert kinds[2] == ["full:1", "deltas:3", "deltas:1"]
     assert len(planner.message_for(1).payloads[0]) < len(planner.full_payload()) / 10
+    assert sorted(planner.history) == [5], "payloads every client already holds are dropped"
 
 
 def test_compressed_downlink_carries_its_error_into_later_rounds() -> None:
