@@ -1,9 +1,11 @@
-"""Quality against bytes sent: dense vs ComPEFT at several densities, with and without error feedback.
+"""Quality against bytes sent: dense vs ComPEFT at several densities (with and without error feedback) vs Ferret
+(shared-randomness coefficients, over full parameters and over the LoRA adapter).
 
 Runs ``fedsqueeze simulate`` once per variant with the same preset, seed and rounds (one after the other, each in
 its own process), reads each run's summary.json, and writes ``accuracy_vs_bytes.json`` and
 ``accuracy_vs_bytes.png`` to ``--out``; prints the JSON. Usage:
 python benchmarks/accuracy_vs_bytes.py --out runs/accuracy_vs_bytes [--preset fortunes] [--densities 0.05 0.1 0.2]
+[--no-ferret] [--reuse]
 """
 
 from __future__ import annotations
@@ -14,15 +16,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+FERRET_FULL_LR = 5e-6
 
-def variants(densities: list[float], alpha_scale: float) -> list[tuple[str, dict[str, object]]]:
-    """(label, run-config overrides) for dense and every ComPEFT density with and without error feedback."""
+
+def variants(densities: list[float], alpha_scale: float, ferret: dict[str, object] | None = None
+             ) -> list[tuple[str, dict[str, object]]]:
+    """(label, run-config overrides) for dense, every ComPEFT density with and without error feedback, and (when
+    ``ferret`` gives its options) Ferret over full parameters and over the LoRA adapter."""
     out: list[tuple[str, dict[str, object]]] = [("dense", {"codec": "dense"})]
     for density in densities:
         for feedback in (True, False):
             label = f"compeft k={density}{' +EF' if feedback else ''}"
             out.append((label, {"codec": "compeft", "compeft-density": density, "compeft-alpha-scale": alpha_scale,
                                 "error-feedback": feedback}))
+    if ferret is not None:
+        out.append((f"ferret full d={ferret['full-dim']}", {
+            "codec": "ferret", "trainable": "full", "ferret-dim": ferret["full-dim"],
+            "ferret-block-size": ferret["block-size"], "lr": ferret["full-lr"]}))
+        out.append((f"ferret lora d={ferret['lora-dim']}", {
+            "codec": "ferret", "ferret-dim": ferret["lora-dim"], "ferret-block-size": ferret["block-size"]}))
     return out
 
 
@@ -30,12 +42,18 @@ def _run_config(values: dict[str, object]) -> str:
     return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items())
 
 
-def run_variant(label: str, overrides: dict[str, object], base: dict[str, object], out_dir: Path) -> dict:
-    """One simulation; returns the figures the comparison needs."""
+def run_variant(label: str, overrides: dict[str, object], base: dict[str, object], out_dir: Path,
+                reuse: bool = False) -> dict:
+    """One simulation (or, with ``reuse``, an earlier finished one with the same run config); returns the figures
+    the comparison needs."""
     run_dir = out_dir / label.replace(" ", "_").replace("=", "").replace("+", "")
-    command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir),
-               "--run-config", _run_config({**base, **overrides})]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    run_config = _run_config({**base, **overrides})
+    marker = run_dir / "run_config.txt"
+    if not (reuse and marker.exists() and marker.read_text() == run_config and (run_dir / "summary.json").exists()):
+        command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir),
+                   "--run-config", run_config]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        marker.write_text(run_config)
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"label": label, **overrides, "metric": summary["metric"], "metric_base": summary["metric_base"],
             "metric_final": summary["metric_final"], "bytes_up_total": summary["bytes_up_total"],
@@ -52,7 +70,8 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for row in results:
-        marker = "s" if row["label"] == "dense" else ("o" if "+EF" in row["label"] else "x")
+        marker = ("s" if row["label"] == "dense" else "^" if row["label"].startswith("ferret")
+                  else "o" if "+EF" in row["label"] else "x")
         ax.scatter(row["bytes_up_total"] / 1e6, row["metric_final"], marker=marker, s=50)
         ax.annotate(row["label"], (row["bytes_up_total"] / 1e6, row["metric_final"]), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")
@@ -75,17 +94,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--alpha-scale", type=float, default=4.0)
+    parser.add_argument("--no-ferret", action="store_true", help="leave out the two Ferret rows")
+    parser.add_argument("--ferret-full-dim", type=int, default=64)
+    parser.add_argument("--ferret-lora-dim", type=int, default=1024)
+    parser.add_argument("--ferret-block-size", type=int, default=65536)
+    parser.add_argument("--ferret-full-lr", type=float, default=FERRET_FULL_LR)
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished runs in --out whose run config is unchanged (add rows without rerunning)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     base = {"preset": args.preset, "num-server-rounds": args.rounds, "seed": 0}
-    results = [run_variant(label, overrides, base, args.out) for label, overrides in
-               variants(args.densities, args.alpha_scale)]
+    ferret = None if args.no_ferret else {"full-dim": args.ferret_full_dim, "lora-dim": args.ferret_lora_dim,
+                                          "block-size": args.ferret_block_size, "full-lr": args.ferret_full_lr}
+    results = [run_variant(label, overrides, base, args.out, reuse=args.reuse) for label, overrides in
+               variants(args.densities, args.alpha_scale, ferret)]
     dense = results[0]
+    full = next((row for row in results if row.get("trainable") == "full"), None)
     for row in results:
         row["metric_gap_vs_dense"] = row["metric_final"] - dense["metric_final"]
         row["bytes_up_ratio_vs_dense"] = dense["bytes_up_total"] / row["bytes_up_total"]
+        if full is not None:  # dense full-parameter FedAvg would send the full run's dense fp32 equivalent
+            row["bytes_up_ratio_vs_dense_full_fedavg"] = full["bytes_up_dense_equivalent"] / row["bytes_up_total"]
     document = {"benchmark": "accuracy_vs_bytes", "preset": args.preset, "rounds": args.rounds, "seed": 0,
-                "alpha_scale": args.alpha_scale, "results": results}
+                "alpha_scale": args.alpha_scale, "ferret": ferret, "results": results}
     (args.out / "accuracy_vs_bytes.json").write_text(json.dumps(document, indent=2))
     plot(results, args.out / "accuracy_vs_bytes.png")
     print(json.dumps(document, indent=2))

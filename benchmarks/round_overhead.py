@@ -33,10 +33,10 @@ def local_round_s(config: dict) -> float:
     partition = client_partition(train.dataset, 0, 1, kind=cfg.task.partitioner, alpha=cfg.task.dirichlet_alpha,
                                  seed=cfg.task.seed)
     task = build_task(cfg.task, train.label_names)
-    received = task.adapter_state()
+    received = task.trainable_state()
     train_locally(task, partition, steps=cfg.task.local_steps, batch_size=cfg.task.batch_size, lr=cfg.task.lr,
                   seed=1)
-    encode_update(cfg.uplink, subtract(task.adapter_state(), received), round_id=1)
+    encode_update(cfg.uplink, subtract(task.trainable_state(), received), round_id=1)
     return time.perf_counter() - started
 
 

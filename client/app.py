@@ -30,6 +30,7 @@ app = ClientApp()
 class _Loaded:
     task: Task
     partition: Dataset
+    base: dict[str, torch.Tensor] | None  # the pristine trainable state when it is the run's version 0 (full)
 
 
 _CACHE: dict[tuple, _Loaded] = {}
@@ -52,16 +53,17 @@ def _load(spec: TaskSpec, partition_id: int, num_partitions: int) -> _Loaded:
         train, _ = load_splits(spec)
         partition = client_partition(train.dataset, partition_id, num_partitions, kind=spec.partitioner,
                                      alpha=spec.dirichlet_alpha, seed=spec.seed)
-        _CACHE[key] = _Loaded(build_task(spec, train.label_names), partition)
+        task = build_task(spec, train.label_names)
+        _CACHE[key] = _Loaded(task, partition, task.trainable_state() if spec.trainable == "full" else None)
     return _CACHE[key]
 
 
-def _receive_global(msg: Message, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]]
-                    ) -> tuple[dict[str, torch.Tensor], int]:
+def _receive_global(msg: Message, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]],
+                    base: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], int]:
     """Rebuild the global state from the downlink (full, or compressed aggregates applied to the held state)."""
     message = messages.downlink_from_record(msg.content[messages.DOWNLINK])
     held, held_version = node_state.load_global(context.state)
-    received = downlink.receive(message, settings.codec, held, held_version, layout=layout)
+    received = downlink.receive(message, settings.codec, held, held_version, layout=layout, base=base)
     if settings.codec != "dense":
         node_state.save_global(context.state, received, message.version)
     else:
@@ -70,14 +72,14 @@ def _receive_global(msg: Message, context: Context, settings: CodecSettings, lay
 
 
 def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSettings, error_feedback: bool,
-                          context: Context, round_id: int) -> tuple[bytes, dict[str, float]]:
+                          context: Context, round_id: int, seed: int | None = None) -> tuple[bytes, dict[str, float]]:
     """Encode ``delta`` plus the carried residual; keep ``what was meant - what was sent`` for the next round.
 
     Returns the payload and metrics: the new residual's L2 norm and whether an old residual was carried in.
     """
-    if not (error_feedback and settings.lossy):
+    if not (error_feedback and settings.feedback_helps):
         node_state.drop(context.state, node_state.RESIDUAL)
-        return encode_update(settings, delta, round_id=round_id), {}
+        return encode_update(settings, delta, round_id=round_id, seed=seed), {}
     residual = node_state.load_tensors(context.state, node_state.RESIDUAL)
     layout = {name: tuple(t.shape) for name, t in delta.items()}
     carried = residual is not None and {n: tuple(t.shape) for n, t in residual.items()} == layout
@@ -109,15 +111,17 @@ def train(msg: Message, context: Context) -> Message:
     if context.node_config.get("device"):
         spec = replace(spec, device=str(context.node_config["device"]))
     loaded = _load(spec, partition_id, num_partitions)
-    layout = {name: tuple(t.shape) for name, t in loaded.task.adapter_state().items()}
-    received, bytes_down = _receive_global(msg, context, downlink_settings, layout)
-    loaded.task.load_adapter_state(received)
+    layout = loaded.task.trainable_shapes()
+    received, bytes_down = _receive_global(msg, context, downlink_settings, layout, loaded.base)
+    loaded.task.load_trainable_state(received)
+    trained_from = downlink.state_digest(loaded.task.trainable_state())  # the model really holds the global state
     started = time.perf_counter()
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
                            lr=spec.lr, seed=spec.seed * 1_000_003 + round_id * 1009 + partition_id)
-    delta = subtract(loaded.task.adapter_state(), received)
+    delta = subtract(loaded.task.trainable_state(), received)
+    seed = int(config["ferret-seed"]) if "ferret-seed" in config else None
     encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
-                                                          round_id)
+                                                          round_id, seed)
     train_s = time.perf_counter() - started
     log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up, %d bytes down", partition_id, round_id,
              result.train_loss, result.num_examples, len(encoded_update), bytes_down)
@@ -131,6 +135,7 @@ def train(msg: Message, context: Context) -> Message:
             **feedback_metrics,
             "train-s": train_s,
             "partition-id": partition_id,
+            "state-digest-48": downlink.digest_prefix(trained_from),
         }),
     })
     return Message(content=content, reply_to=msg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ from client.task.loop import evaluate
 from server.outputs import MetricsLog, plot_metrics, write_json_atomic
 from server.progress import RoundProgress
 from server.run_config import RunConfig
-from strategies.codecs import UpdateRejected, decode_update
+from strategies.codecs import UpdateRejected, decode_update, ferret
 from strategies.codecs.dense import dense_fp32_bytes
-from strategies.downlink import DownlinkPlanner
+from strategies.codecs.registry import round_seed
+from strategies.downlink import DownlinkPlanner, digest_prefix
 from strategies.fedavg import weighted_mean
 
 log = logging.getLogger("fedsqueeze")
@@ -36,7 +38,7 @@ class TooFewClientsError(RuntimeError):
 class RoundOutcome:
     """What came back in one round: decoded updates and what was refused or lost, per node."""
 
-    updates: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    updates: list[Any] = field(default_factory=list)  # decoded tensors, or checked ferret payloads
     weights: list[float] = field(default_factory=list)
     train_losses: list[float] = field(default_factory=list)
     bytes_up: int = 0
@@ -58,9 +60,36 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
         time.sleep(1.0)
 
 
-def _collect(replies: list[Message], sent: dict[int, int], round_id: int, layout: dict[str, tuple[int, ...]],
-             codec: str) -> RoundOutcome:
-    """Decode and validate every reply; ``sent`` maps each sampled node to the bytes sent down to it."""
+def _accept(cfg: RunConfig, round_id: int, layout: dict[str, tuple[int, ...]]) -> Callable[[bytes], Any]:
+    """How this run checks one client's payload and turns it into something to aggregate.
+
+    Dense and ComPEFT payloads are decoded to tensors; a ferret payload is checked (round, seed, layout, sizes,
+    finite coefficients) and kept as coefficients, since the aggregate of coefficients is itself a payload.
+    """
+    if cfg.codec == "ferret":
+        seed = round_seed(cfg.seed, round_id)
+
+        def check(payload: bytes) -> bytes:
+            ferret.parse(payload, expected_seed=seed, expected_round=round_id, expected_layout=layout)
+            return payload
+        return check
+    return lambda payload: decode_update(cfg.codec, payload, expected_round=round_id, expected_layout=layout)
+
+
+def _aggregate_and_apply(cfg: RunConfig, planner: DownlinkPlanner, outcome: RoundOutcome) -> None:
+    """FedAvg the accepted updates (or their ferret coefficients) and advance the global state."""
+    if cfg.codec == "ferret":
+        total = float(sum(outcome.weights))
+        planner.advance_encoded(ferret.combine(outcome.updates, [w / total for w in outcome.weights],
+                                               round_id=planner.version + 1))
+    else:
+        planner.advance(weighted_mean(outcome.updates, outcome.weights))
+
+
+def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str
+             ) -> RoundOutcome:
+    """Validate (and decode) every reply; ``sent`` maps each sampled node to the bytes sent down to it, and
+    ``digest`` is the global state's, which every client must report having trained from."""
     outcome = RoundOutcome()
     for node, bytes_down in sent.items():
         outcome.clients[node] = {"node_id": node, "partition_id": None, "bytes_up": 0, "bytes_down": bytes_down,
@@ -84,10 +113,13 @@ def _collect(replies: list[Message], sent: dict[int, int], round_id: int, layout
             for key in ("residual-norm", "residual-carried"):
                 if key in metrics:
                     client[key.replace("-", "_")] = float(metrics[key])
+            client["in_sync"] = int(metrics["state-digest-48"]) == digest_prefix(digest)
+            if not client["in_sync"]:
+                raise UpdateRejected("client trained from another global state than this round's (digest differs)")
             num_examples = float(metrics["num-examples"])
             if not num_examples > 0:
                 raise UpdateRejected(f"num-examples must be positive, got {num_examples}")
-            update = decode_update(codec, payload, expected_round=round_id, expected_layout=layout)
+            update = accept(payload)
         except (KeyError, TypeError, ValueError) as exc:
             outcome.rejections.append(f"node {node}: update rejected: {exc}")
             client["status"] = "rejected"
@@ -105,7 +137,8 @@ def _collect(replies: list[Message], sent: dict[int, int], round_id: int, layout
 def _train_messages(node_ids: list[int], planner: DownlinkPlanner, cfg: RunConfig, round_id: int
                     ) -> tuple[list[Message], dict[int, int]]:
     """One train message per node (with the downlink that node needs) and the exact bytes sent down to each."""
-    train_config = ConfigRecord({**cfg.task.to_record(), **cfg.codec_options(), "round": round_id})
+    seed = {"ferret-seed": round_seed(cfg.seed, round_id)} if cfg.codec == "ferret" else {}
+    train_config = ConfigRecord({**cfg.task.to_record(), **cfg.codec_options(), "round": round_id, **seed})
     out, bytes_down = [], {}
     for node_id in node_ids:
         downlink = planner.message_for(node_id)
@@ -121,7 +154,7 @@ def _train_messages(node_ids: list[int], planner: DownlinkPlanner, cfg: RunConfi
 
 
 def _evaluate(task: Task, heldout: Any, adapter: dict[str, torch.Tensor]) -> dict[str, float]:
-    task.load_adapter_state(adapter)
+    task.load_trainable_state(adapter)
     result = evaluate(task, heldout)
     return {"accuracy": result.accuracy, "loss": result.loss}
 
@@ -134,7 +167,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         progress.status("loading model and held-out data")
         train, heldout = load_splits(cfg.task)
         task = build_task(cfg.task, train.label_names)
-        planner = DownlinkPlanner(cfg.downlink, task.adapter_state())
+        planner = DownlinkPlanner(cfg.downlink, task.trainable_state(), known_base=cfg.task.trainable == "full")
         layout = {name: tuple(t.shape) for name, t in planner.state.items()}
         dense_bytes_per_client = dense_fp32_bytes(planner.state)
         progress.status("evaluating the base model")
@@ -154,15 +187,16 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             sampled = sorted(sampler.sample(node_ids, per_round))
             progress.status(f"round {round_id}: training on {len(sampled)} clients")
             train_messages, bytes_down = _train_messages(sampled, planner, cfg, round_id)
+            sent_digest = planner.digest()
             replies = list(grid.send_and_receive(train_messages, timeout=cfg.round_timeout_s))
-            outcome = _collect(replies, bytes_down, round_id, layout, cfg.codec)
+            outcome = _collect(replies, bytes_down, _accept(cfg, round_id, layout), sent_digest)
             for node in sampled:
                 (planner.confirmed if node in outcome.answered else planner.forget)(node)
             for problem in outcome.failures + outcome.rejections:
                 log.warning("round %d: %s", round_id, problem)
             applied = len(outcome.updates) >= min_clients
             if applied:
-                planner.advance(weighted_mean(outcome.updates, outcome.weights))
+                _aggregate_and_apply(cfg, planner, outcome)
             round_s = time.perf_counter() - round_started
             if applied:
                 current = _evaluate(task, heldout.dataset, planner.state)
@@ -205,8 +239,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                                           + (f", {len(outcome.failures) + len(outcome.rejections)} problem(s)"
                                              if outcome.failures or outcome.rejections else ""))
         progress.status("writing adapter, summary and plots")
-        task.load_adapter_state(planner.state)
-        task.model.save_pretrained(out_dir / "adapter")
+        task.load_trainable_state(planner.state)
+        task.save(out_dir)
         plot_metrics(metrics_log.rows, METRIC, base[METRIC], out_dir)
         summary = {
             "preset": cfg.preset,

@@ -29,6 +29,9 @@ DEFAULTS: dict[str, str | int | float | bool] = {
     "error-feedback": True,
     "downlink-codec": "dense",
     "downlink-density": 0.05,
+    "ferret-dim": 64,
+    "ferret-block-size": 65536,
+    "trainable": "lora",
     "seed": 0,
     "model": "",
     "dataset": "",
@@ -127,11 +130,19 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
     for key in PRESET_KEYS:
         chosen = values.get(key)
         task_values[key] = preset[key] if chosen in (None, "", 0, 0.0) else chosen
-    for key in ("seed", "lora-dropout", "precision", "device", "partitioner", "dirichlet-alpha"):
+    for key in ("seed", "lora-dropout", "precision", "device", "partitioner", "dirichlet-alpha", "trainable"):
         task_values[key] = values[key]
+    if values["trainable"] == "full" and values["lr"] in (0, 0.0):
+        task_values["lr"] = preset["full-lr"]  # full-parameter tuning wants a far smaller step than LoRA
     for key in ("codec", "downlink-codec"):
         if values[key] not in CODEC_NAMES:
             raise ConfigError(f"unknown {key} '{values[key]}' (choose from {', '.join(CODEC_NAMES)})")
+    ferret_up, ferret_down = values["codec"] == "ferret", values["downlink-codec"] == "ferret"
+    if ferret_down and not ferret_up:
+        raise ConfigError("downlink-codec 'ferret' needs codec 'ferret' (the downlink carries aggregated coefficients)")
+    if ferret_up and values["downlink-codec"] not in ("dense", "ferret"):
+        raise ConfigError("with codec 'ferret' the downlink is the aggregated coefficients: leave downlink-codec at "
+                          f"'dense' (or 'ferret'), not '{values['downlink-codec']}'")
     for key in ("compeft-density", "downlink-density"):
         if not 0.0 < float(values[key]) <= 1.0:
             raise ConfigError(f"{key} must be in (0, 1], got {values[key]}")
@@ -143,11 +154,12 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         uplink = CodecSettings(codec=str(values["codec"]), dense_dtype=str(values["dense-dtype"]),
                                compeft_density=float(values["compeft-density"]),
                                compeft_alpha_scale=float(values["compeft-alpha-scale"]),
-                               compeft_scope=str(values["compeft-scope"]))
-        downlink = CodecSettings(codec=str(values["downlink-codec"]), dense_dtype="fp32",
-                                 compeft_density=float(values["downlink-density"]),
-                                 compeft_alpha_scale=float(values["compeft-alpha-scale"]),
-                                 compeft_scope=str(values["compeft-scope"]))
+                               compeft_scope=str(values["compeft-scope"]), ferret_dim=int(values["ferret-dim"]),
+                               ferret_block_size=int(values["ferret-block-size"]))
+        downlink = uplink if ferret_up else CodecSettings(
+            codec=str(values["downlink-codec"]), dense_dtype="fp32",
+            compeft_density=float(values["downlink-density"]),
+            compeft_alpha_scale=float(values["compeft-alpha-scale"]), compeft_scope=str(values["compeft-scope"]))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if values["partitioner"] not in ("iid", "dirichlet"):

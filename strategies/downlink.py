@@ -5,6 +5,11 @@ the coordinator compresses each round's aggregate (plus its own error-feedback r
 *decoded* aggregate to the global state, so the global state is, bit for bit, what a client rebuilds by applying
 the same payloads. A client that took part recently gets only the payloads it missed; a new or out-of-sync one
 gets the full state. A SHA-256 digest of the state travels with every message and the client checks it.
+
+With the ferret codec the aggregate *is* a payload (the clients' coefficients combined), so the coordinator
+applies its decode (``advance_encoded``) and clients apply the same payloads. When every party can build the
+starting state itself (full-parameter tuning starts from the pretrained weights: ``known_base``), a client that
+holds nothing gets the payloads since version 0 instead of the whole model.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def digest_prefix(digest: str) -> int:
+    """The first 48 bits of a hex digest as an int (fits a Flower metric), for clients to report their state."""
+    return int(digest[:12], 16)
+
+
 @dataclass(frozen=True)
 class DownlinkMessage:
     """What one client receives: the full state, or the payloads since ``base_version``, and the result's digest."""
@@ -62,7 +72,9 @@ class DownlinkPlanner:
     residual: dict[str, torch.Tensor] | None = None
     history: dict[int, bytes] = field(default_factory=dict)  # version -> payload that produced it
     held: dict[int, int] = field(default_factory=dict)  # node id -> version it holds
+    known_base: bool = False  # clients can rebuild version 0 themselves (it is the pretrained model)
     _full: tuple[int, bytes] | None = None
+    _digest: tuple[int, str] | None = None
 
     @property
     def compressed(self) -> bool:
@@ -75,15 +87,23 @@ class DownlinkPlanner:
             self._full = (self.version, dense.encode(self.state, dtype="fp32", round_id=self.version))
         return self._full[1]
 
+    def digest(self) -> str:
+        """SHA-256 of the current state (cached per version)."""
+        if self._digest is None or self._digest[0] != self.version:
+            self._digest = (self.version, state_digest(self.state))
+        return self._digest[1]
+
     def message_for(self, node_id: int) -> DownlinkMessage:
         """The cheapest message that brings ``node_id`` to the current version."""
-        digest = state_digest(self.state)
         held = self.held.get(node_id)
+        if held is None and self.known_base:
+            held = 0
         if self.compressed and held is not None and all(v in self.history for v in range(held + 1, self.version + 1)):
             payloads = [self.history[v] for v in range(held + 1, self.version + 1)]
-            if sum(len(p) for p in payloads) < len(self.full_payload()):
-                return DownlinkMessage(DELTAS, payloads, held, self.version, digest)
-        return DownlinkMessage(FULL, [self.full_payload()], -1, self.version, digest)
+            dense_bytes = sum(4 * t.numel() for t in self.state.values())
+            if sum(len(p) for p in payloads) < dense_bytes:
+                return DownlinkMessage(DELTAS, payloads, held, self.version, self.digest())
+        return DownlinkMessage(FULL, [self.full_payload()], -1, self.version, self.digest())
 
     def confirmed(self, node_id: int) -> None:
         """``node_id`` answered this round, so it holds the current version."""
@@ -96,6 +116,8 @@ class DownlinkPlanner:
 
     def advance(self, delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Apply this round's aggregate ``delta``; returns what was applied (the decoded compressed delta)."""
+        if self.settings.codec == "ferret":
+            raise ValueError("a ferret aggregate is a payload: use advance_encoded")
         self.version += 1
         if not self.compressed:
             self.state = apply_update(self.state, delta)
@@ -105,26 +127,43 @@ class DownlinkPlanner:
         layout = {name: tuple(t.shape) for name, t in self.state.items()}
         applied = decode_update(self.settings.codec, payload, expected_round=self.version, expected_layout=layout)
         self.residual = subtract(target, applied)
-        self.history[self.version] = payload
-        oldest_held = min(self.held.values(), default=self.version)
-        for stale in [v for v in self.history if v <= oldest_held]:  # no client needs these any more
-            del self.history[stale]
+        self._record(payload)
         self.state = apply_update(self.state, applied)
         return applied
 
+    def advance_encoded(self, payload: bytes) -> dict[str, torch.Tensor]:
+        """Apply an aggregate that is already a payload (ferret: combined coefficients); returns its decode."""
+        self.version += 1
+        layout = {name: tuple(t.shape) for name, t in self.state.items()}
+        applied = decode_update(self.settings.codec, payload, expected_round=self.version, expected_layout=layout)
+        self._record(payload)
+        self.state = apply_update(self.state, applied)
+        return applied
+
+    def _record(self, payload: bytes) -> None:
+        self.history[self.version] = payload
+        if self.known_base:
+            return  # a newcomer rebuilds from version 0 and needs every payload
+        oldest_held = min(self.held.values(), default=self.version)
+        for stale in [v for v in self.history if v <= oldest_held]:  # no client needs these any more
+            del self.history[stale]
+
 
 def receive(message: DownlinkMessage, codec: str, held: dict[str, torch.Tensor] | None, held_version: int | None,
-            layout: Layout | None = None) -> dict[str, torch.Tensor]:
+            layout: Layout | None = None, base: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The client's side: rebuild the global state from ``message`` and check its digest.
 
-    Raises OutOfSync when the payloads start from a version the client does not hold or the digest differs, and
-    UpdateRejected for a malformed payload.
+    ``base`` is the state the client can build itself (version 0, e.g. the pretrained weights), used when it holds
+    nothing and the message starts from version 0. Raises OutOfSync when the payloads start from a version the
+    client does not hold or the digest differs, and UpdateRejected for a malformed payload.
     """
     if message.kind == FULL:
         if len(message.payloads) != 1:
             raise OutOfSync(f"a full downlink carries one payload, got {len(message.payloads)}")
         state = dense.decode(message.payloads[0], expected_round=message.version, expected_layout=layout)
     elif message.kind == DELTAS:
+        if held is None and base is not None and message.base_version == 0:
+            held, held_version = base, 0
         if held is None or held_version != message.base_version:
             raise OutOfSync(f"downlink starts from version {message.base_version}, but this client holds "
                             f"{'nothing' if held is None else f'version {held_version}'}")

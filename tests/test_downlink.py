@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strategies.codecs import CodecSettings, UpdateRejected
+from strategies.codecs import CodecSettings, UpdateRejected, ferret
 from strategies.downlink import DELTAS, FULL, DownlinkMessage, DownlinkPlanner, OutOfSync, receive, state_digest
 
 COMPEFT = CodecSettings(codec="compeft", compeft_density=0.1)
@@ -96,3 +96,51 @@ def test_client_refuses_what_it_cannot_apply() -> None:
     with pytest.raises(UpdateRejected):
         receive(truncated, "compeft", start, 0)
     assert state_digest(receive(message, "compeft", start, 0)) == message.digest
+
+
+FERRET = CodecSettings(codec="ferret", ferret_dim=16, ferret_block_size=128)
+
+
+def _ferret_aggregate(round_id: int, state: dict[str, torch.Tensor]) -> bytes:
+    updates = [{n: t * 0.01 for n, t in _state(200 + 10 * round_id + c).items()} for c in range(3)]
+    payloads = [ferret.encode(u, seed=1000 + round_id, dim=16, block_size=128, round_id=round_id) for u in updates]
+    return ferret.combine(payloads, [0.5, 0.25, 0.25], round_id=round_id)
+
+
+def test_ferret_aggregates_rebuild_bit_identically_on_every_client() -> None:
+    planner = DownlinkPlanner(FERRET, _state())
+    held: dict[int, tuple[dict[str, torch.Tensor] | None, int | None]] = {1: (None, None), 2: (None, None)}
+    for round_id in range(1, 5):
+        for node in ([1, 2] if round_id == 1 else [1]):
+            message = planner.message_for(node)
+            state = receive(message, "ferret", *held[node])
+            assert all(torch.equal(state[n], planner.state[n]) for n in state)
+            held[node] = (state, message.version)
+            planner.confirmed(node)
+        before = planner.state
+        applied = planner.advance_encoded(_ferret_aggregate(round_id, planner.state))
+        assert all(torch.equal(planner.state[n], before[n] + applied[n]) for n in before)
+    message = planner.message_for(2)  # took version 0, sat out rounds 2-4: gets the four aggregates since then
+    assert message.kind == DELTAS and len(message.payloads) == 4
+    assert message.nbytes < 4 * (4 * 64 + 100) < 4 * 512  # 64 coefficients each, vs 512 fp32 for the state
+    state = receive(message, "ferret", *held[2])
+    assert all(torch.equal(state[n], planner.state[n]) for n in state)
+    with pytest.raises(ValueError, match="advance_encoded"):
+        planner.advance(_delta(9))
+
+
+def test_with_a_known_base_newcomers_rebuild_from_version_zero() -> None:
+    base = _state()
+    planner = DownlinkPlanner(FERRET, base, known_base=True)
+    first = planner.message_for(5)
+    assert first.kind == DELTAS and first.payloads == [] and first.base_version == 0
+    assert state_digest(receive(first, "ferret", None, None, base=base)) == first.digest
+    for round_id in (1, 2, 3):
+        planner.advance_encoded(_ferret_aggregate(round_id, planner.state))
+    message = planner.message_for(6)
+    assert message.kind == DELTAS and len(message.payloads) == 3 and message.base_version == 0
+    state = receive(message, "ferret", None, None, base=base)
+    assert all(torch.equal(state[n], planner.state[n]) for n in state)
+    wrong_base = {n: t + 1 for n, t in base.items()}
+    with pytest.raises(OutOfSync, match="digest differs"):
+        receive(message, "ferret", None, None, base=wrong_base)

@@ -40,6 +40,11 @@ def test_preset_values_fill_unset_task_keys_and_overrides_win() -> None:
     ({"compeft-scope": "layer"}, "compeft-scope 'layer'"),
     ({"downlink-codec": "zip"}, "unknown downlink-codec 'zip'"),
     ({"error-feedback": "yes"}, "'error-feedback' expects bool"),
+    ({"codec": "ferret", "ferret-dim": 0}, "dim must be a positive integer"),
+    ({"codec": "ferret", "ferret-dim": 128, "ferret-block-size": 64}, "exceeds block_size"),
+    ({"downlink-codec": "ferret"}, "downlink-codec 'ferret' needs codec 'ferret'"),
+    ({"codec": "ferret", "downlink-codec": "compeft"}, "leave downlink-codec at 'dense'"),
+    ({"trainable": "half"}, "trainable 'half'"),
 ])
 def test_bad_config_is_named(config: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -59,3 +64,13 @@ def test_codec_options_reach_clients_as_one_record() -> None:
     assert options["codec"] == "compeft" and options["compeft-density"] == 0.1
     assert options["downlink-codec"] == "compeft" and options["error-feedback"] is False
     assert cfg.uplink.lossy and cfg.downlink.codec == "compeft"
+
+
+def test_ferret_runs_send_coefficients_both_ways_and_full_tuning_takes_its_own_lr() -> None:
+    cfg = resolve({"codec": "ferret", "ferret-dim": 32, "ferret-block-size": 4096, "trainable": "full"})
+    assert cfg.downlink == cfg.uplink and cfg.downlink.codec == "ferret"
+    assert cfg.codec_options()["ferret-dim"] == 32 and cfg.codec_options()["downlink-ferret-block-size"] == 4096
+    assert not cfg.uplink.feedback_helps, "error feedback does not apply to an unbiased projection"
+    assert cfg.task.trainable == "full" and cfg.task.lr == pytest.approx(2e-5)
+    assert resolve({"trainable": "full", "lr": 1e-4}).task.lr == pytest.approx(1e-4)
+    assert resolve({}).task.trainable == "lora" and resolve({}).task.lr == pytest.approx(2e-3)

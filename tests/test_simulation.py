@@ -63,3 +63,25 @@ def test_compeft_with_error_feedback_and_compressed_downlink(tmp_path: Path) -> 
     assert summary["bytes_up_dense_equivalent"] == sum(c["dense_fp32_bytes_up"] for c in clients)
     assert summary["compression_up"] > 20 and summary["compression_down"] > 1.5
     assert summary["metric_final"] > summary["metric_base"]
+
+
+@pytest.mark.parametrize("trainable", ["full", "lora"])
+def test_ferret_keeps_every_client_bit_identical_to_the_global_model(tmp_path: Path, trainable: str) -> None:
+    config = {"preset": "encoder", "num-server-rounds": 3, "num-clients": 3, "fraction-train": 0.67,
+              "partitioner": "iid", "codec": "ferret", "trainable": trainable,
+              "ferret-dim": 256, "ferret-block-size": 16384}
+    summary = simulate(config, out_dir=tmp_path, max_parallel=2)
+
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["applied"] and r["clients_ok"] == 2 and not r["problems"] for r in rows)
+    clients = [c for r in rows for c in r["clients"]]
+    # Every client trained from exactly the coordinator's global state (48-bit digest prefix reported and checked).
+    assert all(c["status"] == "ok" and c["in_sync"] for c in clients)
+    assert all(0 < c["bytes_up"] < c["dense_fp32_bytes_up"] / 40 for c in clients)  # 64 entries per coefficient
+    if trainable == "full":
+        # Nobody downloads the model: newcomers rebuild from the pretrained weights plus the coefficients so far.
+        assert all(c["bytes_down"] < c["dense_fp32_bytes_down"] / 20 for c in clients)
+        assert (tmp_path / "model" / "model.safetensors").stat().st_size > 4 * 20_000_000
+    else:
+        assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert summary["codec"] == "ferret" and summary["compression_up"] > 40

@@ -21,14 +21,14 @@ def encoder_spec():
 def test_training_is_deterministic_and_moves_only_the_adapter(encoder_spec) -> None:
     train, heldout = load_splits(encoder_spec)
     task = build_task(encoder_spec, train.label_names)
-    start = task.adapter_state()
+    start = task.trainable_state()
     frozen_before = task.model.base_model.model.encoder.embeddings.word_embeddings.weight.clone()
     small = train.dataset.select(range(64))
     first = train_locally(task, small, steps=2, batch_size=8, lr=1e-3, seed=5)
-    after_first = task.adapter_state()
-    task.load_adapter_state(start)
+    after_first = task.trainable_state()
+    task.load_trainable_state(start)
     second = train_locally(task, small, steps=2, batch_size=8, lr=1e-3, seed=5)
-    after_second = task.adapter_state()
+    after_second = task.trainable_state()
     assert first == second
     assert all(torch.equal(after_first[k], after_second[k]) for k in start)
     assert any(not torch.equal(after_first[k], start[k]) for k in start)
@@ -41,12 +41,12 @@ def test_training_is_deterministic_and_moves_only_the_adapter(encoder_spec) -> N
 def test_adapter_state_refuses_wrong_names_and_shapes(encoder_spec) -> None:
     train, _ = load_splits(encoder_spec)
     task = build_task(encoder_spec, train.label_names)
-    state = task.adapter_state()
+    state = task.trainable_state()
     name = next(iter(state))
     with pytest.raises(ValueError, match="mismatch"):
-        task.load_adapter_state({k: v for k, v in state.items() if k != name})
+        task.load_trainable_state({k: v for k, v in state.items() if k != name})
     with pytest.raises(ValueError, match="has shape"):
-        task.load_adapter_state({**state, name: torch.zeros(1)})
+        task.load_trainable_state({**state, name: torch.zeros(1)})
 
 
 def test_model_sources(tmp_path: Path) -> None:

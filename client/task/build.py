@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
 from client.task.data import LabelledText, load_files, load_finefoods, load_fortunes, split_heldout
@@ -31,10 +33,10 @@ def load_splits(spec: TaskSpec) -> tuple[LabelledText, LabelledText]:
 
 @dataclass
 class Task:
-    """A LoRA-wrapped model and how to turn texts into class logits with it."""
+    """A model (LoRA-wrapped, or fully trainable) and how to turn texts into class logits with it."""
 
     spec: TaskSpec
-    model: PeftModel
+    model: torch.nn.Module  # a PeftModel when spec.trainable == "lora"
     tokenizer: PreTrainedTokenizerBase
     label_names: tuple[str, ...]
     device: torch.device
@@ -45,22 +47,52 @@ class Task:
         """Class logits [batch, num_labels] in fp32 from the current ``model``."""
         return self.class_logits(self.model, batch)
 
-    def adapter_state(self) -> dict[str, torch.Tensor]:
-        """The trainable adapter weights (PEFT state-dict names), detached fp32 copies on CPU."""
-        state = get_peft_model_state_dict(self.model)
-        return {name: tensor.detach().to("cpu", torch.float32).clone() for name, tensor in state.items()}
+    def _named_trainable(self) -> dict[str, torch.Tensor]:
+        if self.spec.trainable == "lora":
+            return get_peft_model_state_dict(self.model)
+        return dict(self.model.named_parameters())
 
-    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Overwrite the adapter weights; names and shapes must match exactly."""
-        current = get_peft_model_state_dict(self.model)
+    def trainable_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of what trains (PEFT adapter names, or every parameter): the update's layout."""
+        return {name: tuple(tensor.shape) for name, tensor in self._named_trainable().items()}
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What trains (the LoRA adapter, or every parameter), as detached fp32 copies on CPU."""
+        return {name: tensor.detach().to("cpu", torch.float32).clone()
+                for name, tensor in self._named_trainable().items()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite what trains; names and shapes must match exactly."""
+        current = self._named_trainable()
         if set(state) != set(current):
             missing, extra = sorted(set(current) - set(state)), sorted(set(state) - set(current))
-            raise ValueError(f"adapter state mismatch: missing {missing[:3]}, unexpected {extra[:3]}")
+            raise ValueError(f"trainable state mismatch: missing {missing[:3]}, unexpected {extra[:3]}")
         for name, tensor in state.items():
             if tuple(tensor.shape) != tuple(current[name].shape):
-                raise ValueError(f"adapter tensor '{name}' has shape {tuple(tensor.shape)}, "
+                raise ValueError(f"trainable tensor '{name}' has shape {tuple(tensor.shape)}, "
                                  f"expected {tuple(current[name].shape)}")
-        set_peft_model_state_dict(self.model, state)
+        if self.spec.trainable == "lora":
+            set_peft_model_state_dict(self.model, state)
+            return
+        with torch.no_grad():
+            for name, parameter in current.items():
+                parameter.copy_(state[name])
+
+    def save(self, out_dir: Path) -> Path:
+        """Write what was trained: ``out_dir/adapter`` in PEFT format, or ``out_dir/model`` (full parameters,
+        Hugging Face format where the model has one, else ``model.safetensors``). Returns the directory."""
+        if self.spec.trainable == "lora":
+            self.model.save_pretrained(out_dir / "adapter")
+            return out_dir / "adapter"
+        target = out_dir / "model"
+        if hasattr(self.model, "save_pretrained"):
+            self.model.save_pretrained(target)
+            self.tokenizer.save_pretrained(target)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            save_file({name: t.detach().contiguous() for name, t in self.model.state_dict().items()},
+                      str(target / "model.safetensors"))
+        return target
 
     def autocast(self) -> torch.autocast:
         """bf16 autocast when the spec asks for it (or ``auto`` finds native bf16), else a disabled context."""
@@ -127,11 +159,12 @@ def _label_token_ids(tokenizer: PreTrainedTokenizerBase, label_names: tuple[str,
 
 
 def build_task(spec: TaskSpec, label_names: tuple[str, ...]) -> Task:
-    """Load the base model, add the seeded LoRA adapter and set up batching for ``spec``."""
+    """Load the base model, add the seeded LoRA adapter (unless every parameter trains), set up batching."""
     device = resolve_device(spec.device)
     tokenizer = load_tokenizer(spec.model)
     if spec.kind == "prompt-classification":
-        model = wrap_with_lora(load_causal_lm(spec.model), spec.lora, seed=spec.seed)
+        base = load_causal_lm(spec.model)
+        model = wrap_with_lora(base, spec.lora, seed=spec.seed) if spec.trainable == "lora" else base
         encode = _prompt_encoder(tokenizer, label_names, spec.max_length)
         label_ids = torch.tensor(_label_token_ids(tokenizer, label_names), device=device)
 
@@ -140,7 +173,8 @@ def build_task(spec: TaskSpec, label_names: tuple[str, ...]) -> Task:
             return out.logits[:, -1, :].index_select(-1, label_ids).float()
     else:
         base = load_encoder_classifier(spec.model, len(label_names), spec.seed)
-        model = wrap_with_lora(base, spec.lora, seed=spec.seed, modules_to_save=["head"])
+        model = (wrap_with_lora(base, spec.lora, seed=spec.seed, modules_to_save=["head"])
+                 if spec.trainable == "lora" else base)
 
         def encode(texts: list[str]) -> dict[str, torch.Tensor]:
             out = tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")

@@ -8,6 +8,7 @@ from client.task.models import LoraSettings
 
 TASK_KINDS = ("prompt-classification", "encoder-classification")
 PRECISIONS = ("auto", "bf16", "fp32")
+TRAINABLE = ("lora", "full")
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class TaskSpec:
     device: ``auto``, ``cpu`` or ``cuda[:i]``.
     partitioner / dirichlet_alpha: how the training set is split across clients.
     lr / local_steps / batch_size: the local optimiser recipe per round.
+    trainable: ``lora`` (a PEFT LoRA adapter trains) or ``full`` (every parameter of the model trains).
     """
 
     kind: str
@@ -46,10 +48,13 @@ class TaskSpec:
     lr: float
     local_steps: int
     batch_size: int
+    trainable: str = "lora"
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
             raise ValueError(f"task kind '{self.kind}' is not one of {', '.join(TASK_KINDS)}")
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable '{self.trainable}' is not one of {', '.join(TRAINABLE)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
         for name in ("lora_r", "lora_alpha", "max_length", "heldout", "local_steps", "batch_size"):
