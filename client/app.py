@@ -114,11 +114,12 @@ def train(msg: Message, context: Context) -> Message:
     layout = loaded.task.trainable_shapes()
     received, bytes_down = _receive_global(msg, context, downlink_settings, layout, loaded.base)
     loaded.task.load_trainable_state(received)
-    trained_from = downlink.state_digest(loaded.task.trainable_state())  # the model really holds the global state
+    trained_from = loaded.task.trainable_digest()  # the model really holds the global state
     started = time.perf_counter()
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
                            lr=spec.lr, seed=spec.seed * 1_000_003 + round_id * 1009 + partition_id)
-    delta = subtract(loaded.task.trainable_state(), received)
+    delta = loaded.task.trainable_delta(received)
+    del received
     seed = int(config["ferret-seed"]) if "ferret-seed" in config else None
     encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
                                                           round_id, seed)

@@ -37,7 +37,7 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())
-        digest.update(np.ascontiguousarray(state[name].detach().to("cpu", torch.float32).numpy()).tobytes())
+        digest.update(np.ascontiguousarray(state[name].detach().to("cpu", torch.float32).numpy()))
     return digest.hexdigest()
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from client.task.build import build_task, load_splits, native_bf16, resolve_precision
@@ -47,6 +48,23 @@ def test_adapter_state_refuses_wrong_names_and_shapes(encoder_spec) -> None:
         task.load_trainable_state({k: v for k, v in state.items() if k != name})
     with pytest.raises(ValueError, match="has shape"):
         task.load_trainable_state({**state, name: torch.zeros(1)})
+
+
+def test_full_parameter_task_trains_and_saves_every_parameter(tmp_path: Path) -> None:
+    spec = resolve({"preset": "encoder", "precision": "fp32", "trainable": "full"}).task
+    train, _ = load_splits(spec)
+    task = build_task(spec, train.label_names)
+    start = task.trainable_state()
+    assert set(start) == {name for name, _ in task.model.named_parameters()}
+    assert sum(t.numel() for t in start.values()) > 20_000_000, "every MiniLM parameter trains, not an adapter"
+    train_locally(task, train.dataset.select(range(16)), steps=1, batch_size=8, lr=1e-5, seed=0)
+    moved = task.trainable_state()
+    assert any(not torch.equal(moved[k], start[k]) for k in start if "embeddings" in k)
+    task.load_trainable_state(start)
+    assert all(torch.equal(t, start[k]) for k, t in task.trainable_state().items())
+    saved = task.save(tmp_path)
+    assert saved == tmp_path / "model" and load_file(str(saved / "model.safetensors")).keys() == \
+        task.model.state_dict().keys()
 
 
 def test_model_sources(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def training_order(size: int, count: int, seed: int) -> list[int]:
 
 
 def train_locally(task: Task, dataset: Dataset, *, steps: int, batch_size: int, lr: float, seed: int) -> TrainResult:
-    """Run ``steps`` AdamW steps on the adapter; deterministic for a given seed on one device."""
+    """Run ``steps`` AdamW steps on what trains; deterministic for a given seed on one device."""
     torch.manual_seed(seed)
     model = task.model
     model.train()
@@ -61,6 +61,7 @@ def train_locally(task: Task, dataset: Dataset, *, steps: int, batch_size: int, 
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
+    optimiser.zero_grad(set_to_none=True)  # free the gradients (as large as the model under full tuning)
     return TrainResult(len(order), sum(losses) / len(losses), len(losses))
 
 
