@@ -16,8 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-FERRET_FULL_LR = 5e-6
-
 
 def variants(densities: list[float], alpha_scale: float, ferret: dict[str, object] | None = None
              ) -> list[tuple[str, dict[str, object]]]:
@@ -32,7 +30,8 @@ def variants(densities: list[float], alpha_scale: float, ferret: dict[str, objec
     if ferret is not None:
         out.append((f"ferret full d={ferret['full-dim']}", {
             "codec": "ferret", "trainable": "full", "ferret-dim": ferret["full-dim"],
-            "ferret-block-size": ferret["block-size"], "lr": ferret["full-lr"]}))
+            "ferret-block-size": ferret["block-size"],
+            **({"lr": ferret["full-lr"]} if ferret.get("full-lr") else {})}))
         out.append((f"ferret lora d={ferret['lora-dim']}", {
             "codec": "ferret", "ferret-dim": ferret["lora-dim"], "ferret-block-size": ferret["block-size"]}))
     return out
@@ -50,7 +49,9 @@ def run_variant(label: str, overrides: dict[str, object], base: dict[str, object
     run_config = _run_config({**base, **overrides})
     marker = run_dir / "run_config.txt"
     if not (reuse and marker.exists() and marker.read_text() == run_config and (run_dir / "summary.json").exists()):
-        command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir),
+        # Full-parameter clients hold several copies of the model: two at a time fit 24 GB, three do not.
+        parallel = ["--max-parallel", "2"] if overrides.get("trainable") == "full" else []
+        command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir), *parallel,
                    "--run-config", run_config]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         marker.write_text(run_config)
@@ -76,6 +77,10 @@ def plot(results: list[dict], path: Path) -> None:
         ax.annotate(row["label"], (row["bytes_up_total"] / 1e6, row["metric_final"]), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")
     ax.axhline(results[0]["metric_base"], color="grey", linestyle=":", label="base model")
+    full = next((row for row in results if row.get("trainable") == "full"), None)
+    if full is not None:
+        ax.axvline(full["bytes_up_dense_equivalent"] / 1e6, color="grey", linestyle="--",
+                   label="dense full-parameter FedAvg would send")
     ax.set_xscale("log")
     ax.set_xlabel("MB sent up by all clients (total, log scale)")
     ax.set_ylabel(f"held-out {results[0]['metric']} after the last round")
@@ -98,7 +103,8 @@ def main() -> None:
     parser.add_argument("--ferret-full-dim", type=int, default=64)
     parser.add_argument("--ferret-lora-dim", type=int, default=1024)
     parser.add_argument("--ferret-block-size", type=int, default=65536)
-    parser.add_argument("--ferret-full-lr", type=float, default=FERRET_FULL_LR)
+    parser.add_argument("--ferret-full-lr", type=float, default=None,
+                        help="lr for the full-parameter row (default: the preset's full-lr)")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished runs in --out whose run config is unchanged (add rows without rerunning)")
     args = parser.parse_args()

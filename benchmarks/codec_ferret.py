@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--block-size", type=int, default=65536)
-    parser.add_argument("--lora-dim", type=int, default=4096, help="dim for the LoRA row (its update is small)")
+    parser.add_argument("--lora-dim", type=int, default=1024, help="dim for the LoRA row (its update is small)")
     parser.add_argument("--speed-entries", type=int, default=4_000_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
