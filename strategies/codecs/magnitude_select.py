@@ -84,9 +84,10 @@ class Candidates:
 
 def _kth_largest(candidates: list[Candidates], k: int, ceiling: int) -> int:
     """The k-th largest candidate key; partitions only the keys under ``ceiling`` when the ceiling holds."""
-    above = sum(int(np.count_nonzero(c.keys >= ceiling)) for c in candidates)
+    below = [c.keys < ceiling for c in candidates]
+    above = sum(c.keys.size - int(np.count_nonzero(mask)) for c, mask in zip(candidates, below, strict=True))
     if above < k:
-        middle = np.concatenate([c.keys[c.keys < ceiling] for c in candidates])
+        middle = np.concatenate([c.keys[mask] for c, mask in zip(candidates, below, strict=True)])
         rank = k - above  # the rank-th largest of the middle keys
         return int(np.partition(middle, middle.size - rank)[middle.size - rank])
     every_key = np.concatenate([c.keys for c in candidates])
@@ -102,10 +103,10 @@ def select_top(candidates: list[Candidates], k: int, ceiling: int = FIRST_NON_FI
     if k >= total:
         return [c.positions for c in candidates]
     threshold = _kth_largest(candidates, k, ceiling)
-    ties_left = k - sum(int(np.count_nonzero(c.keys > threshold)) for c in candidates)
+    masks = [c.keys > threshold for c in candidates]
+    ties_left = k - sum(int(np.count_nonzero(mask)) for mask in masks)
     chosen = []
-    for c in candidates:
-        mask = c.keys > threshold
+    for c, mask in zip(candidates, masks, strict=True):
         at_threshold = np.flatnonzero(c.keys == threshold)[:ties_left]
         mask[at_threshold] = True
         ties_left -= at_threshold.size
