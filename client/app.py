@@ -59,8 +59,10 @@ def _load(spec: TaskSpec, partition_id: int, num_partitions: int) -> _Loaded:
 
 
 def _receive_global(msg: Message, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]],
-                    base: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], int]:
-    """Rebuild the global state from the downlink (full, or compressed aggregates applied to the held state)."""
+                    base: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], int, str]:
+    """Rebuild the global state from the downlink (full, or compressed aggregates applied to the held state).
+
+    Returns the state, the bytes received and the state's SHA-256, which ``downlink.receive`` has checked."""
     message = messages.downlink_from_record(msg.content[messages.DOWNLINK])
     held, held_version = node_state.load_global(context.state)
     received = downlink.receive(message, settings.codec, held, held_version, layout=layout, base=base)
@@ -68,7 +70,7 @@ def _receive_global(msg: Message, context: Context, settings: CodecSettings, lay
         node_state.save_global(context.state, received, message.version)
     else:
         node_state.drop(context.state, node_state.GLOBAL_STATE, node_state.GLOBAL_VERSION)
-    return received, message.nbytes
+    return received, message.nbytes, message.digest
 
 
 def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSettings, error_feedback: bool,
@@ -112,9 +114,8 @@ def train(msg: Message, context: Context) -> Message:
         spec = replace(spec, device=str(context.node_config["device"]))
     loaded = _load(spec, partition_id, num_partitions)
     layout = loaded.task.trainable_shapes()
-    received, bytes_down = _receive_global(msg, context, downlink_settings, layout, loaded.base)
+    received, bytes_down, trained_from = _receive_global(msg, context, downlink_settings, layout, loaded.base)
     loaded.task.load_trainable_state(received)
-    trained_from = loaded.task.trainable_digest()  # the model really holds the global state
     started = time.perf_counter()
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
                            lr=spec.lr, seed=spec.seed * 1_000_003 + round_id * 1009 + partition_id)

@@ -100,8 +100,7 @@ class DownlinkPlanner:
             held = 0
         if self.compressed and held is not None and all(v in self.history for v in range(held + 1, self.version + 1)):
             payloads = [self.history[v] for v in range(held + 1, self.version + 1)]
-            dense_bytes = sum(4 * t.numel() for t in self.state.values())
-            if sum(len(p) for p in payloads) < dense_bytes:
+            if sum(len(p) for p in payloads) < dense.dense_fp32_bytes(self.state):
                 return DownlinkMessage(DELTAS, payloads, held, self.version, self.digest())
         return DownlinkMessage(FULL, [self.full_payload()], -1, self.version, self.digest())
 

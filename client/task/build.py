@@ -15,7 +15,6 @@ from transformers import PreTrainedTokenizerBase
 from client.task.data import LabelledText, load_files, load_finefoods, load_fortunes, split_heldout
 from client.task.models import load_causal_lm, load_encoder_classifier, load_tokenizer, wrap_with_lora
 from client.task.spec import TaskSpec
-from strategies.downlink import state_digest
 
 PROMPT_PREFIX = "Classify the topic of this quote as one of: {labels}.\nQuote: "
 PROMPT_SUFFIX = "\nTopic:"
@@ -66,10 +65,6 @@ class Task:
         """What trains now minus ``start`` (fp32, CPU), without an intermediate copy of the model."""
         current = self._named_trainable()
         return {name: current[name].detach().to("cpu", torch.float32) - start[name] for name in start}
-
-    def trainable_digest(self) -> str:
-        """SHA-256 of what trains (names and fp32 bytes, as ``strategies.downlink.state_digest``), read in place."""
-        return state_digest({name: t.detach() for name, t in self._named_trainable().items()})
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         """Overwrite what trains; names and shapes must match exactly."""

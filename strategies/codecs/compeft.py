@@ -27,6 +27,7 @@ from strategies.codecs.envelope import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     FORMAT_VERSION,
     Layout,
+    check_update,
     pack_tensor_names,
     parse_envelope,
     seal,
@@ -118,12 +119,6 @@ class _FirstPass:
 
 
 def _flatten(name: str, tensor: torch.Tensor) -> _Flat:
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"update entry '{name}' is a {type(tensor).__name__}, not a tensor")
-    if tensor.dtype not in _DTYPE_NAMES:
-        raise ValueError(f"tensor '{name}' has dtype {tensor.dtype}; compeft takes float32, bfloat16, float16, float64")
-    if tensor.numel() == 0:
-        raise ValueError(f"tensor '{name}' is empty")
     values = tensor.detach().to("cpu", torch.float32).contiguous().reshape(-1).numpy()
     return _Flat(name, tuple(tensor.shape), _DTYPE_NAMES[tensor.dtype], values)
 
@@ -163,8 +158,7 @@ def encode(update: dict[str, torch.Tensor], *, density: float, alpha_scale: floa
     Raises ValueError for options out of range, an empty update or tensor, an unsupported dtype, or NaN/Inf.
     """
     check_options(density, alpha_scale, scope)
-    if not update:
-        raise ValueError("update has no tensors")
+    check_update(update, codec=CODEC, dtypes=_DTYPE_NAMES)
     flats = [_flatten(name, tensor) for name, tensor in update.items()]
     scratch = np.empty(min(CHUNK_ENTRIES, max(flat.values.size for flat in flats)), dtype=np.float64)
     header = compeft_pb2.CompeftHeader(scope=_SCOPES[scope], density=float(density))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Collection, Mapping
 
+import torch
 from google.protobuf.message import DecodeError
 
 from protos.fedsqueeze.v1 import update_pb2
@@ -16,6 +18,21 @@ DEFAULT_MAX_PAYLOAD_BYTES = 2**31 - 1
 MAX_NAME_CHARS = 4096
 _CHECKSUM_TAG = bytes([(8 << 3) | 5])  # field 8, wire type fixed32
 Layout = dict[str, tuple[int, ...]]
+
+
+def check_update(update: Mapping[str, object], *, codec: str, dtypes: Collection[torch.dtype]) -> None:
+    """Raise ValueError naming the first entry an encoder cannot take: none at all, a non-tensor, a dtype outside
+    ``dtypes``, or an empty tensor."""
+    if not update:
+        raise ValueError("update has no tensors")
+    for name, tensor in update.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"update entry '{name}' is a {type(tensor).__name__}, not a tensor")
+        if tensor.dtype not in dtypes:
+            raise ValueError(f"tensor '{name}' has dtype {tensor.dtype}; {codec} takes "
+                             f"{', '.join(str(d).removeprefix('torch.') for d in dtypes)}")
+        if tensor.numel() == 0:
+            raise ValueError(f"tensor '{name}' is empty")
 
 
 def seal(message: update_pb2.EncodedUpdate) -> bytes:

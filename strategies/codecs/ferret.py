@@ -24,7 +24,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from protos.fedsqueeze.v1 import ferret_pb2, update_pb2
-from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, FORMAT_VERSION, parse_envelope, seal
+from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, FORMAT_VERSION, check_update, parse_envelope, seal
 from strategies.codecs.errors import UpdateRejected
 from strategies.random_basis import BlockPlan, buckets_and_signs, check_seed
 
@@ -74,25 +74,13 @@ def _pieces(shapes: Mapping[str, Sequence[int]], plan: BlockPlan) -> Iterator[tu
         offset += numel
 
 
-def _check_update(update: Mapping[str, torch.Tensor]) -> None:
-    if not update:
-        raise ValueError("update has no tensors")
-    for name, tensor in update.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"update entry '{name}' is a {type(tensor).__name__}, not a tensor")
-        if tensor.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"tensor '{name}' has dtype {tensor.dtype}; ferret takes floating-point tensors")
-        if tensor.numel() == 0:
-            raise ValueError(f"tensor '{name}' is empty")
-
-
 def project(update: Mapping[str, torch.Tensor], *, seed: int, dim: int, block_size: int) -> np.ndarray:
     """The fp32 coefficients of ``update`` on the random directions of ``seed`` (accumulated in fp64).
 
     Runs on the device the tensors are on. Raises ValueError for bad options, an empty update, or NaN/Inf.
     """
     check_seed(seed)
-    _check_update(update)
+    check_update(update, codec=CODEC, dtypes=_FLOAT_DTYPES)
     shapes = {name: tuple(t.shape) for name, t in update.items()}
     plan = BlockPlan(sum(t.numel() for t in update.values()), dim, block_size)
     offsets = plan.offsets()
