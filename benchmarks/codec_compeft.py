@@ -9,6 +9,11 @@ medians. Usage: python benchmarks/codec_compeft.py [--sizes 10000000 100000000] 
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread for numpy's BLAS too (np.dot), set before import
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import json
 import platform

@@ -235,3 +235,20 @@ def test_size_and_entry_limits() -> None:
         compeft.decode(payload, expected_round=3)
     with pytest.raises(UpdateRejected, match="encoded with codec 'compeft', expected 'dense'"):
         dense.decode(payload)
+
+
+@pytest.mark.parametrize("center", [0.0, 3.0, -1e4])
+def test_large_chunk_moments_match_fp64(center: float) -> None:
+    from strategies.codecs.compeft import _chunk_moments, _moments_fp64
+
+    rng = np.random.default_rng(7)
+    chunk = (center + rng.laplace(size=(1 << 18) + 123) * 1e-3).astype(np.float32)
+    scratch = np.empty(chunk.size)
+    mean, m2 = _chunk_moments(chunk, chunk[::97], scratch)
+    want_mean, want_m2 = _moments_fp64(chunk, scratch)
+    wide = chunk.astype(np.float64)
+    assert want_m2 == pytest.approx(float(((wide - wide.mean()) ** 2).sum()), rel=1e-9)
+    assert mean == pytest.approx(want_mean, rel=1e-9, abs=1e-12)
+    assert m2 == pytest.approx(want_m2, rel=1e-5)
+    constant = np.full(1 << 18, np.float32(center or 0.25))
+    assert _chunk_moments(constant, constant[::97], scratch)[1] == 0.0

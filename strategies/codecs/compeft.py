@@ -96,26 +96,62 @@ class _FirstPass:
 
     def add(self, flat: _Flat, first_offset: int, scratch: np.ndarray) -> None:
         for start, chunk in flat.chunks():
-            as64 = scratch[:chunk.size]
-            np.copyto(as64, chunk)
-            total, squares = float(as64.sum()), float(np.dot(as64, as64))
-            if not (math.isfinite(total) and math.isfinite(squares)):
+            sampled = chunk[(-(first_offset + start)) % self.stride::self.stride]
+            mean_b, m2_b = _chunk_moments(chunk, sampled, scratch)
+            if not (math.isfinite(mean_b) and math.isfinite(m2_b)):
                 raise ValueError(f"tensor '{flat.name}' has NaN or Inf entries; refusing to encode")
             n_b = chunk.size
-            mean_b = total / n_b
-            m2_b = max(0.0, squares - total * mean_b)
             n = self.count + n_b
             shift = mean_b - self.mean
             self.mean += shift * n_b / n
             self.m2 += m2_b + shift * shift * self.count * n_b / n
             self.count = n
-            sample = ms.magnitude_keys(chunk[(-(first_offset + start)) % self.stride::self.stride])
+            sample = ms.magnitude_keys(sampled)
             self.sample_size += sample.size
             self.samples.append(sample[sample != 0])
 
     def std(self, lone_value: float) -> float:
         """Unbiased std; for a single entry (undefined) its magnitude ``lone_value``."""
         return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else abs(lone_value)
+
+
+_ROW = 1024  # fp32 partial sums over rows this long stay accurate to ~1e-8 relative
+_FAST_MOMENTS_FROM = 1 << 17  # below this, widening to fp64 costs less than the row path's fixed overhead
+
+
+def _moments_fp64(chunk: np.ndarray, scratch: np.ndarray) -> tuple[float, float]:
+    as64 = scratch[:chunk.size]
+    np.copyto(as64, chunk)
+    mean = float(as64.sum()) / chunk.size
+    if not math.isfinite(mean):
+        return mean, mean
+    as64 -= mean  # two passes: no cancellation when the mean is large against the spread
+    return mean, float(np.dot(as64, as64))
+
+
+def _chunk_moments(chunk: np.ndarray, sampled: np.ndarray, scratch: np.ndarray) -> tuple[float, float]:
+    """Mean and M2 (sum of squared deviations) of an fp32 chunk.
+
+    Large chunks sum fp32 rows of _ROW entries and add the row sums in fp64 (four times faster than widening the
+    chunk); they are first shifted by the sample's mean when that mean is not small against the sample's spread, so
+    the squares do not cancel. Small chunks, and chunks whose fp32 squares overflow, are summed in fp64.
+    """
+    whole = chunk.size - chunk.size % _ROW
+    if whole < _FAST_MOMENTS_FROM:
+        return _moments_fp64(chunk, scratch)
+    sample = sampled.astype(np.float64)
+    center = float(sample.mean()) if sample.size else float(chunk[0])
+    spread = float(sample.std()) if sample.size > 1 else 0.0
+    values = chunk - np.float32(center) if not abs(center) <= 1e-2 * spread else chunk
+    offset = float(np.float32(center)) if values is not chunk else 0.0
+    rows = values[:whole].reshape(-1, _ROW)
+    tail = values[whole:].astype(np.float64)
+    total = float(rows.sum(axis=1).sum(dtype=np.float64)) + float(tail.sum())
+    squares = float(np.einsum("ij,ij->i", rows, rows).sum(dtype=np.float64)) + float(np.dot(tail, tail))
+    if not math.isfinite(squares) and math.isfinite(total):
+        return _moments_fp64(chunk, scratch)  # |x| beyond ~1e19: fp32 squares overflow
+    mean = total / chunk.size
+    return offset + mean, max(0.0, squares - total * mean)
 
 
 def _flatten(name: str, tensor: torch.Tensor) -> _Flat:
@@ -207,6 +243,14 @@ def _checked_alpha(alpha: float, where: str) -> float:
     return alpha
 
 
+def _signed(negative: np.ndarray, alpha: np.float32) -> np.ndarray:
+    """``-alpha`` where ``negative`` else ``alpha``, built from fp32 bits (several times faster than np.where)."""
+    bits = negative.view(np.uint8).astype(np.uint32)
+    bits <<= 31
+    bits |= np.abs(alpha).view(np.uint32)
+    return bits.view(np.float32)
+
+
 def decode(payload: bytes, *, expected_round: int | None = None, expected_layout: Layout | None = None,
            max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES
            ) -> dict[str, torch.Tensor]:
@@ -243,7 +287,7 @@ def decode(payload: bytes, *, expected_round: int | None = None, expected_layout
         alpha = np.float32(_checked_alpha(tensor.alpha, f"tensor '{entry.name}'") if tensor_scope else header.alpha)
         values = buffer[offset:offset + numel]
         offset += numel
-        values[positions] = np.where(negative, -alpha, alpha)
+        values[positions] = _signed(negative, alpha)
         update[entry.name] = torch.from_numpy(values).reshape(tuple(entry.shape)).to(dtype)
     return update
 

@@ -103,12 +103,14 @@ def select_top(candidates: list[Candidates], k: int, ceiling: int = FIRST_NON_FI
     if k >= total:
         return [c.positions for c in candidates]
     threshold = _kth_largest(candidates, k, ceiling)
-    masks = [c.keys > threshold for c in candidates]
-    ties_left = k - sum(int(np.count_nonzero(mask)) for mask in masks)
-    chosen = []
-    for c, mask in zip(candidates, masks, strict=True):
-        at_threshold = np.flatnonzero(c.keys == threshold)[:ties_left]
-        mask[at_threshold] = True
-        ties_left -= at_threshold.size
-        chosen.append(c.positions[mask])
-    return chosen
+    masks = [c.keys >= threshold for c in candidates]
+    excess = sum(int(np.count_nonzero(mask)) for mask in masks) - k  # ties at the threshold beyond the k-th
+    if excess:
+        for c, mask in reversed(list(zip(candidates, masks, strict=True))):  # drop the latest ties first
+            at_threshold = np.flatnonzero(c.keys == threshold)
+            dropped = at_threshold[max(0, at_threshold.size - excess):]
+            mask[dropped] = False
+            excess -= dropped.size
+            if not excess:
+                break
+    return [c.positions[mask] for c, mask in zip(candidates, masks, strict=True)]
