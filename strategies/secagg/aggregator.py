@@ -1,0 +1,180 @@
+"""The coordinator's side of SecAgg+: route keys and shares, collect masked inputs, rebuild the masks of the
+round, and return only the sum.
+
+Every stage takes the replies that arrived (party -> bytes; a missing party has dropped out) and returns the
+messages for the next stage. A malformed reply drops its sender, with the reason kept in ``problems``. When
+fewer parties than the threshold remain, or a secret cannot be rebuilt from enough shares, the stage raises
+SecAggAbort and nothing is returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from protos.fedsqueeze.v1 import secagg_pb2
+from strategies.secagg import common, ring, shamir
+from strategies.secagg.errors import SecAggAbort, SecAggError
+from strategies.secagg.party import PAIR_MASK, SELF_MASK
+
+
+class Aggregator:
+    """The server's protocol state for one round."""
+
+    def __init__(self, setup: bytes) -> None:
+        self.setup = common.read_setup(setup)
+        self.keys: dict[int, secagg_pb2.SecAggPublicKeys] = {}
+        self.commitments: dict[int, bytes] = {}
+        self.outbox: dict[int, list[secagg_pb2.SecAggCiphertext]] = {}
+        self.masked: dict[int, list[np.ndarray]] = {}
+        self.problems: list[str] = []
+        self.survivors: list[int] = []
+        self.dropped: list[int] = []
+
+    def _need(self, count: int, stage: str) -> None:
+        if count < self.setup.threshold:
+            raise SecAggAbort(f"secure aggregation round {self.setup.round} aborted at {stage}: {count} parties "
+                              f"remain, the threshold is {self.setup.threshold}")
+
+    def _known(self, replies: dict[int, bytes], allowed: set[int], stage: str) -> dict[int, bytes]:
+        out = {}
+        for party, data in replies.items():
+            if party not in allowed:
+                self.problems.append(f"party {party}: {stage} reply from a party not expected at this stage")
+            else:
+                out[party] = data
+        return out
+
+    def collect_keys(self, replies: dict[int, bytes]) -> dict[int, bytes]:
+        """Stage 1 → 2: check each party's public keys; returns each party's SecAggKeyList of its neighbours."""
+        for party, data in self._known(replies, set(self.setup.parties), "advertise-keys").items():
+            try:
+                keys = common.parse(secagg_pb2.SecAggPublicKeys, data, "public keys")
+                if (keys.round, keys.party) != (self.setup.round, party):
+                    raise SecAggError("public keys name another round or party")
+                if len(keys.cipher_key) != common.KEY_BYTES or len(keys.mask_key) != common.KEY_BYTES:
+                    raise SecAggError("public keys are not 32-byte X25519 keys")
+            except SecAggError as exc:
+                self.problems.append(f"party {party}: {exc}")
+                continue
+            self.keys[party] = keys
+        self._need(len(self.keys), "key advertisement")
+        return {party: secagg_pb2.SecAggKeyList(
+                    round=self.setup.round,
+                    keys=[self.keys[p] for p in sorted(self.setup.neighbours[party] & self.keys.keys())],
+                ).SerializeToString()
+                for party in self.keys}
+
+    def route_shares(self, replies: dict[int, bytes]) -> dict[int, bytes]:
+        """Stage 2 → 3: check each party's share ciphertexts; returns, for every party that shared, the
+        ciphertexts its neighbours that also shared addressed to it."""
+        bundles: dict[int, secagg_pb2.SecAggShareBundle] = {}
+        for party, data in self._known(replies, set(self.keys), "share-keys").items():
+            try:
+                bundle = common.parse(secagg_pb2.SecAggShareBundle, data, "share bundle")
+                receivers = [item.receiver for item in bundle.shares]
+                expected = self.setup.neighbours[party] & self.keys.keys()
+                if bundle.round != self.setup.round or len(bundle.self_mask_commitment) != 32:
+                    raise SecAggError("share bundle names another round or lacks its commitment")
+                if any(item.sender != party for item in bundle.shares) or len(set(receivers)) != len(receivers) \
+                        or set(receivers) != expected:
+                    raise SecAggError("share bundle must hold one ciphertext from this party per neighbour")
+            except SecAggError as exc:
+                self.problems.append(f"party {party}: {exc}")
+                continue
+            bundles[party] = bundle
+            self.commitments[party] = bundle.self_mask_commitment
+        self._need(len(bundles), "key sharing")
+        self.outbox = {party: [] for party in bundles}
+        for bundle in bundles.values():
+            for item in bundle.shares:
+                if item.receiver in self.outbox:
+                    self.outbox[item.receiver].append(item)
+        return {party: secagg_pb2.SecAggShareBundle(round=self.setup.round, shares=items).SerializeToString()
+                for party, items in self.outbox.items()}
+
+    def collect_masked(self, replies: dict[int, bytes]) -> dict[int, bytes]:
+        """Stage 3 → 4: unpack the masked inputs; returns the unmask request for every party that sent one."""
+        for party, data in self._known(replies, set(self.outbox), "masked-input").items():
+            try:
+                message = common.parse(secagg_pb2.SecAggMaskedInput, data, "masked input")
+                if (message.round, message.party) != (self.setup.round, party):
+                    raise SecAggError("masked input names another round or party")
+                if len(message.segments) != len(self.setup.segments):
+                    raise SecAggError(f"masked input has {len(message.segments)} segments, expected "
+                                      f"{len(self.setup.segments)}")
+                words = [ring.unpack(data, length, bits)
+                         for data, (length, bits) in zip(message.segments, self.setup.segments, strict=True)]
+            except (SecAggError, ValueError) as exc:
+                self.problems.append(f"party {party}: masked input rejected: {exc}")
+                continue
+            self.masked[party] = words
+        self._need(len(self.masked), "masked input collection")
+        self.survivors = sorted(self.masked)
+        self.dropped = sorted(set(self.outbox) - set(self.masked))
+        request = secagg_pb2.SecAggUnmaskRequest(round=self.setup.round, survivors=self.survivors,
+                                                 dropped=self.dropped).SerializeToString()
+        return dict.fromkeys(self.survivors, request)
+
+    def _rebuild(self, owner: int, points: list[tuple[int, bytes]], what: str) -> bytes:
+        if len(points) < self.setup.threshold:
+            raise SecAggAbort(f"secure aggregation round {self.setup.round} aborted: only {len(points)} shares of "
+                              f"party {owner}'s {what} arrived, {self.setup.threshold} are needed")
+        try:
+            return shamir.combine(points[:self.setup.threshold], 32)
+        except SecAggError as exc:
+            raise SecAggAbort(f"party {owner}'s {what} cannot be rebuilt: {exc} (a party revealed a false share, "
+                              "which does not match its commitment)") from exc
+
+    def finish(self, replies: dict[int, bytes]) -> list[np.ndarray]:
+        """Stage 4: rebuild the survivors' self-mask seeds and the dropped parties' mask keys, remove every mask,
+        and return the sum of the survivors' inputs per segment (uint64, exact in the ring)."""
+        seed_points: dict[int, list[tuple[int, bytes]]] = {p: [] for p in self.survivors}
+        key_points: dict[int, list[tuple[int, bytes]]] = {p: [] for p in self.dropped}
+        responders = 0
+        for party, data in self._known(replies, set(self.survivors), "unmask").items():
+            try:
+                message = common.parse(secagg_pb2.SecAggUnmaskResponse, data, "unmask response")
+                if (message.round, message.party) != (self.setup.round, party):
+                    raise SecAggError("unmask response names another round or party")
+                holders_of = {p for p in seed_points.keys() | key_points.keys()
+                              if p == party or p in self.setup.neighbours[party]}
+                owners = [share.owner for share in message.shares]
+                if len(set(owners)) != len(owners) or not set(owners) <= holders_of:
+                    raise SecAggError("unmask response reveals shares this party cannot hold, or repeats one")
+                if any(share.self_mask != (share.owner in seed_points) for share in message.shares):
+                    raise SecAggError("unmask response reveals the wrong secret of a party")
+            except SecAggError as exc:
+                self.problems.append(f"party {party}: {exc}")
+                continue
+            responders += 1
+            for share in message.shares:
+                (seed_points if share.self_mask else key_points)[share.owner].append((self.setup.x(party), share.share))
+        self._need(responders, "unmasking")
+        totals = [np.zeros(length, dtype=np.uint64) for length, _ in self.setup.segments]
+        for party in self.survivors:
+            for total, words in zip(totals, self.masked[party], strict=True):
+                total += words
+        for owner in self.survivors:
+            seed = self._rebuild(owner, seed_points[owner], "self-mask seed")
+            if hashlib.sha256(seed).digest() != self.commitments[owner]:
+                raise SecAggAbort(f"party {owner}'s rebuilt self-mask seed does not match its commitment "
+                                  "(a party revealed a false share)")
+            for total, mask in zip(totals, common.segment_masks(seed, self.setup, SELF_MASK), strict=True):
+                total -= mask
+        for owner in self.dropped:
+            secret = self._rebuild(owner, key_points[owner], "mask key")
+            if common.public_bytes(secret) != self.keys[owner].mask_key:
+                raise SecAggAbort(f"party {owner}'s rebuilt mask key does not match its public key "
+                                  "(a party revealed a false share)")
+            for peer in sorted(self.setup.neighbours[owner] & set(self.survivors)):
+                seed = common.pair_seed(secret, self.keys[peer].mask_key, self.setup.round, owner, peer)
+                for total, mask in zip(totals, common.segment_masks(seed, self.setup, PAIR_MASK), strict=True):
+                    if peer < owner:
+                        total -= mask  # the survivor added this mask; remove it
+                    else:
+                        total += mask
+        for total, (_, bits) in zip(totals, self.setup.segments, strict=True):
+            total &= common.ring_mask(bits)
+        return totals

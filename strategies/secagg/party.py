@@ -1,0 +1,199 @@
+"""One party's side of SecAgg+: a state machine that can be saved between Flower messages.
+
+Stages: ``Party.start`` (inputs given) → ``advertise_keys`` → ``share_keys`` → ``masked_input`` → ``unmask``.
+Each stage runs once and in order; the state (secrets included) is a SecAggPartyState that stays in the party's
+own node state. In ``unmask`` the party reveals, for each peer, either a share of its self-mask seed (the peer
+sent a masked input) or a share of its mask key (the peer dropped), never both, and refuses requests that would
+let the server learn both or that contradict what it knows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from protos.fedsqueeze.v1 import secagg_pb2
+from strategies.secagg import common, ring, shamir
+from strategies.secagg.errors import SecAggError
+
+NEW, ADVERTISED, SHARED, MASKED, UNMASKED = range(5)
+_STAGE_NAMES = ("new", "keys advertised", "keys shared", "masked input sent", "unmasked")
+SELF_MASK = b"self"
+PAIR_MASK = b"pair"
+
+
+class Party:
+    """One party's protocol state; build with ``start`` or ``load``, save with ``save``."""
+
+    def __init__(self, state: secagg_pb2.SecAggPartyState) -> None:
+        self.state = state
+        self.setup = common.read_setup(state.setup)
+        self.me = state.party
+        if self.me not in self.setup.parties:
+            raise SecAggError(f"party {self.me} is not among the setup's parties")
+
+    @classmethod
+    def start(cls, setup: bytes, party: int, inputs: list[np.ndarray]) -> Party:
+        """A party holding ``inputs`` (one uint64 array per segment, each word < 2^bits)."""
+        checked = common.read_setup(setup)
+        if len(inputs) != len(checked.segments):
+            raise SecAggError(f"{len(inputs)} input segments for a setup of {len(checked.segments)}")
+        packed = []
+        for index, (words, (length, bits)) in enumerate(zip(inputs, checked.segments, strict=True)):
+            if words.shape != (length,):
+                raise SecAggError(f"input segment {index} has shape {words.shape}, expected ({length},)")
+            if bits < 64 and words.size and int(words.max()) >> bits:
+                raise SecAggError(f"input segment {index} has words outside the ring of 2^{bits}")
+            packed.append(ring.pack(words.astype(np.uint64), bits))
+        return cls(secagg_pb2.SecAggPartyState(setup=setup, party=party, stage=NEW, inputs=packed))
+
+    @classmethod
+    def load(cls, data: bytes) -> Party:
+        """A party saved with ``save``."""
+        return cls(common.parse(secagg_pb2.SecAggPartyState, data, "secagg party state"))
+
+    def save(self) -> bytes:
+        """The party's state as bytes (secrets included: keep it on this node)."""
+        return self.state.SerializeToString()
+
+    def _advance(self, expected: int) -> None:
+        if self.state.stage != expected:
+            raise SecAggError(f"party {self.me}: this step needs stage '{_STAGE_NAMES[expected]}', "
+                              f"the party is at '{_STAGE_NAMES[self.state.stage]}'")
+        self.state.stage = expected + 1
+
+    def _round(self, message, what: str) -> None:
+        if message.round != self.setup.round:
+            raise SecAggError(f"{what} is for round {message.round}, this is round {self.setup.round}")
+
+    def advertise_keys(self) -> bytes:
+        """Stage 1: fresh X25519 key pairs for this round; returns SecAggPublicKeys."""
+        self._advance(NEW)
+        self.state.cipher_secret = X25519PrivateKey.generate().private_bytes_raw()
+        self.state.mask_secret = X25519PrivateKey.generate().private_bytes_raw()
+        return secagg_pb2.SecAggPublicKeys(round=self.setup.round, party=self.me,
+                                           cipher_key=common.public_bytes(self.state.cipher_secret),
+                                           mask_key=common.public_bytes(self.state.mask_secret)).SerializeToString()
+
+    def share_keys(self, key_list: bytes) -> bytes:
+        """Stage 2: Shamir-share the self-mask seed and the mask key among this party and its neighbours whose
+        keys arrived; returns a SecAggShareBundle of ciphertexts, one per neighbour."""
+        self._advance(ADVERTISED)
+        keys = common.parse(secagg_pb2.SecAggKeyList, key_list, "secagg key list")
+        self._round(keys, "key list")
+        mine = self.setup.neighbours[self.me]
+        seen: set[bytes] = {common.public_bytes(self.state.cipher_secret), common.public_bytes(self.state.mask_secret)}
+        peers = []
+        for entry in keys.keys:
+            if entry.party not in mine:
+                raise SecAggError(f"key list holds party {entry.party}, not a neighbour of {self.me}")
+            if entry.round != self.setup.round:
+                raise SecAggError(f"key list entry of party {entry.party} is for another round")
+            if len(entry.cipher_key) != common.KEY_BYTES or len(entry.mask_key) != common.KEY_BYTES:
+                raise SecAggError(f"party {entry.party} has malformed public keys")
+            if entry.cipher_key in seen or entry.mask_key in seen or entry.cipher_key == entry.mask_key:
+                raise SecAggError(f"party {entry.party} reuses a public key")
+            seen.update((entry.cipher_key, entry.mask_key))
+            peers.append(entry)
+        if len(peers) + 1 < self.setup.threshold:
+            raise SecAggError(f"only {len(peers)} neighbours advertised keys; {self.setup.threshold - 1} are needed")
+        self.state.neighbour_keys.CopyFrom(secagg_pb2.SecAggKeyList(round=self.setup.round, keys=peers))
+        self.state.self_mask_seed = os.urandom(32)
+        holders = [self.me] + [p.party for p in peers]
+        xs = [self.setup.x(h) for h in holders]
+        seed_shares = shamir.split(self.state.self_mask_seed, xs, self.setup.threshold)
+        key_shares = shamir.split(self.state.mask_secret, xs, self.setup.threshold)
+        bundle = secagg_pb2.SecAggShareBundle(round=self.setup.round,
+                                              self_mask_commitment=hashlib.sha256(self.state.self_mask_seed).digest())
+        for holder, seed_share, key_share, peer in zip(holders, seed_shares, key_shares, [None, *peers], strict=True):
+            shares = secagg_pb2.SecAggShares(round=self.setup.round, sender=self.me, receiver=holder,
+                                             self_mask_share=seed_share, mask_key_share=key_share)
+            if peer is None:
+                self.state.received.append(shares)
+                continue
+            key = common.share_key(self.state.cipher_secret, peer.cipher_key, self.setup.round, self.me, holder)
+            nonce = os.urandom(12)
+            sealed = AESGCM(key).encrypt(nonce, shares.SerializeToString(),
+                                         common.share_aad(self.setup.round, self.me, holder))
+            bundle.shares.append(secagg_pb2.SecAggCiphertext(sender=self.me, receiver=holder,
+                                                             ciphertext=nonce + sealed))
+        return bundle.SerializeToString()
+
+    def masked_input(self, forwarded: bytes) -> bytes:
+        """Stage 3: open the neighbours' shares, then mask the input with the self mask and one pairwise mask per
+        neighbour that shared; returns SecAggMaskedInput."""
+        self._advance(SHARED)
+        bundle = common.parse(secagg_pb2.SecAggShareBundle, forwarded, "forwarded shares")
+        self._round(bundle, "forwarded shares")
+        peers = {entry.party: entry for entry in self.state.neighbour_keys.keys}
+        senders = set()
+        for item in bundle.shares:
+            peer = peers.get(item.sender)
+            if peer is None or item.receiver != self.me or item.sender in senders:
+                raise SecAggError(f"forwarded share from {item.sender} to {item.receiver} is not for this party "
+                                  "from a neighbour, or repeats one")
+            key = common.share_key(self.state.cipher_secret, peer.cipher_key, self.setup.round, self.me, item.sender)
+            try:
+                plain = AESGCM(key).decrypt(item.ciphertext[:12], item.ciphertext[12:],
+                                            common.share_aad(self.setup.round, item.sender, self.me))
+            except (InvalidTag, ValueError) as exc:
+                raise SecAggError(f"share ciphertext from party {item.sender} does not authenticate") from exc
+            shares = common.parse(secagg_pb2.SecAggShares, plain, f"shares from party {item.sender}")
+            if (shares.round, shares.sender, shares.receiver) != (self.setup.round, item.sender, self.me):
+                raise SecAggError(f"shares from party {item.sender} name another round, sender or receiver")
+            senders.add(item.sender)
+            self.state.received.append(shares)
+        if len(senders) + 1 < self.setup.threshold:
+            raise SecAggError(f"only {len(senders)} neighbours shared keys; {self.setup.threshold - 1} are needed")
+        total = [ring.unpack(data, length, bits)
+                 for data, (length, bits) in zip(self.state.inputs, self.setup.segments, strict=True)]
+        for words, mask in zip(total, common.segment_masks(self.state.self_mask_seed, self.setup, SELF_MASK),
+                               strict=True):
+            words += mask
+        for peer_id in sorted(senders):
+            seed = common.pair_seed(self.state.mask_secret, peers[peer_id].mask_key, self.setup.round, self.me,
+                                    peer_id)
+            for words, mask in zip(total, common.segment_masks(seed, self.setup, PAIR_MASK), strict=True):
+                if self.me < peer_id:
+                    words += mask
+                else:
+                    words -= mask
+        out = secagg_pb2.SecAggMaskedInput(round=self.setup.round, party=self.me)
+        for words, (_, bits) in zip(total, self.setup.segments, strict=True):
+            words &= common.ring_mask(bits)
+            out.segments.append(ring.pack(words, bits))
+        del self.state.inputs[:]
+        return out.SerializeToString()
+
+    def unmask(self, request: bytes) -> bytes:
+        """Stage 4: reveal self-mask shares of survivors and mask-key shares of dropped parties; returns
+        SecAggUnmaskResponse. Refuses a request naming a party as both, leaving this party out, or naming fewer
+        survivors than the threshold."""
+        self._advance(MASKED)
+        message = common.parse(secagg_pb2.SecAggUnmaskRequest, request, "unmask request")
+        self._round(message, "unmask request")
+        survivors, dropped = set(message.survivors), set(message.dropped)
+        if len(survivors) != len(message.survivors) or len(dropped) != len(message.dropped):
+            raise SecAggError("unmask request repeats a party")
+        if survivors & dropped:
+            raise SecAggError(f"unmask request names parties {sorted(survivors & dropped)} as both survivors and "
+                              "dropped: revealing both secrets of a party would unmask its input; refused")
+        if self.me not in survivors:
+            raise SecAggError(f"unmask request does not count this party ({self.me}) among the survivors")
+        if len(survivors) < self.setup.threshold:
+            raise SecAggError(f"unmask request names {len(survivors)} survivors, fewer than the threshold "
+                              f"{self.setup.threshold}; refused")
+        held = {shares.sender: shares for shares in self.state.received}
+        response = secagg_pb2.SecAggUnmaskResponse(round=self.setup.round, party=self.me)
+        for owner in sorted(set(held) & (survivors | dropped)):
+            in_survivors = owner in survivors
+            share = held[owner].self_mask_share if in_survivors else held[owner].mask_key_share
+            response.shares.append(secagg_pb2.SecAggRevealedShare(owner=owner, self_mask=in_survivors, share=share))
+        del self.state.received[:]
+        self.state.cipher_secret = self.state.mask_secret = self.state.self_mask_seed = b""
+        return response.SerializeToString()
