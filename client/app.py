@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -12,7 +13,7 @@ from datasets import Dataset
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client import messages, node_state
+from client import messages, node_state, secure
 from client.quiet import quiet_libraries
 from client.task.build import Task, build_task, load_splits
 from client.task.loop import train_locally
@@ -21,9 +22,11 @@ from client.task.spec import TaskSpec
 from strategies import downlink
 from strategies.codecs import CodecSettings, decode_update, encode_update
 from strategies.fedavg import apply_update, subtract
+from strategies.privacy import DPSettings, privatize
 
 log = logging.getLogger(__name__)
 app = ClientApp()
+Sent = dict[str, torch.Tensor]  # what an encoded update stands for, as the receiver will decode it
 
 
 @dataclass
@@ -74,14 +77,16 @@ def _receive_global(msg: Message, context: Context, settings: CodecSettings, lay
 
 
 def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSettings, error_feedback: bool,
-                          context: Context, round_id: int, seed: int | None = None) -> tuple[bytes, dict[str, float]]:
+                          context: Context, encode: Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]],
+                          ) -> tuple[bytes, dict[str, float]]:
     """Encode ``delta`` plus the carried residual; keep ``what was meant - what was sent`` for the next round.
 
-    Returns the payload and metrics: the new residual's L2 norm and whether an old residual was carried in.
+    ``encode`` returns the payload and what it stands for (None: decode the payload with the codec). Returns the
+    payload and metrics: the new residual's L2 norm and whether an old residual was carried in.
     """
     if not (error_feedback and settings.feedback_helps):
         node_state.drop(context.state, node_state.RESIDUAL)
-        return encode_update(settings, delta, round_id=round_id, seed=seed), {}
+        return encode(delta)[0], {}
     residual = node_state.load_tensors(context.state, node_state.RESIDUAL)
     layout = {name: tuple(t.shape) for name, t in delta.items()}
     carried = residual is not None and {n: tuple(t.shape) for n, t in residual.items()} == layout
@@ -89,12 +94,29 @@ def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSetting
         delta = apply_update(delta, residual)
     elif residual is not None:
         log.warning("error-feedback residual does not match the model's tensors; starting a new one")
-    encoded = encode_update(settings, delta, round_id=round_id)
-    sent = decode_update(settings.codec, encoded, expected_round=round_id, expected_layout=layout)
+    encoded, sent = encode(delta)
     residual = subtract(delta, sent)
     node_state.save_tensors(context.state, node_state.RESIDUAL, residual)
     norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in residual.values())))
     return encoded, {"residual-norm": norm, "residual-carried": float(carried)}
+
+
+def _codec_encoder(settings: CodecSettings, round_id: int, seed: int | None
+                   ) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
+    def encode(delta: dict[str, torch.Tensor]) -> tuple[bytes, Sent]:
+        payload = encode_update(settings, delta, round_id=round_id, seed=seed)
+        layout = {name: tuple(t.shape) for name, t in delta.items()}
+        return payload, decode_update(settings.codec, payload, expected_round=round_id, expected_layout=layout)
+    return encode
+
+
+def _secure_encoder(config: dict, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]],
+                    metrics: dict[str, float]) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
+    def encode(delta: dict[str, torch.Tensor]) -> tuple[bytes, Sent]:
+        keys, party_input = secure.start(config, context, settings, layout, delta)
+        metrics["secagg-clipped"] = float(party_input.clipped)
+        return keys, party_input.sent
+    return encode
 
 
 @app.train()
@@ -122,22 +144,50 @@ def train(msg: Message, context: Context) -> Message:
     delta = loaded.task.trainable_delta(received)
     del received
     seed = int(config["ferret-seed"]) if "ferret-seed" in config else None
+    secure_round = bool(config.get("secagg", False))
+    extra: dict[str, float] = {}
+    dp = DPSettings(float(config.get("dp-noise-multiplier", 0.0)), float(config.get("dp-clip", 0.0)))
+    if dp.enabled:
+        delta, norm = privatize(delta, dp, int(config["clients-per-round"]), secure=secure_round)
+        extra["update-norm"] = norm
+    encoder = (_secure_encoder(config, context, uplink, layout, extra) if secure_round
+               else _codec_encoder(uplink, round_id, seed))
     encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
-                                                          round_id, seed)
+                                                          encoder)
     train_s = time.perf_counter() - started
     log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up, %d bytes down", partition_id, round_id,
              result.train_loss, result.num_examples, len(encoded_update), bytes_down)
     content = RecordDict({
-        messages.UPDATE: ConfigRecord({messages.ENCODED_UPDATE: encoded_update}),
+        messages.UPDATE: ConfigRecord({messages.SECAGG_KEYS if secure_round else messages.ENCODED_UPDATE:
+                                       encoded_update}),
         messages.METRICS: MetricRecord({
             "num-examples": result.num_examples,
             "train-loss": result.train_loss,
             "bytes-up": len(encoded_update),
             "bytes-down": bytes_down,
             **feedback_metrics,
+            **extra,
             "train-s": train_s,
             "partition-id": partition_id,
             "state-digest-48": downlink.digest_prefix(trained_from),
         }),
     })
     return Message(content=content, reply_to=msg)
+
+
+@app.train("secagg_share")
+def secagg_share(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 2: Shamir-share this round's secrets with the neighbours."""
+    return secure.answer(msg, context, "secagg_share")
+
+
+@app.train("secagg_mask")
+def secagg_mask(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 3: send the masked update."""
+    return secure.answer(msg, context, "secagg_mask")
+
+
+@app.train("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 4: reveal the shares that remove the masks of the round."""
+    return secure.answer(msg, context, "secagg_unmask")

@@ -10,6 +10,10 @@ DOWNLINK = "downlink"              # ConfigRecord: the global state, full or as 
 TRAIN_CONFIG = "train-config"      # ConfigRecord: TaskSpec fields + round + codec options
 UPDATE = "update"                  # ConfigRecord: {"encoded-update": bytes} (uplink)
 ENCODED_UPDATE = "encoded-update"
+SECAGG_KEYS = "secagg-public-keys"  # in UPDATE instead of ENCODED_UPDATE when the round is securely aggregated
+SECAGG = "secagg"                  # ConfigRecord of the later secure-aggregation stages
+SECAGG_INPUT = "input"
+SECAGG_OUTPUT = "output"
 METRICS = "metrics"                # MetricRecord: num-examples, train-loss, bytes-up, bytes-down, train-s
 
 

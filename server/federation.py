@@ -20,11 +20,13 @@ from client.task.loop import evaluate
 from server.outputs import MetricsLog, plot_metrics, write_json_atomic
 from server.progress import RoundProgress
 from server.run_config import RunConfig
+from server.secure_round import SecurePlan, SecureResult, plan_round, run_protocol
 from strategies.codecs import UpdateRejected, decode_update, ferret
 from strategies.codecs.dense import dense_fp32_bytes
 from strategies.codecs.registry import round_seed
 from strategies.downlink import DownlinkPlanner, digest_prefix
 from strategies.fedavg import weighted_mean
+from strategies.privacy import PrivacyLedger
 
 log = logging.getLogger("fedsqueeze")
 METRIC = "accuracy"
@@ -46,6 +48,7 @@ class RoundOutcome:
     rejections: list[str] = field(default_factory=list)
     clients: dict[int, dict[str, Any]] = field(default_factory=dict)  # per node: bytes, partition, status
     answered: list[int] = field(default_factory=list)  # nodes that replied without an error
+    accepted: list[int] = field(default_factory=list)  # nodes whose update was accepted, as ``updates``
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
@@ -86,8 +89,28 @@ def _aggregate_and_apply(cfg: RunConfig, planner: DownlinkPlanner, outcome: Roun
         planner.advance(weighted_mean(outcome.updates, outcome.weights))
 
 
-def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str
-             ) -> RoundOutcome:
+def _secure_aggregate(grid: Grid, cfg: RunConfig, plan: SecurePlan, outcome: RoundOutcome, round_id: int
+                      ) -> SecureResult:
+    """Run the secure-aggregation stages over the clients whose keys arrived; fold the result into ``outcome``."""
+    result = run_protocol(grid, plan, dict(zip(outcome.accepted, outcome.updates, strict=True)), round_id,
+                          cfg.round_timeout_s, outcome.clients)
+    outcome.failures.extend(result.problems)
+    if result.aborted:
+        outcome.failures.append(f"secure aggregation aborted: {result.aborted}")
+    survivors = set(result.survivors)
+    for node, client in outcome.clients.items():
+        if client["status"] == "ok" and node not in survivors:
+            client["status"] = "dropped"
+    kept = [i for i, node in enumerate(outcome.accepted) if node in survivors]
+    outcome.updates = [outcome.updates[i] for i in kept]
+    outcome.train_losses = [outcome.train_losses[i] for i in kept]
+    outcome.weights = [outcome.weights[i] for i in kept]
+    outcome.bytes_up = sum(outcome.clients[node]["bytes_up"] for node in survivors)
+    return result
+
+
+def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str,
+             payload_key: str = messages.ENCODED_UPDATE) -> RoundOutcome:
     """Validate (and decode) every reply; ``sent`` maps each sampled node to the bytes sent down to it, and
     ``digest`` is the global state's, which every client must report having trained from."""
     outcome = RoundOutcome()
@@ -104,13 +127,13 @@ def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[byt
             continue
         outcome.answered.append(node)
         try:
-            payload = reply.content[messages.UPDATE][messages.ENCODED_UPDATE]
+            payload = reply.content[messages.UPDATE][payload_key]
             metrics = reply.content[messages.METRICS]
             if not isinstance(payload, bytes):
                 raise UpdateRejected("encoded-update is not bytes")
             client["bytes_up"] = len(payload)
             client["partition_id"] = int(metrics["partition-id"]) if "partition-id" in metrics else None
-            for key in ("residual-norm", "residual-carried"):
+            for key in ("residual-norm", "residual-carried", "update-norm", "secagg-clipped"):
                 if key in metrics:
                     client[key.replace("-", "_")] = float(metrics[key])
             client["in_sync"] = int(metrics["state-digest-48"]) == digest_prefix(digest)
@@ -125,6 +148,7 @@ def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[byt
             client["status"] = "rejected"
             continue
         client["status"] = "ok"
+        outcome.accepted.append(node)
         outcome.updates.append(update)
         outcome.weights.append(num_examples)
         outcome.train_losses.append(float(metrics["train-loss"]))
@@ -134,15 +158,17 @@ def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[byt
     return outcome
 
 
-def _train_messages(node_ids: list[int], planner: DownlinkPlanner, cfg: RunConfig, round_id: int
-                    ) -> tuple[list[Message], dict[int, int]]:
+def _train_messages(node_ids: list[int], planner: DownlinkPlanner, cfg: RunConfig, round_id: int,
+                    secure: SecurePlan | None = None) -> tuple[list[Message], dict[int, int]]:
     """One train message per node (with the downlink that node needs) and the exact bytes sent down to each."""
     seed = {"ferret-seed": round_seed(cfg.seed, round_id)} if cfg.codec == "ferret" else {}
-    train_config = ConfigRecord({**cfg.task.to_record(), **cfg.codec_options(), "round": round_id, **seed})
+    extra = secure.train_config if secure is not None else {}
+    train_config = ConfigRecord({**cfg.task.to_record(), **cfg.codec_options(), "round": round_id, **seed,
+                                 "clients-per-round": len(node_ids), **extra})
     out, bytes_down = [], {}
     for node_id in node_ids:
         downlink = planner.message_for(node_id)
-        bytes_down[node_id] = downlink.nbytes
+        bytes_down[node_id] = downlink.nbytes + (secure.setup_bytes if secure is not None else 0)
         out.append(Message(
             content=RecordDict({messages.DOWNLINK: messages.downlink_record(downlink),
                                 messages.TRAIN_CONFIG: train_config}),
@@ -182,27 +208,53 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         totals = {"bytes_up_total": 0, "bytes_down_total": 0, "bytes_up_dense_equivalent": 0,
                   "bytes_down_dense_equivalent": 0}
         current = base
+        previous_update: dict[str, torch.Tensor] | None = None
+        ledger = (PrivacyLedger(cfg.dp, sample_rate=per_round / len(node_ids), delta=cfg.dp_delta)
+                  if cfg.dp.enabled else None)
+        epsilon = 0.0
         for round_id in range(1, cfg.num_server_rounds + 1):
             round_started = time.perf_counter()
             sampled = sorted(sampler.sample(node_ids, per_round))
             progress.status(f"round {round_id}: training on {len(sampled)} clients")
-            train_messages, bytes_down = _train_messages(sampled, planner, cfg, round_id)
+            secure = (plan_round(cfg, round_id, sampled, layout,
+                                 round_seed(cfg.seed, round_id) if cfg.codec == "ferret" else None, previous_update)
+                      if cfg.secure.enabled else None)
+            train_messages, bytes_down = _train_messages(sampled, planner, cfg, round_id, secure)
             sent_digest = planner.digest()
             replies = list(grid.send_and_receive(train_messages, timeout=cfg.round_timeout_s))
-            outcome = _collect(replies, bytes_down, _accept(cfg, round_id, layout), sent_digest)
+            if secure is None:
+                outcome = _collect(replies, bytes_down, _accept(cfg, round_id, layout), sent_digest)
+            else:
+                outcome = _collect(replies, bytes_down, lambda keys: keys, sent_digest,
+                                   payload_key=messages.SECAGG_KEYS)
             for node in sampled:
                 (planner.confirmed if node in outcome.answered else planner.forget)(node)
+            secure_result = None
+            if secure is not None:
+                secure_result = _secure_aggregate(grid, cfg, secure, outcome, round_id)
+                applied = secure_result.update is not None and len(secure_result.survivors) >= min_clients
+            else:
+                applied = len(outcome.updates) >= min_clients
             for problem in outcome.failures + outcome.rejections:
                 log.warning("round %d: %s", round_id, problem)
-            applied = len(outcome.updates) >= min_clients
-            if applied:
+            if applied and secure_result is not None:
+                if isinstance(secure_result.update, bytes):
+                    planner.advance_encoded(secure_result.update)
+                else:
+                    planner.advance(secure_result.update)
+                    previous_update = secure_result.update
+            elif applied:
                 _aggregate_and_apply(cfg, planner, outcome)
+            if applied and ledger is not None:
+                epsilon = ledger.step()
             round_s = time.perf_counter() - round_started
             if applied:
                 current = _evaluate(task, heldout.dataset, planner.state)
             else:
-                log.warning("round %d skipped: %d usable updates, %d needed; global adapter unchanged",
-                            round_id, len(outcome.updates), min_clients)
+                log.warning("round %d skipped: %d usable updates, %d needed%s; global adapter unchanged",
+                            round_id, len(outcome.updates), min_clients,
+                            f" (secure aggregation aborted: {secure_result.aborted})"
+                            if secure_result is not None and secure_result.aborted else "")
             clients = sorted(outcome.clients.values(), key=lambda c: c["node_id"])
             for client in clients:
                 client["dense_fp32_bytes_up"] = dense_bytes_per_client if client["bytes_up"] else 0
@@ -228,6 +280,9 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 "bytes_up_per_client": outcome.bytes_up / len(outcome.updates) if outcome.updates else 0,
                 "bytes_down": round_bytes_down,
                 "state_version": planner.version,
+                **({"secagg": {"survivors": secure_result.survivors, "dropped": secure_result.dropped,
+                               "aborted": secure_result.aborted}} if secure_result is not None else {}),
+                **({"dp_epsilon": epsilon} if ledger is not None else {}),
                 "clients": clients,
                 "round_s": round_s,
                 "eval_s": time.perf_counter() - round_started - round_s,
@@ -263,6 +318,9 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             "clients_failed_total": sum(r["clients_failed"] for r in metrics_log.rows),
             "updates_rejected_total": sum(r["updates_rejected"] for r in metrics_log.rows),
             "rounds_skipped": sum(not r["applied"] for r in metrics_log.rows),
+            "secagg": cfg.secure.enabled,
+            **({"dp_noise_multiplier": cfg.dp.noise_multiplier, "dp_clip": cfg.dp.clip, "dp_delta": cfg.dp_delta,
+                "dp_epsilon": epsilon} if ledger is not None else {}),
             "wall_s": time.perf_counter() - started,
             "task": cfg.task.to_record(),
         }

@@ -14,6 +14,8 @@ from client.task.presets import PRESETS
 from client.task.spec import TaskSpec
 from strategies.codecs.compeft import SCOPES
 from strategies.codecs.registry import CODEC_NAMES, CodecSettings
+from strategies.privacy import DPSettings
+from strategies.secagg import graph
 
 DEFAULTS: dict[str, str | int | float | bool] = {
     "preset": "fortunes",
@@ -32,6 +34,15 @@ DEFAULTS: dict[str, str | int | float | bool] = {
     "ferret-dim": 64,
     "ferret-block-size": 65536,
     "trainable": "lora",
+    "compeft-support": "client",
+    "secagg": False,
+    "secagg-neighbours": 0,
+    "secagg-threshold": 0,
+    "secagg-clip": 0.0,
+    "secagg-precision-bits": 16,
+    "dp-noise-multiplier": 0.0,
+    "dp-clip": 0.0,
+    "dp-delta": 1e-5,
     "seed": 0,
     "model": "",
     "dataset": "",
@@ -65,6 +76,22 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class SecureSettings:
+    """Secure aggregation: on/off, neighbour degree and threshold (0: defaults from the clients per round), the
+    per-entry clipping range (0: twice AdamW's largest move, ``2 * lr * local-steps``) and quantisation bits."""
+
+    enabled: bool = False
+    neighbours: int = 0
+    threshold: int = 0
+    clip: float = 0.0
+    precision_bits: int = 16
+
+    def to_record(self) -> dict[str, int | float | bool]:
+        """ConfigRecord entries for the clients."""
+        return {"secagg": self.enabled, "secagg-clip": self.clip, "secagg-precision-bits": self.precision_bits}
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A validated run config: federation settings plus the TaskSpec every client receives."""
 
@@ -81,6 +108,9 @@ class RunConfig:
     wait_for_clients_s: float
     out_dir: str
     task: TaskSpec
+    secure: SecureSettings
+    dp: DPSettings
+    dp_delta: float
 
     @property
     def codec(self) -> str:
@@ -90,7 +120,8 @@ class RunConfig:
     def codec_options(self) -> dict[str, str | float | bool]:
         """The codec settings clients need, as ConfigRecord entries (uplink, error feedback, downlink)."""
         return {**self.uplink.to_record(), "error-feedback": self.error_feedback,
-                **self.downlink.to_record(prefix="downlink-")}
+                **self.downlink.to_record(prefix="downlink-"), **self.secure.to_record(),
+                "dp-noise-multiplier": self.dp.noise_multiplier, "dp-clip": self.dp.clip}
 
     def output_dir(self) -> Path:
         """Where this run writes its outputs (``out-dir``, else ``runs/<preset>``)."""
@@ -179,8 +210,13 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
             raise ConfigError(f"{key} must be positive")
     try:
         task = TaskSpec.from_record({k.replace("-", "_"): v for k, v in task_values.items()})
+        dp = DPSettings(noise_multiplier=float(values["dp-noise-multiplier"]), clip=float(values["dp-clip"]))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if not 0.0 < float(values["dp-delta"]) < 1.0:
+        raise ConfigError(f"dp-delta must be in (0, 1), got {values['dp-delta']}")
+    secure = _secure_settings(values, task, per_round=max(1, round(float(values["fraction-train"])
+                                                                   * int(values["num-clients"]))))
     return RunConfig(
         preset=preset_name,
         num_server_rounds=int(values["num-server-rounds"]),
@@ -195,4 +231,40 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         wait_for_clients_s=float(values["wait-for-clients-s"]),
         out_dir=str(values["out-dir"]),
         task=task,
+        secure=secure,
+        dp=dp,
+        dp_delta=float(values["dp-delta"]),
     )
+
+
+def _secure_settings(values: Mapping[str, object], task: TaskSpec, per_round: int) -> SecureSettings:
+    """Check the secure-aggregation keys against the codec and the clients per round."""
+    support = str(values["compeft-support"])
+    if support not in ("client", "shared"):
+        raise ConfigError(f"compeft-support '{support}' is not one of client, shared")
+    enabled = bool(values["secagg"])
+    if support == "shared" and not enabled:
+        raise ConfigError("compeft-support=shared is the secure-aggregation mode of compeft: it needs secagg=true")
+    if not enabled:
+        return SecureSettings()
+    if values["codec"] == "compeft" and support != "shared":
+        raise ConfigError("codec=compeft with secagg=true needs compeft-support=shared: with per-client supports "
+                          "the coordinator would see every client's kept positions")
+    if values["codec"] == "dense" and values["dense-dtype"] != "fp32":
+        raise ConfigError("with secagg=true updates are quantised into the ring: leave dense-dtype at fp32")
+    if per_round < 2:
+        raise ConfigError(f"secagg=true needs at least 2 clients per round, this run samples {per_round}")
+    neighbours = int(values["secagg-neighbours"]) or graph.default_neighbours(per_round)  # type: ignore[arg-type]
+    neighbours = min(neighbours, per_round - 1)
+    threshold = int(values["secagg-threshold"]) or graph.default_threshold(neighbours)  # type: ignore[arg-type]
+    try:
+        graph.check_graph(per_round, neighbours, threshold)
+    except ValueError as exc:
+        raise ConfigError(f"secagg-neighbours / secagg-threshold: {exc}") from exc
+    clip = float(values["secagg-clip"]) or 2.0 * task.lr * task.local_steps  # type: ignore[arg-type]
+    if not clip > 0 or clip == float("inf"):
+        raise ConfigError(f"secagg-clip must be a positive finite number, got {values['secagg-clip']}")
+    bits = int(values["secagg-precision-bits"])  # type: ignore[arg-type]
+    if not 2 <= bits <= 40:
+        raise ConfigError(f"secagg-precision-bits must be in 2..40, got {bits}")
+    return SecureSettings(True, neighbours, threshold, clip, bits)

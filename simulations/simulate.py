@@ -31,9 +31,10 @@ def preflight(cfg: RunConfig) -> None:
 
 
 def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 0,
-             fail_partitions: frozenset[int] = frozenset()) -> dict[str, Any]:
+             fail_partitions: frozenset[int] = frozenset(), fail_at: str = "train") -> dict[str, Any]:
     """Run a whole federation in-process and return its summary (also written to ``out_dir``).
 
+    ``fail_partitions`` raise on messages of type ``fail_at`` (tests of failures and dropouts).
     ``max_parallel`` clients train at once (default: as many as there are clients, at most 3), each on one
     torch thread, the fastest layout measured on 2 CPU cores.
     """
@@ -55,7 +56,7 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         # Ray's local workers inherit this process's environment (FEDSQUEEZE_CLIENT_THREADS included).
         "init_args": {"num_cpus": parallel, "include_dashboard": False},
     }
-    app = client_app_with_failures(set(fail_partitions)) if fail_partitions else client_app
+    app = client_app_with_failures(set(fail_partitions), fail_at) if fail_partitions else client_app
     run_simulation(server_app=server_app, client_app=app, num_supernodes=cfg.num_clients,
                    backend_config=backend_config)
     if not result:

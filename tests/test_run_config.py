@@ -74,3 +74,20 @@ def test_ferret_runs_send_coefficients_both_ways_and_full_tuning_takes_its_own_l
     assert cfg.task.trainable == "full" and cfg.task.lr == pytest.approx(2e-5)
     assert resolve({"trainable": "full", "lr": 1e-4}).task.lr == pytest.approx(1e-4)
     assert resolve({}).task.trainable == "lora" and resolve({}).task.lr == pytest.approx(2e-3)
+
+
+def test_secure_aggregation_settings_are_checked() -> None:
+    cfg = resolve({"secagg": True, "num-clients": 5})
+    assert cfg.secure.enabled and cfg.secure.neighbours == 4 and cfg.secure.threshold == 3
+    assert cfg.secure.clip == pytest.approx(2 * cfg.task.lr * cfg.task.local_steps)
+    with pytest.raises(ConfigError, match="compeft-support=shared"):
+        resolve({"secagg": True, "codec": "compeft"})
+    with pytest.raises(ConfigError, match="needs secagg=true"):
+        resolve({"compeft-support": "shared", "codec": "compeft"})
+    with pytest.raises(ConfigError, match="at least 2 clients"):
+        resolve({"secagg": True, "num-clients": 1})
+    with pytest.raises(ConfigError, match="strict majority"):
+        resolve({"secagg": True, "num-clients": 10, "secagg-neighbours": 9, "secagg-threshold": 3})
+    with pytest.raises(ConfigError, match="dp-clip"):
+        resolve({"dp-noise-multiplier": 1.0})
+    assert resolve({"secagg": True, "codec": "compeft", "compeft-support": "shared"}).secure.enabled

@@ -85,3 +85,56 @@ def test_ferret_keeps_every_client_bit_identical_to_the_global_model(tmp_path: P
     else:
         assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert summary["codec"] == "ferret" and summary["compression_up"] > 40
+
+
+def _audited_sums_are_exact(audit_dir: Path, round_id: int) -> list[int]:
+    """The unmasked sum the coordinator got equals the plain sum of the survivors' words (integer equality)."""
+    import numpy as np
+
+    summed = np.load(audit_dir / f"round{round_id}-sum.npz")
+    survivors = [int(s) for s in summed["survivors"]]
+    parties = [np.load(audit_dir / f"round{round_id}-party{node}.npz") for node in survivors]
+    for index in range(len(summed.files) - 1):
+        key = f"arr_{index}"
+        assert np.array_equal(summed[key], sum(p[key] for p in parties)), f"segment {index} differs"
+    return survivors
+
+
+def test_secure_aggregation_is_exact_and_survives_a_dropout_after_key_sharing(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    audit = tmp_path / "audit"
+    monkeypatch.setenv("FEDSQUEEZE_SECAGG_AUDIT_DIR", str(audit))
+    config = {"preset": "encoder", "num-server-rounds": 1, "num-clients": 5, "partitioner": "iid", "secagg": True}
+    summary = simulate(config, out_dir=tmp_path / "run", max_parallel=2, fail_partitions=frozenset({3}),
+                       fail_at="train.secagg_mask")
+
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["applied"] and len(row["secagg"]["survivors"]) == 4 and len(row["secagg"]["dropped"]) == 1
+    assert any("injected failure on partition 3" in p for p in row["problems"])
+    assert sorted(_audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
+    assert summary["metric_final"] > summary["metric_base"]
+    survivors = [c for c in row["clients"] if c["status"] == "ok"]
+    assert len(survivors) == 4 and all(c["bytes_up"] < 0.7 * c["dense_fp32_bytes_up"] for c in survivors)
+
+
+@pytest.mark.parametrize(("codec", "extra", "fail_at"), [
+    ("ferret", {"ferret-dim": 256, "ferret-block-size": 16384}, "train.secagg_unmask"),
+    ("compeft", {"compeft-support": "shared", "compeft-density": 0.1, "dp-noise-multiplier": 0.5, "dp-clip": 0.5},
+     "train"),
+])
+def test_secure_aggregation_of_ferret_and_compeft_with_dropouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                codec: str, extra: dict, fail_at: str) -> None:
+    audit = tmp_path / "audit"
+    monkeypatch.setenv("FEDSQUEEZE_SECAGG_AUDIT_DIR", str(audit))
+    config = {"preset": "encoder", "num-server-rounds": 1, "num-clients": 5, "partitioner": "iid", "secagg": True,
+              "codec": codec, **extra}
+    summary = simulate(config, out_dir=tmp_path / "run", max_parallel=2, fail_partitions=frozenset({0}),
+                       fail_at=fail_at)
+
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["applied"] and row["secagg"]["aborted"] is None
+    # A dropout during unmasking still counts its masked input; one before key agreement is simply absent.
+    assert len(row["secagg"]["survivors"]) == (5 if fail_at == "train.secagg_unmask" else 4)
+    assert sorted(_audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
+    if "dp-noise-multiplier" in extra:
+        assert summary["dp_epsilon"] > 0 and row["dp_epsilon"] == summary["dp_epsilon"]

@@ -1,0 +1,145 @@
+"""The coordinator's secure-aggregation round: plan the round's protocol, drive its stages through Flower
+messages, and return only the survivors' mean update."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from client import messages
+from server.run_config import RunConfig
+from strategies.secagg import audit, common
+from strategies.secagg.aggregator import Aggregator
+from strategies.secagg.errors import SecAggAbort
+from strategies.secagg.ring import Quantizer
+from strategies.secagg.updates import (
+    SecureEncoding,
+    choose_support,
+    flatten,
+    mean_coefficients,
+    mean_update,
+    support_to_bytes,
+)
+
+log = logging.getLogger("fedsqueeze")
+STAGES = (("secagg_share", "route_shares"), ("secagg_mask", "collect_masked"), ("secagg_unmask", "finish"))
+
+
+@dataclass
+class SecurePlan:
+    """One round's protocol setup, how updates become ring words, and the extra train-config entries."""
+
+    setup: bytes
+    encoding: SecureEncoding
+    train_config: dict[str, Any]
+
+    @property
+    def setup_bytes(self) -> int:
+        """Bytes every party receives for the setup (and the compeft support)."""
+        return len(self.setup) + len(self.train_config.get("secagg-support", b""))
+
+
+@dataclass
+class SecureResult:
+    """What the protocol gave: the mean update (tensors, or a ferret payload), survivors and dropouts."""
+
+    update: dict[str, torch.Tensor] | bytes | None = None
+    survivors: list[int] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    aborted: str | None = None
+
+
+def plan_round(cfg: RunConfig, round_id: int, parties: list[int], layout: dict[str, tuple[int, ...]],
+               ferret_seed: int | None, previous_update: dict[str, torch.Tensor] | None) -> SecurePlan:
+    """The round's SecAggSetup over ``parties`` and the encoding every party must use."""
+    settings = cfg.uplink
+    entries = sum(math.prod(shape) for shape in layout.values())
+    support = None
+    extra: dict[str, Any] = {}
+    if settings.codec == "compeft":
+        previous = flatten(previous_update, layout) if previous_update is not None else None
+        support = choose_support(previous, settings.compeft_density, entries,
+                                 f"fedsqueeze-support:{cfg.seed}:{round_id}".encode())
+        extra["secagg-support"] = support_to_bytes(support, entries)
+    encoding = SecureEncoding(codec=settings.codec, quantizer=Quantizer(cfg.secure.clip, cfg.secure.precision_bits),
+                              parties=len(parties), layout=dict(layout), ferret_seed=ferret_seed or 0,
+                              ferret_dim=settings.ferret_dim, ferret_block_size=settings.ferret_block_size,
+                              compeft_alpha_scale=settings.compeft_alpha_scale, support=support)
+    neighbours = min(cfg.secure.neighbours, len(parties) - 1)
+    threshold = min(cfg.secure.threshold, neighbours + 1)
+    setup = common.make_setup(round_id, parties, encoding.segments(), neighbours=neighbours,
+                              threshold=max(threshold, (neighbours + 1) // 2 + 1))
+    return SecurePlan(setup, encoding, {"secagg-setup": setup, "secagg-clip": cfg.secure.clip,
+                                        "secagg-precision-bits": cfg.secure.precision_bits, **extra})
+
+
+def _exchange(grid: Grid, action: str, requests: dict[int, bytes], round_id: int, timeout: float,
+              clients: dict[int, dict[str, Any]], problems: list[str]) -> dict[int, bytes]:
+    """Send one stage's requests and return the replies that came back as bytes; count bytes both ways."""
+    out = []
+    for node, data in requests.items():
+        clients[node]["bytes_down"] += len(data)
+        out.append(Message(content=RecordDict({messages.SECAGG: ConfigRecord({messages.SECAGG_INPUT: data})}),
+                           dst_node_id=node, message_type=f"{MessageType.TRAIN}.{action}", group_id=str(round_id)))
+    replies: dict[int, bytes] = {}
+    for reply in grid.send_and_receive(out, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            problems.append(f"node {node}: {action} failed: {reply.error.reason}")
+            continue
+        try:
+            data = reply.content[messages.SECAGG][messages.SECAGG_OUTPUT]
+        except KeyError:
+            problems.append(f"node {node}: {action} reply lacks its output")
+            continue
+        if not isinstance(data, bytes):
+            problems.append(f"node {node}: {action} output is not bytes")
+            continue
+        clients[node]["bytes_up"] += len(data)
+        replies[node] = data
+    missing = sorted(set(requests) - set(replies))
+    if missing:
+        problems.append(f"{action}: no usable reply from node(s) {missing}")
+    return replies
+
+
+def run_protocol(grid: Grid, plan: SecurePlan, keys: dict[int, bytes], round_id: int, timeout: float,
+                 clients: dict[int, dict[str, Any]]) -> SecureResult:
+    """Stages 2-4 after the train replies brought ``keys``; a SecAggAbort becomes ``aborted`` (nothing applied)."""
+    aggregator = Aggregator(plan.setup)
+    result = SecureResult()
+    try:
+        requests = aggregator.collect_keys(keys)
+        for action, method in STAGES:
+            replies = _exchange(grid, action, requests, round_id, timeout, clients, result.problems)
+            if method == "finish":
+                sums = aggregator.finish(replies)
+            else:
+                requests = getattr(aggregator, method)(replies)
+    except SecAggAbort as exc:
+        result.aborted = str(exc)
+        result.problems.extend(aggregator.problems)
+        return result
+    result.problems.extend(aggregator.problems)
+    result.survivors, result.dropped = aggregator.survivors, aggregator.dropped
+    audit.record(f"round{round_id}-sum", sums, survivors=np.array(aggregator.survivors, dtype=np.uint64))
+    count = len(aggregator.survivors)
+    if plan.encoding.codec == "ferret":
+        result.update = mean_coefficients(plan.encoding, sums, count, round_id)
+    else:
+        result.update = mean_update(plan.encoding, sums, count)
+    return result
+
+
+def masked_bytes(plan: SecurePlan) -> int:
+    """Bytes of one party's masked input (the part that scales with the update)."""
+    return sum((length * bits + 7) // 8 for length, bits in plan.encoding.segments())
+
