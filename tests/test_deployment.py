@@ -52,7 +52,8 @@ def _stop(processes: list[subprocess.Popen]) -> None:
         proc.wait(timeout=10)
 
 
-def test_two_supernodes_train_the_encoder_preset_over_grpc_with_tls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
+def test_two_supernodes_train_the_encoder_preset_over_grpc_with_tls(tmp_path: Path, secure: bool) -> None:
     certs = generate_dev_certificates(tmp_path / "certs")
     fleet_port, control_port = _free_port(), _free_port()
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
@@ -78,8 +79,9 @@ def test_two_supernodes_train_the_encoder_preset_over_grpc_with_tls(tmp_path: Pa
                 root_certificates=certs["ca"], clientappio_port=_free_port()))
         write_connection(tmp_path / "flwr-home", address=f"localhost:{control_port}", root_certificates=certs["ca"])
         out_dir = tmp_path / "run"
-        run_config = (f"preset='encoder' num-clients=2 num-server-rounds=2 partitioner='iid' "
-                      f"wait-for-clients-s=120.0 out-dir='{out_dir}'")
+        rounds = 1 if secure else 2  # each secure-aggregation stage is one more Flower message exchange (~12 s)
+        run_config = (f"preset='encoder' num-clients=2 num-server-rounds={rounds} partitioner='iid' "
+                      f"wait-for-clients-s=120.0 out-dir='{out_dir}' secagg={'true' if secure else 'false'}")
         submitted = subprocess.run(submit_command(run_config), env=env, capture_output=True, text=True, timeout=900)
         assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
         summary_path = out_dir / "summary.json"
@@ -89,7 +91,10 @@ def test_two_supernodes_train_the_encoder_preset_over_grpc_with_tls(tmp_path: Pa
         assert summary_path.exists(), submitted.stdout[-3000:] + (logs / "superlink.log").read_text()[-3000:]
         summary = json.loads(summary_path.read_text())
         rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-        assert summary["rounds"] == 2 and [r["clients_ok"] for r in rows] == [2, 2]
+        assert summary["rounds"] == rounds and [r["clients_ok"] for r in rows] == [2] * rounds
+        if secure:
+            assert len(rows[0]["secagg"]["survivors"]) == 2 and rows[0]["secagg"]["aborted"] is None
+            assert all(c["bytes_up"] < 0.7 * c["dense_fp32_bytes_up"] for c in rows[0]["clients"])
         assert summary["metric_final"] > summary["metric_base"]
         assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
         superlink_log = (logs / "superlink.log").read_text()

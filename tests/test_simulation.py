@@ -138,3 +138,15 @@ def test_secure_aggregation_of_ferret_and_compeft_with_dropouts(tmp_path: Path, 
     assert sorted(_audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
     if "dp-noise-multiplier" in extra:
         assert summary["dp_epsilon"] > 0 and row["dp_epsilon"] == summary["dp_epsilon"]
+
+
+def test_one_dropout_too_many_skips_the_round_and_keeps_the_global_model(tmp_path: Path) -> None:
+    config = {"preset": "encoder", "num-server-rounds": 1, "num-clients": 3, "partitioner": "iid", "secagg": True}
+    summary = simulate(config, out_dir=tmp_path, max_parallel=2, fail_partitions=frozenset({0, 1}),
+                       fail_at="train.secagg_mask")  # threshold 2 of 3: one dropout is fine, two are not
+
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert not row["applied"] and row["state_version"] == 0 and summary["rounds_skipped"] == 1
+    assert "aborted at masked input collection" in row["secagg"]["aborted"]
+    assert any("threshold is 2" in p for p in row["problems"])
+    assert summary["metric_final"] == summary["metric_base"]

@@ -129,7 +129,7 @@ class Aggregator:
 
     def finish(self, replies: dict[int, bytes]) -> list[np.ndarray]:
         """Stage 4: rebuild the survivors' self-mask seeds and the dropped parties' mask keys, remove every mask,
-        and return the sum of the survivors' inputs per segment (uint64, exact in the ring)."""
+        and return the sum of the survivors' inputs per segment (exact in the ring; uint32 up to 32 bits)."""
         seed_points: dict[int, list[tuple[int, bytes]]] = {p: [] for p in self.survivors}
         key_points: dict[int, list[tuple[int, bytes]]] = {p: [] for p in self.dropped}
         responders = 0
@@ -152,7 +152,7 @@ class Aggregator:
             for share in message.shares:
                 (seed_points if share.self_mask else key_points)[share.owner].append((self.setup.x(party), share.share))
         self._need(responders, "unmasking")
-        totals = [np.zeros(length, dtype=np.uint64) for length, _ in self.setup.segments]
+        totals = [np.zeros(length, dtype=ring.word_dtype(bits)) for length, bits in self.setup.segments]
         for party in self.survivors:
             for total, words in zip(totals, self.masked[party], strict=True):
                 total += words

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from google.protobuf.message import DecodeError
 
 from protos.fedsqueeze.v1 import secagg_pb2
-from strategies.secagg import graph, prg
+from strategies.secagg import graph, prg, ring
 from strategies.secagg.errors import SecAggError
 
 PROTOCOL_VERSION = 1
@@ -130,6 +130,6 @@ def segment_masks(seed: bytes, setup: Setup, kind: bytes) -> list[np.ndarray]:
             for index, (length, bits) in enumerate(setup.segments)]
 
 
-def ring_mask(bits: int) -> np.uint64:
-    """2^bits - 1 as uint64 (numpy's uint64 arithmetic wraps mod 2^64, and 2^bits divides 2^64)."""
-    return np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
+def ring_mask(bits: int) -> np.unsignedinteger:
+    """2^bits - 1 in the ring's word type (its wrap-around arithmetic is exact modulo 2^bits)."""
+    return ring.word_dtype(bits).type((1 << bits) - 1)

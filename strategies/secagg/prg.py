@@ -17,7 +17,8 @@ def derive(secret: bytes, info: bytes, length: int = SEED_BYTES) -> bytes:
 
 
 def mask_words(seed: bytes, label: bytes, count: int, bits: int) -> np.ndarray:
-    """``count`` uniform words in [0, 2^bits) as uint64, from the keystream keyed by ``derive(seed, label)``.
+    """``count`` uniform words in [0, 2^bits) (uint32 up to 32 bits, else uint64), from the keystream keyed by
+    ``derive(seed, label)``.
 
     Every key is used for one stream only (the label names the round, pair or segment), so a zero nonce is safe.
     """
@@ -29,7 +30,7 @@ def mask_words(seed: bytes, label: bytes, count: int, bits: int) -> np.ndarray:
     key = derive(seed, b"fedsqueeze/secagg/v1/prg/" + label)
     encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_NONCE)).encryptor()
     stream = encryptor.update(bytes(count * width))
-    words = np.frombuffer(stream, dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
-    if bits < 64:
-        words &= np.uint64((1 << bits) - 1)
-    return words
+    words = np.frombuffer(stream, dtype="<u4" if width == 4 else "<u8")
+    if bits in (32, 64):
+        return words.astype(words.dtype.newbyteorder("="))
+    return words & words.dtype.type((1 << bits) - 1)
