@@ -6,7 +6,7 @@ import torch
 from flwr.app import Context, RecordDict
 
 from client import node_state
-from client.app import _encode_with_feedback
+from client.app import _codec_encoder, _encode_with_feedback
 from strategies.codecs import CodecSettings, decode_update
 
 SETTINGS = CodecSettings(codec="compeft", compeft_density=0.05)
@@ -28,7 +28,8 @@ def test_sent_plus_residual_equals_everything_trained() -> None:
     sent_total = {name: torch.zeros(shape) for name, shape in layout.items()}
     delta_total = {name: torch.zeros(shape) for name, shape in layout.items()}
     for round_id in range(1, 6):
-        payload, metrics = _encode_with_feedback(_delta(round_id), SETTINGS, True, context, round_id)
+        payload, metrics = _encode_with_feedback(_delta(round_id), SETTINGS, True, context,
+                                                 _codec_encoder(SETTINGS, round_id, None))
         assert metrics["residual-carried"] == float(round_id > 1)
         sent = decode_update("compeft", payload, expected_round=round_id, expected_layout=layout)
         for name in layout:
@@ -44,17 +45,18 @@ def test_sent_plus_residual_equals_everything_trained() -> None:
 
 def test_without_feedback_nothing_is_kept_and_dense_fp32_needs_none() -> None:
     context = _context()
-    _encode_with_feedback(_delta(1), SETTINGS, True, context, 1)
+    _encode_with_feedback(_delta(1), SETTINGS, True, context, _codec_encoder(SETTINGS, 1, None))
     assert node_state.RESIDUAL in context.state
-    _, metrics = _encode_with_feedback(_delta(2), SETTINGS, False, context, 2)
+    _, metrics = _encode_with_feedback(_delta(2), SETTINGS, False, context, _codec_encoder(SETTINGS, 2, None))
     assert metrics == {} and node_state.RESIDUAL not in context.state
-    _, metrics = _encode_with_feedback(_delta(3), CodecSettings(), True, context, 3)
+    _, metrics = _encode_with_feedback(_delta(3), CodecSettings(), True, context,
+                                       _codec_encoder(CodecSettings(), 3, None))
     assert metrics == {} and node_state.RESIDUAL not in context.state
 
 
 def test_a_residual_for_other_tensors_is_replaced() -> None:
     context = _context()
     node_state.save_tensors(context.state, node_state.RESIDUAL, {"other.weight": torch.ones(3)})
-    _, metrics = _encode_with_feedback(_delta(1), SETTINGS, True, context, 1)
+    _, metrics = _encode_with_feedback(_delta(1), SETTINGS, True, context, _codec_encoder(SETTINGS, 1, None))
     assert metrics["residual-carried"] == 0.0
     assert set(node_state.load_tensors(context.state, node_state.RESIDUAL)) == set(_delta(1))
