@@ -43,6 +43,20 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attack(args: argparse.Namespace) -> int:
+    import torch
+
+    from simulations.attacks.harness import AttackConfig, run
+
+    config = (AttackConfig.quick() if args.quick else AttackConfig()).with_overrides(
+        parse_run_config(args.run_config))
+    torch.set_num_threads(max(1, args.threads))
+    result = run(Path(args.out), config)
+    print(json.dumps({"rows": len(result["rows"]), "wall_s": result["wall_s"]}, indent=2))
+    print(f"outputs in {Path(args.out).resolve()} (attacks.json, attacks.md, plots/)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``fedsqueeze`` subcommand."""
     parser = argparse.ArgumentParser(prog="fedsqueeze", description=__doc__)
@@ -55,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--max-parallel", type=int, default=0, help="clients training at once (default min(n, 3))")
     sim.add_argument("--fail-partitions", default="", help="comma-separated partition ids that fail on purpose")
     sim.set_defaults(func=_cmd_simulate)
+
+    attack = sub.add_parser("attack", help="run the privacy attacks against every defence")
+    attack.add_argument("--out", required=True, help="output directory (attacks.json, attacks.md, plots/)")
+    attack.add_argument("--run-config", default="",
+                        help='attack settings, e.g. "batches=20 defences=none,dp-1 attacks=token"')
+    attack.add_argument("--quick", action="store_true", help="a two-minute version (few batches, main defences)")
+    attack.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    attack.set_defaults(func=_cmd_attack)
 
     from simulations.deploy_cli import add_deploy_commands
 
