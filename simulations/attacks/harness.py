@@ -51,7 +51,7 @@ class AttackConfig:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     token_lr: float = 2e-5  # the fortunes preset's full-parameter step
     untied_defences: tuple[str, ...] = ("none", "compeft-0.05", "ferret-64", "secagg-8", "dp-1")
-    recon_iterations: int = 50
+    recon_iterations: int = 30
     recon_length: int = 16
     mia_clients: int = 3
     mia_examples_per_client: int = 32
@@ -91,7 +91,7 @@ class AttackConfig:
     def quick(cls) -> AttackConfig:
         """Few batches, the main defences, small budgets."""
         return cls(defences=QUICK_DEFENCES, batches=2, batch_sizes=(1, 2), untied_defences=("none",),
-                   recon_iterations=40, recon_length=12, mia_examples_per_client=16, mia_rounds=2, mia_shadows=4)
+                   recon_iterations=40, recon_length=12, mia_examples_per_client=8, mia_rounds=2, mia_shadows=4)
 
 
 @dataclass
@@ -358,22 +358,32 @@ def membership_rows(config: AttackConfig) -> list[Row]:
 
 
 def run(out_dir: Path, config: AttackConfig) -> dict[str, Any]:
-    """Run the configured attacks, write ``attacks.json``, ``attacks.md`` and plots to ``out_dir``."""
+    """Run the configured attacks, writing ``attacks.json``, ``attacks.md`` and plots to ``out_dir`` after each
+    attack (a long run keeps what finished); rows of attacks not run this time are kept from an earlier file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    rows: list[Row] = []
     runners = {"token": token_rows, "reconstruction": reconstruction_rows, "membership": membership_rows}
+    prefixes = {"token": "token-set", "reconstruction": "text reconstruction", "membership": "membership"}
+    kept: list[Row] = []
+    previous = out_dir / "attacks.json"
+    if previous.exists():
+        rerun = tuple(prefixes[a] for a in config.attacks)
+        kept = [Row(**{**r, "metrics": {k: tuple(v) for k, v in r["metrics"].items()},
+                       "baseline": {k: tuple(v) for k, v in r["baseline"].items()}})
+                for r in json.loads(previous.read_text())["rows"] if not r["attack"].startswith(rerun)]
+    rows: list[Row] = list(kept)
+    result: dict[str, Any] = {}
     for attack in config.attacks:
         rows += runners[attack](config)
-    utility = {r.defence: r.utility for r in rows if r.utility is not None}
-    for row in rows:
-        if row.utility is None:
-            row.utility = utility.get(row.defence)
-    result = {"config": asdict(config), "threat_models": __doc__.split("Attacks:")[0].strip(),
-              "rows": [asdict(r) for r in rows], "wall_s": time.perf_counter() - started}
-    (out_dir / "attacks.json").write_text(json.dumps(result, indent=2))
-    (out_dir / "attacks.md").write_text(markdown_table(rows))
-    plot(rows, out_dir / "plots")
+        utility = {r.defence: r.utility for r in rows if r.utility is not None and r.attack.startswith("membership")}
+        for row in rows:
+            if not row.attack.startswith("membership"):
+                row.utility = utility.get(row.defence)
+        result = {"config": asdict(config), "threat_models": __doc__.split("Attacks:")[0].strip(),
+                  "rows": [asdict(r) for r in rows], "wall_s": time.perf_counter() - started}
+        (out_dir / "attacks.json").write_text(json.dumps(result, indent=2))
+        (out_dir / "attacks.md").write_text(markdown_table(rows))
+        plot(rows, out_dir / "plots")
     return result
 
 
