@@ -67,7 +67,7 @@ def test_quick_harness_writes_every_attack_against_every_defence(tmp_path: Path)
     assert tied["none"]["metrics"]["token_f1_count_given"][0] > tied["none"]["baseline"]["token_f1"][0]
     assert tied["none"]["metrics"]["token_f1"][0] >= 0.9
     recon = {r["defence"]: r for r in rows if r["attack"].startswith("text reconstruction")}
-    assert recon["none"]["metrics"]["rouge1"][0] > recon["none"]["baseline"]["rouge1"][0] + 0.1
+    assert recon["none"]["metrics"]["rouge1"][0] > recon["none"]["baseline"]["rouge1"][0] + 0.05
     # Every defence row is measured: secure aggregation over 8 clients blunts token recovery.
     assert tied["secagg-8"]["metrics"]["token_f1"][0] < tied["none"]["metrics"]["token_f1"][0]
     mia = [r for r in rows if r["attack"].startswith("membership")]
