@@ -81,8 +81,8 @@ def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSetting
                           ) -> tuple[bytes, dict[str, float]]:
     """Encode ``delta`` plus the carried residual; keep ``what was meant - what was sent`` for the next round.
 
-    ``encode`` returns the payload and what it stands for (None: decode the payload with the codec). Returns the
-    payload and metrics: the new residual's L2 norm and whether an old residual was carried in.
+    ``encode`` returns the payload and what it stands for (as the receiver decodes it). Returns the payload and
+    metrics: the new residual's L2 norm and whether an old residual was carried in.
     """
     if not (error_feedback and settings.feedback_helps):
         node_state.drop(context.state, node_state.RESIDUAL)

@@ -73,10 +73,9 @@ def plan_round(cfg: RunConfig, round_id: int, parties: list[int], layout: dict[s
                               parties=len(parties), layout=dict(layout), ferret_seed=ferret_seed or 0,
                               ferret_dim=settings.ferret_dim, ferret_block_size=settings.ferret_block_size,
                               compeft_alpha_scale=settings.compeft_alpha_scale, support=support)
-    neighbours = min(cfg.secure.neighbours, len(parties) - 1)
-    threshold = min(cfg.secure.threshold, neighbours + 1)
-    setup = common.make_setup(round_id, parties, encoding.segments(), neighbours=neighbours,
-                              threshold=max(threshold, (neighbours + 1) // 2 + 1))
+    # The run config checked neighbours and threshold against this many clients per round.
+    setup = common.make_setup(round_id, parties, encoding.segments(), neighbours=cfg.secure.neighbours,
+                              threshold=cfg.secure.threshold)
     return SecurePlan(setup, encoding, {"secagg-setup": setup, "secagg-clip": cfg.secure.clip,
                                         "secagg-precision-bits": cfg.secure.precision_bits, **extra})
 
@@ -137,9 +136,4 @@ def run_protocol(grid: Grid, plan: SecurePlan, keys: dict[int, bytes], round_id:
     else:
         result.update = mean_update(plan.encoding, sums, count)
     return result
-
-
-def masked_bytes(plan: SecurePlan) -> int:
-    """Bytes of one party's masked input (the part that scales with the update)."""
-    return sum((length * bits + 7) // 8 for length, bits in plan.encoding.segments())
 

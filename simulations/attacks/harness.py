@@ -36,7 +36,8 @@ from simulations.attacks.reconstruction import ReconstructionSettings, random_to
 from simulations.attacks.victim import LocalTraining, local_update, task_update
 from strategies.codecs import dense
 from strategies.privacy import DPSettings, privatize
-from strategies.secagg.ring import Quantizer, ring_bits
+from strategies.secagg.ring import Quantizer
+from strategies.secagg.updates import SecureEncoding, encode_input, mean_update
 
 log = logging.getLogger("fedsqueeze")
 QUICK_DEFENCES = ("none", "compeft-0.05", "ferret-64", "secagg-8", "dp-1")
@@ -294,16 +295,12 @@ def _federated_defence(name: str, clip: float, secagg_clip: float, generator: to
             views.append(view)
         if not secure:
             return {n: sum(v[n] for v in views) / len(views) for n in views[0]}, nbytes
-        quantizer = Quantizer(secagg_clip, 16)
+        layout = {n: tuple(t.shape) for n, t in views[0].items()}
+        encoding = SecureEncoding(codec="dense", quantizer=Quantizer(secagg_clip, 16), parties=len(views),
+                                  layout=layout)
         rng = np.random.default_rng(round_id)
-        flats = [np.concatenate([t.reshape(-1).numpy() for t in v.values()]) for v in views]
-        total = sum(quantizer.quantize(f, rng)[0] for f in flats)
-        mean = quantizer.dequantize_sum(total, len(views)) / len(views)
-        out, offset = {}, 0
-        for n, t in views[0].items():
-            out[n] = torch.from_numpy(mean[offset:offset + t.numel()].astype(np.float32)).reshape(t.shape)
-            offset += t.numel()
-        return out, nbytes * ring_bits(len(views), quantizer.levels) // 32
+        total = sum(encode_input(encoding, v, rng).words[0] for v in views)
+        return mean_update(encoding, [total], len(views)), nbytes * encoding.segments()[0][1] // 32
 
     return apply
 

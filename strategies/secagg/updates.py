@@ -81,7 +81,7 @@ class SecureEncoding:
 
 def flatten(update: Mapping[str, torch.Tensor], layout: Layout) -> np.ndarray:
     """The update's entries as one fp32 vector in ``layout`` order; ValueError if names or shapes differ."""
-    if list(update) != list(layout) and set(update) != set(layout):
+    if set(update) != set(layout):
         raise ValueError(f"update tensors {sorted(update)} differ from the layout {sorted(layout)}")
     parts = []
     for name, shape in layout.items():
