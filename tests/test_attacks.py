@@ -34,6 +34,15 @@ def test_predict_cuts_at_the_widest_gap_and_takes_moved_rows() -> None:
     assert token_recovery.predict(untied) == {1, 3}
 
 
+def test_predict_cuts_where_the_text_meets_the_bulk_not_inside_the_text() -> None:
+    # A long text: 60 tokens spread from 9 to 15 robust deviations above the bulk, and one far beyond them. The
+    # widest gap lies between that one and the rest; the cut must still come down to the bulk.
+    rng = np.random.default_rng(0)
+    bulk = rng.normal(size=20_000)
+    scores = np.r_[bulk, np.linspace(9, 15, 60), [60.0]]
+    assert token_recovery.predict(scores) == set(range(20_000, 20_061))
+
+
 def test_defences_change_what_is_seen_and_refuse_unsound_combinations() -> None:
     generator = torch.Generator().manual_seed(0)
     victim = {"w": torch.randn(256, 64, generator=generator)}
@@ -48,6 +57,20 @@ def test_defences_change_what_is_seen_and_refuse_unsound_combinations() -> None:
         defences.observe("compeft-0.05+secagg-8", victim, others, round_id=1, dp_clip=1.0, generator=generator)
     with pytest.raises(ValueError, match="unknown defence"):
         defences.parse("zip-3")
+
+
+def test_ferret_under_secure_aggregation_sees_the_projection_of_the_round_sum() -> None:
+    generator = torch.Generator().manual_seed(1)
+    victim = {"w": torch.randn(300, 50, generator=generator)}
+    others = defences.sums_of_others([{"w": torch.randn(300, 50, generator=generator)} for _ in range(7)], [7])
+    seen, nbytes = defences.observe("ferret-64+secagg-8", victim, others, round_id=3, dp_clip=1.0,
+                                    generator=generator)
+    alone, alone_bytes = defences.observe("ferret-64", victim, others, round_id=3, dp_clip=1.0, generator=generator)
+    rest, _ = defences.observe("ferret-64", others[7], others, round_id=3, dp_clip=1.0, generator=generator)
+    torch.testing.assert_close(seen["w"], (alone["w"] + rest["w"]) / 8, rtol=1e-4, atol=1e-5)
+    assert nbytes < alone_bytes  # ring words of the coefficients, not fp32
+    with pytest.raises(ValueError, match="DP goes before Ferret"):
+        defences.observe("ferret-64+dp-1+secagg-8", victim, others, round_id=3, dp_clip=1.0, generator=generator)
 
 
 @pytest.mark.slow
@@ -65,9 +88,11 @@ def test_quick_harness_writes_every_attack_against_every_defence(tmp_path: Path)
     # The attacks have teeth without a defence, each beside its baseline measured in the same run.
     assert untied["metrics"]["token_f1"][0] >= 0.95
     assert tied["none"]["metrics"]["token_f1_count_given"][0] > tied["none"]["baseline"]["token_f1"][0]
+    assert tied["none"]["metrics"]["token_f1"][0] > tied["none"]["baseline"]["token_f1"][0]
     assert tied["none"]["metrics"]["token_f1"][0] >= 0.9
-    recon = {r["defence"]: r for r in rows if r["attack"].startswith("text reconstruction")}
-    assert recon["none"]["metrics"]["rouge1"][0] > recon["none"]["baseline"]["rouge1"][0] + 0.05
+    for kind in ("LoRA", "full-parameter"):
+        recon = {r["defence"]: r for r in rows if r["attack"].startswith(f"text reconstruction ({kind}")}
+        assert recon["none"]["metrics"]["rouge1"][0] > recon["none"]["baseline"]["rouge1"][0] + 0.05, kind
     # Every defence row is measured: secure aggregation over 8 clients blunts token recovery.
     assert tied["secagg-8"]["metrics"]["token_f1"][0] < tied["none"]["metrics"]["token_f1"][0]
     mia = [r for r in rows if r["attack"].startswith("membership")]
