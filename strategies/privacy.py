@@ -67,8 +67,9 @@ def privatize(update: Mapping[str, torch.Tensor], settings: DPSettings, clients_
     std = settings.noise_std(clients_per_round, secure)
     out = {}
     for name, tensor in update.items():
-        noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64) * std
-        out[name] = (tensor.detach().double() * scale + noise).to(tensor.dtype)
+        work = torch.promote_types(tensor.dtype, torch.float32)  # fp32 noise for fp32 tensors, fp64 for fp64
+        noise = torch.randn(tensor.shape, generator=generator, dtype=work).to(tensor.device) * std
+        out[name] = (tensor.detach().to(work) * scale + noise).to(tensor.dtype)
     return out, norm
 
 

@@ -87,8 +87,11 @@ def observe(name: str, victim: Update, others_sum: dict[int, Update], *, round_i
     if secure > 1 and rest is None:
         raise ValueError(f"secagg-{secure} needs the sum of {secure - 1} other clients' updates")
     nbytes = dense.dense_fp32_bytes(victim)
+    summed = False  # whether ``mine`` already holds the round's sum
     for step in steps:
         if step.kind == "dp":
+            if summed:
+                raise ValueError(f"{name}: with secure aggregation, DP goes before Ferret (dp-1+ferret-64+secagg-8)")
             settings = DPSettings(noise_multiplier=step.value, clip=dp_clip)
             mine = privatize(mine, settings, clients_per_round=max(1, secure), secure=bool(secure),
                              generator=generator)[0]
@@ -101,15 +104,18 @@ def observe(name: str, victim: Update, others_sum: dict[int, Update], *, round_i
             mine = {n: t.float() for n, t in compeft.decode(payload).items()}
         elif step.kind == "ferret":
             seed, dim = 1_000 + round_id, int(step.value)
+            if rest is not None:  # linear: the projection of the round's sum is the sum of the projections
+                mine, rest = {n: mine[n] + rest[n] for n in victim}, None
+                summed = True
             payload = ferret.encode(mine, seed=seed, dim=dim, block_size=65536)
             nbytes = len(payload)
             mine = ferret.decode(payload, like=victim)
-            if rest is not None:
-                rest = ferret.decode(ferret.encode(rest, seed=seed, dim=dim, block_size=65536), like=victim)
         elif step.kind == "secagg":
             nbytes = nbytes * ring_bits(secure, Quantizer(1.0, 16).levels) // 32  # b-bit words for fp32 ones
             if rest is not None:
-                mine = {n: (mine[n] + rest[n]) / secure for n in victim}
+                mine = {n: mine[n] + rest[n] for n in victim}
+            if rest is not None or summed:
+                mine = {n: mine[n] / secure for n in victim}
     return mine, int(nbytes)
 
 
