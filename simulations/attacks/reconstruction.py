@@ -7,7 +7,9 @@ client's optimiser settings, the batch size and the sequence length. The label o
 update of the head's bias (it rises for the classes present); the words come from matching, by cosine
 similarity, the gradient of the dummy batch with the observed update, with an L2 pull of the dummy embeddings
 towards the norm of real ones. The cosine objective is blind to the update's scale, so it fits SGD (update =
--lr * gradient) exactly and AdamW's first step (update ≈ -lr * sign(gradient)) approximately.
+-lr * gradient) exactly; AdamW's first step moves each entry by about -lr * sign(gradient), so by default the
+dummy gradient goes through a soft sign ``g / sqrt(g^2 + t^2)`` before the comparison (on 8 batches at 30
+iterations this raised ROUGE-1 from 0.067 to 0.098).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
 from torch.nn import functional
 
 from client.task.build import Task
@@ -28,6 +32,7 @@ class ReconstructionSettings:
     iterations: int = 120
     lr: float = 0.05
     norm_weight: float = 0.01
+    soft_sign: float = 1.0  # match g / sqrt(g^2 + t^2), t = this x mean |g| (0: the raw gradient, for SGD victims)
     seed: int = 0
 
 
@@ -55,46 +60,82 @@ def labels_from_update(update: dict[str, torch.Tensor], batch_size: int) -> torc
     return torch.tensor([risen[i % len(risen)] for i in range(batch_size)])
 
 
-def reconstruct(task: Task, observed: dict[str, torch.Tensor], attention_mask: torch.Tensor,
-                fixed: dict[int, int], settings: ReconstructionSettings) -> torch.Tensor:
-    """Token ids (batch x length) whose gradient best matches ``observed`` (names as ``task``'s trainable
-    parameters; positions in ``fixed`` hold known special tokens, e.g. [CLS] and [SEP])."""
+class _ClassForward(nn.Module):
+    """The encoder task's class logits from input embeddings, as one module ``functional_call`` can drive."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return _class_logits(self.encoder, self.head, inputs_embeds, attention_mask)
+
+
+def reconstruct(task: Task, observed: list[dict[str, torch.Tensor]], attention_mask: torch.Tensor,
+                fixed: dict[int, int], settings: ReconstructionSettings, names: list[str] | None = None,
+                candidates: list[set[int] | None] | None = None) -> list[torch.Tensor]:
+    """For each observed update (names as ``task``'s trainable parameters), token ids (batch x length) whose
+    gradient best matches it; positions in ``fixed`` hold known special tokens, e.g. [CLS].
+
+    ``names`` limits the match to some tensors of the update (default: all it holds); ``candidates`` limits
+    each update's answer to a token set, e.g. the rows its word-embedding part moved (full-parameter updates,
+    as LAMP and FILM use them). The updates are attacked side by side, each with its own dummy batch: one
+    vectorised (``torch.func.vmap``) gradient per update and iteration costs less than one each.
+    """
     encoder, head, embeddings = _encoder_parts(task)
+    forward = _ClassForward(encoder, head)
+    inner = {id(p): name for name, p in forward.named_parameters()}
     params = {name: p for name, p in task.model.named_parameters() if p.requires_grad}
-    names = [name for name in params if name in observed]
-    target = torch.cat([observed[name].reshape(-1).float() for name in names])
-    target = target / target.norm().clamp_min(1e-30)
+    names = [name for name in (names or params) if name in params and name in observed[0]]
+    weights = {inner[id(params[name])]: params[name].detach() for name in names}
+    targets = torch.stack([torch.cat([update[name].reshape(-1).float() for name in names]) for update in observed])
+    targets = targets / targets.norm(dim=1, keepdim=True).clamp_min(1e-30)
     batch, length = attention_mask.shape
-    labels = labels_from_update(observed, batch)
+    labels = torch.stack([labels_from_update(update, batch) for update in observed])
     generator = torch.Generator().manual_seed(settings.seed)
     scale = float(embeddings.norm(dim=1).mean())
-    dummy = torch.randn(batch, length, embeddings.shape[1], generator=generator) * (scale / embeddings.shape[1] ** 0.5)
+    dummy = torch.randn(len(observed), batch, length, embeddings.shape[1], generator=generator) * (
+        scale / embeddings.shape[1] ** 0.5)
     for position, token in fixed.items():
-        dummy[:, position] = embeddings[token]
+        dummy[:, :, position] = embeddings[token]
     free = torch.ones(length, dtype=torch.bool)
     free[list(fixed)] = False
+
+    def gradient(inputs_embeds: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        def loss(trained: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = functional_call(forward, trained, (inputs_embeds, attention_mask), strict=False)
+            return functional.cross_entropy(logits, label)
+
+        grads = grad(loss)(weights)
+        return torch.cat([grads[inner[id(params[name])]].reshape(-1) for name in names])
+
     dummy.requires_grad_(True)
     optimiser = torch.optim.Adam([dummy], lr=settings.lr)
     task.model.eval()  # no dropout: the attacker wants the deterministic gradient
     for _ in range(settings.iterations):
         optimiser.zero_grad(set_to_none=True)
-        loss = functional.cross_entropy(_class_logits(encoder, head, dummy, attention_mask), labels)
-        grads = torch.autograd.grad(loss, [params[name] for name in names], create_graph=True)
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        mismatch = 1 + torch.dot(flat, target) / flat.norm().clamp_min(1e-30)  # update ≈ -gradient direction
-        prior = (dummy[:, free].norm(dim=-1) - scale).pow(2).mean()
-        (mismatch + settings.norm_weight * prior).backward()
-        dummy.grad[:, ~free] = 0
+        flat = vmap(gradient)(dummy, labels)
+        if settings.soft_sign:  # AdamW's first step moves each entry by about -lr * g / |g|: compare alike
+            tau = settings.soft_sign * flat.detach().abs().mean(dim=1, keepdim=True)
+            flat = flat / torch.sqrt(flat * flat + tau * tau)
+        mismatch = 1 + (flat * targets).sum(1) / flat.norm(dim=1).clamp_min(1e-30)  # update ≈ -gradient
+        prior = (dummy[:, :, free].norm(dim=-1) - scale).pow(2).mean(dim=(1, 2))
+        (mismatch + settings.norm_weight * prior).sum().backward()
+        dummy.grad[:, :, ~free] = 0
         optimiser.step()
-    for p in params.values():
-        p.grad = None
     with torch.no_grad():
         unit = embeddings / embeddings.norm(dim=1, keepdim=True)
         guess = dummy.detach() / dummy.detach().norm(dim=-1, keepdim=True).clamp_min(1e-30)
-        tokens = (guess @ unit.T).argmax(-1)
+        similarity = guess @ unit.T
+        for index, allowed in enumerate(candidates or []):
+            if allowed:
+                barred = torch.ones(similarity.shape[-1], dtype=torch.bool)
+                barred[sorted(allowed)] = False
+                similarity[index, :, :, barred] = -torch.inf
+        tokens = similarity.argmax(-1)
         for position, token in fixed.items():
-            tokens[:, position] = token
-    return tokens
+            tokens[:, :, position] = token
+    return list(tokens)
 
 
 def random_tokens(shape: tuple[int, int], vocabulary: int, fixed: dict[int, int], excluded: set[int],
