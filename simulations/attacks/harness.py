@@ -53,6 +53,7 @@ class AttackConfig:
     token_lr: float = 2e-5  # the fortunes preset's full-parameter step
     untied_defences: tuple[str, ...] = ("none", "compeft-0.05", "ferret-64", "secagg-8", "dp-1")
     recon_iterations: int = 30
+    recon_full_defences: tuple[str, ...] = ("none", "ferret-64", "secagg-8")
     recon_length: int = 16
     mia_clients: int = 3
     mia_examples_per_client: int = 32
@@ -81,7 +82,7 @@ class AttackConfig:
             except ValueError as exc:
                 raise ValueError(f"attack setting '{key}': {exc}") from exc
         config = replace(self, **values)
-        for name in config.defences:
+        for name in config.defences + config.untied_defences + config.recon_full_defences:
             defences.parse(name)
         unknown = sorted(set(config.attacks) - {"token", "reconstruction", "membership"})
         if unknown:
@@ -92,7 +93,8 @@ class AttackConfig:
     def quick(cls) -> AttackConfig:
         """Few batches, the main defences, small budgets."""
         return cls(defences=QUICK_DEFENCES, batches=2, batch_sizes=(1, 2), untied_defences=("none",),
-                   recon_iterations=60, recon_length=12, mia_examples_per_client=8, mia_rounds=2, mia_shadows=4)
+                   recon_full_defences=("none",), recon_iterations=60, recon_length=12, mia_examples_per_client=8,
+                   mia_rounds=2, mia_shadows=4)
 
 
 @dataclass
@@ -146,13 +148,15 @@ def token_rows(config: AttackConfig) -> list[Row]:
     training = LocalTraining(steps=1, lr=config.token_lr, optimizer="adamw")
     victims = _fortune_batches(config, config.batches, offset=0)
     others_needed = max(defences.clients_needed(d) for d in config.defences) - 1
-    others = _fortune_batches(replace(config, batch_sizes=(2,)), others_needed, offset=1)
+    others = _fortune_batches(replace(config, batch_sizes=(1,)), others_needed, offset=1)
     rows = []
     for tied in (True, False):
         model = load_causal_lm("smollm2-135m-instruct")
         if not tied:
             model = _untied_copy(model)
         names = ["model.embed_tokens.weight"] + ([] if tied else ["lm_head.weight"])
+        for name, parameter in model.named_parameters():  # AdamW moves each tensor on its own gradient alone,
+            parameter.requires_grad_(name in names)        # so the embedding rows are the full update's rows
 
         def embedding_update(texts: list[str], model: torch.nn.Module = model,
                              names: list[str] = names) -> dict[str, torch.Tensor]:
@@ -203,15 +207,29 @@ def token_rows(config: AttackConfig) -> list[Row]:
     return rows
 
 
-def _encoder_task(config: AttackConfig) -> tuple[Task, Any, Any]:
-    spec = resolve({"preset": "encoder", "seed": config.seed}).task
+def _encoder_task(config: AttackConfig, trainable: str = "lora") -> tuple[Task, Any, Any]:
+    spec = resolve({"preset": "encoder", "seed": config.seed, "trainable": trainable}).task
     train, heldout = load_splits(spec)
     return build_task(spec, train.label_names), train, heldout
 
 
 def reconstruction_rows(config: AttackConfig) -> list[Row]:
-    """Text reconstruction from LoRA updates of the encoder task, against each defence."""
-    task, train, _ = _encoder_task(config)
+    """Text reconstruction from LoRA updates of the encoder task against each defence, and from full-parameter
+    updates against ``recon_full_defences``."""
+    return (_reconstruction(config, "lora", config.defences)
+            + (_reconstruction(config, "full", config.recon_full_defences) if config.recon_full_defences else []))
+
+
+def _full_update_parts(update: dict[str, torch.Tensor]) -> tuple[list[str], set[int] | None]:
+    """For a full-parameter update: the tensors the gradient is matched on (attention queries and values and
+    the head: the LoRA attack's targets, unfactored) and the token set its word-embedding rows give away."""
+    rows = next(t for name, t in update.items() if name.endswith("word_embeddings.weight"))
+    names = [name for name in update if name.endswith(("query.weight", "value.weight")) or ".head." in f".{name}"]
+    return names, token_recovery.predict(token_recovery.untied_scores(rows))
+
+
+def _reconstruction(config: AttackConfig, trainable: str, chosen: tuple[str, ...]) -> list[Row]:
+    task, train, _ = _encoder_task(config, trainable)
     spec = task.spec
     train_locally(task, train.dataset.select(range(64)), steps=8, batch_size=8, lr=spec.lr, seed=config.seed)
     tokenizer = task.tokenizer
@@ -226,22 +244,22 @@ def reconstruction_rows(config: AttackConfig) -> list[Row]:
                         return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, torch.tensor(rows["label"])
 
-    others_needed = max(defences.clients_needed(d) for d in config.defences) - 1
+    others_needed = max(defences.clients_needed(d) for d in chosen) - 1
     cursor = 0
     other_updates = []
     for _ in range(others_needed):
         batch, labels = batch_at(cursor, 2)
         cursor += 2
         other_updates.append(task_update(task, batch, labels, training))
-    sums = defences.sums_of_others(other_updates, sorted({defences.clients_needed(d) - 1 for d in config.defences
+    sums = defences.sums_of_others(other_updates, sorted({defences.clients_needed(d) - 1 for d in chosen
                                                          if defences.clients_needed(d) > 1}))
     clip = config.dp_clip_factor * defences.typical_norm(other_updates or [task_update(task, *batch_at(0, 1),
                                                                                      training)])
     settings = ReconstructionSettings(iterations=config.recon_iterations, seed=config.seed)
-    values: dict[str, dict[str, list[float]]] = {d: {} for d in config.defences}
-    base: dict[str, dict[str, list[float]]] = {d: {} for d in config.defences}
-    sent: dict[str, list[int]] = {d: [] for d in config.defences}
-    seconds = dict.fromkeys(config.defences, 0.0)
+    values: dict[str, dict[str, list[float]]] = {d: {} for d in chosen}
+    base: dict[str, dict[str, list[float]]] = {d: {} for d in chosen}
+    sent: dict[str, list[int]] = {d: [] for d in chosen}
+    seconds = dict.fromkeys(chosen, 0.0)
     generator = torch.Generator().manual_seed(config.seed)
     fixed = {0: tokenizer.cls_token_id}
     for index in range(config.batches):
@@ -249,12 +267,19 @@ def reconstruction_rows(config: AttackConfig) -> list[Row]:
         batch, labels = batch_at(cursor, size)
         cursor += size
         update = task_update(task, batch, labels, training)
-        for name in config.defences:
-            started = time.perf_counter()
-            seen, nbytes = defences.observe(name, update, sums, round_id=index + 1, dp_clip=clip,
-                                            generator=generator)
-            guess = reconstruct(task, seen, batch["attention_mask"], fixed, settings)
-            chance = random_tokens(tuple(batch["input_ids"].shape), len(tokenizer), fixed, specials, index)
+        started = time.perf_counter()
+        seen = [defences.observe(name, update, sums, round_id=index + 1, dp_clip=clip, generator=generator)
+                for name in chosen]
+        views = [view for view, _ in seen]
+        if trainable == "full":
+            parts = [_full_update_parts(view) for view in views]
+            guesses = reconstruct(task, views, batch["attention_mask"], fixed, settings, names=parts[0][0],
+                                  candidates=[(found or set()) - specials for _, found in parts])
+        else:
+            guesses = reconstruct(task, views, batch["attention_mask"], fixed, settings)
+        share = (time.perf_counter() - started) / len(chosen)  # attacked side by side
+        chance = random_tokens(tuple(batch["input_ids"].shape), len(tokenizer), fixed, specials, index)
+        for name, (_, nbytes), guess in zip(chosen, seen, guesses, strict=True):
             for store, tokens in ((values[name], guess), (base[name], chance)):
                 for row in range(size):
                     real = batch["attention_mask"][row].bool()
@@ -268,12 +293,13 @@ def reconstruction_rows(config: AttackConfig) -> list[Row]:
                                        ("token_f1", score.f1), ("exact_sequence", float(got == truth))):
                         store.setdefault(key, []).append(value)
             sent[name].append(nbytes)
-            seconds[name] += time.perf_counter() - started
+            seconds[name] += share
         log.info("text reconstruction: batch %d/%d", index + 1, config.batches)
-    return [Row(attack="text reconstruction (LoRA update, encoder task)", defence=name, threat_model=_threat(name),
+    what = "LoRA update" if trainable == "lora" else "full-parameter update"
+    return [Row(attack=f"text reconstruction ({what}, encoder task)", defence=name, threat_model=_threat(name),
                 batches=config.batches, metrics=_summary(values[name]), baseline=_summary(base[name]),
                 baseline_name="random tokens", bytes_per_round=float(np.mean(sent[name])), seconds=seconds[name])
-            for name in config.defences]
+            for name in chosen]
 
 
 def _federated_defence(name: str, clip: float, secagg_clip: float, generator: torch.Generator):
@@ -328,12 +354,15 @@ def membership_rows(config: AttackConfig) -> list[Row]:
     task.load_trainable_state(start)
     clip = config.dp_clip_factor * math.sqrt(sum(float((t.double() ** 2).sum()) for t in probe.values()))
     rows = []
+    first_round: list[dict[str, torch.Tensor]] | None = None
     for name in config.defences:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed)
         result = run_federation(task, train.dataset, partitions, heldout.dataset, rounds=config.mia_rounds,
                                 steps=steps, batch_size=spec.batch_size, lr=spec.lr, seed=config.seed,
-                                defence=_federated_defence(name, clip, 2 * spec.lr * steps, generator))
+                                defence=_federated_defence(name, clip, 2 * spec.lr * steps, generator),
+                                first_round_updates=first_round)
+        first_round = result.first_round_updates
         member_mask = np.isin(pool_rows, np.array(result.members))
         member_mask[len(in_rows):] = False
         loss = membership.loss_threshold(task, result.state, train.dataset.select(
