@@ -1,4 +1,4 @@
-"""``fedsqueeze coordinator | node | submit | certs``: start the real SuperLink/SuperNode processes over gRPC."""
+"""``fedsqueeze coordinator | node | submit | certs | register-node``: real SuperLink/SuperNodes over gRPC."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 from client.launch import supernode_command
 from server.certs import generate_dev_certificates
-from server.launch import submit_command, superlink_command, write_connection
+from server.launch import register_node, submit_command, superlink_command, write_connection
+from server.node_keys import NODE_KEYS_DIR, generate_node_keys
 
 
 def _run(command: list[str], env: dict[str, str] | None = None) -> int:
@@ -23,23 +24,29 @@ def _run(command: list[str], env: dict[str, str] | None = None) -> int:
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
+    if args.nodes < 0:
+        raise ValueError(f"--nodes must be >= 0, got {args.nodes}")
     paths = generate_dev_certificates(Path(args.dir), tuple(args.host or ("localhost", "127.0.0.1")))
     for role, path in paths.items():
         print(f"{role}: {path}")
+    for index, pair in enumerate(generate_node_keys(Path(args.dir) / NODE_KEYS_DIR, args.nodes)):
+        print(f"node {index}: {pair.private_key} (private, copy to that node only), {pair.public_key} (register)")
     return 0
 
 
 def _cmd_coordinator(args: argparse.Namespace) -> int:
     certs = None if args.insecure else Path(args.certs)
     return _run(superlink_command(certs_dir=certs, fleet_address=args.fleet_address, control_host=args.control_host,
-                                  control_port=args.control_port, database=args.database))
+                                  control_port=args.control_port, database=args.database,
+                                  node_auth=args.node_auth))
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
     root = None if args.insecure else Path(args.root_certificates)
     return _run(supernode_command(superlink=args.superlink, partition_id=args.partition_id,
                                   num_partitions=args.num_partitions, root_certificates=root,
-                                  clientappio_port=args.clientappio_port, device=args.device))
+                                  clientappio_port=args.clientappio_port, device=args.device,
+                                  auth_private_key=Path(args.auth_key) if args.auth_key else None))
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -48,6 +55,21 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         write_connection(Path(home), address=args.superlink, root_certificates=root)
         env = {**os.environ, "FLWR_HOME": home}
         return _run(submit_command(args.run_config, stream=not args.no_stream), env=env)
+
+
+def _cmd_register_node(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="fedsqueeze-flwr-") as home:
+        write_connection(Path(home), address=args.superlink, root_certificates=Path(args.root_certificates))
+        env = {**os.environ, "FLWR_HOME": home,
+               "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        for public_key in args.public_keys:
+            try:
+                node_id = register_node(Path(public_key), env=env)
+            except RuntimeError as exc:
+                print(f"fedsqueeze: error: {exc}", file=sys.stderr)
+                return 1
+            print(f"{public_key}: registered as node {node_id}")
+    return 0
 
 
 def _tls_args(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
@@ -61,6 +83,8 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     certs = sub.add_parser("certs", help="make a dev CA and SuperLink certificate for TLS trials")
     certs.add_argument("dir", help="output directory for ca.crt, server.pem, server.key")
     certs.add_argument("--host", action="append", default=None, help="host name or IP (repeatable)")
+    certs.add_argument("--nodes", type=int, default=0,
+                       help=f"also write this many SuperNode key pairs under DIR/{NODE_KEYS_DIR}/ (for --node-auth)")
     certs.set_defaults(func=_cmd_certs, host=None)
 
     coord = sub.add_parser("coordinator", help="start the SuperLink (Fleet API over gRPC)")
@@ -69,6 +93,8 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     coord.add_argument("--control-host", default="127.0.0.1", help="control API host (flwr run connects here)")
     coord.add_argument("--control-port", type=int, default=8000, help="control API port")
     coord.add_argument("--database", default=None, help="SuperLink state database file (default: in memory)")
+    coord.add_argument("--node-auth", action="store_true",
+                       help="only SuperNodes whose public keys were registered (register-node) may connect; needs TLS")
     coord.set_defaults(func=_cmd_coordinator)
 
     node = sub.add_parser("node", help="start a client node (SuperNode) that trains its data partition")
@@ -78,6 +104,8 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--num-partitions", type=int, required=True)
     node.add_argument("--clientappio-port", type=int, default=9094, help="local port, unique per node on a host")
     node.add_argument("--device", default="", help="cpu, cuda or cuda:N for this node (default: the run's)")
+    node.add_argument("--auth-key", default=None,
+                      help="this node's private key (from certs --nodes) for a coordinator with --node-auth")
     node.set_defaults(func=_cmd_node)
 
     submit = sub.add_parser("submit", help="submit a fedsqueeze run to a running SuperLink (flwr run)")
@@ -86,3 +114,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--run-config", default="", help="overrides in TOML form: \"preset='encoder' num-clients=2\"")
     submit.add_argument("--no-stream", action="store_true", help="return once submitted instead of streaming logs")
     submit.set_defaults(func=_cmd_submit)
+
+    register = sub.add_parser("register-node", help="allow a SuperNode's public key on a coordinator with --node-auth")
+    register.add_argument("public_keys", nargs="+", metavar="PUBKEY", help="OpenSSH public key file (node-N.pub)")
+    register.add_argument("--superlink", default="127.0.0.1:8000", help="SuperLink control API address")
+    register.add_argument("--root-certificates", required=True,
+                          help="CA certificate that signed the SuperLink's certificate")
+    register.set_defaults(func=_cmd_register_node)
