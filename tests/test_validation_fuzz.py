@@ -1,0 +1,130 @@
+"""Validation at the door: every decoder and the coordinator's reply handler, fed mutated and random payloads,
+either rejects cleanly (a ValueError naming the problem) or returns an update that meets the expected layout."""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from client import messages
+from server.federation import _collect, read_reply
+from server.run_config import resolve
+from simulations.fuzzing import FUZZ_LAYOUT, FUZZ_ROUND, FUZZ_SEED, codec_targets, fuzz, fuzz_update, meets_layout
+from strategies.codecs import UpdateRejected, compeft, dense
+from strategies.codecs.registry import decode_update
+from strategies.downlink import digest_prefix
+
+LAYOUT, ROUND, SEED = FUZZ_LAYOUT, FUZZ_ROUND, FUZZ_SEED
+CASES = 1500  # per decoder; benchmarks/robustness.py runs more
+DECODERS = codec_targets()
+_update, _meets_layout = fuzz_update, meets_layout
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+def test_every_decoder_rejects_mutated_payloads_cleanly(name: str) -> None:
+    seeds, decode = DECODERS[name]
+    report = fuzz(name, decode, seeds, cases=CASES, seed=1, check=_meets_layout)
+    assert report.cases == CASES and not report.failures, report.failures[:5]
+    assert report.rejected > CASES // 2  # most mutations must be caught, not silently decoded
+    _meets_layout(decode(seeds[0]))  # and the valid payload still decodes
+
+
+@pytest.mark.parametrize("codec", ["dense", "compeft", "ferret"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=600))
+def test_random_bytes_are_rejected_by_every_codec(codec: str, data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_update(codec, data, expected_round=ROUND, expected_layout=LAYOUT, expected_seed=SEED)
+
+
+def _reply_content(payload: bytes, digest: str, **metrics: float) -> RecordDict:
+    values = {"num-examples": 32, "train-loss": 0.5, "partition-id": 1, "state-digest-48": digest_prefix(digest),
+              **metrics}
+    return RecordDict({messages.UPDATE: ConfigRecord({messages.ENCODED_UPDATE: payload}),
+                       messages.METRICS: MetricRecord(values)})
+
+
+def _accept(payload: bytes) -> dict[str, torch.Tensor]:
+    return decode_update("dense", payload, expected_round=ROUND, expected_layout=LAYOUT)
+
+
+DIGEST = "ab" * 32
+
+
+def _reseal(body: bytes) -> bytes:
+    return body + bytes([(8 << 3) | 5]) + zlib.crc32(body).to_bytes(4, "little")
+
+
+def test_the_reply_handler_names_each_hand_made_bad_payload() -> None:
+    good = dense.encode(_update(), round_id=ROUND)
+    update, weight, loss = read_reply(_reply_content(good, DIGEST), _accept, DIGEST, {})
+    assert weight == 32 and loss == 0.5 and set(update) == set(LAYOUT)
+    wrong_shape = dense.encode({**_update(), "head.bias": torch.zeros(4)}, round_id=ROUND)
+    marked = dense.encode({**_update(), "head.bias": torch.tensor([0.0, 12345.0, 1.0])}, round_id=ROUND)
+    marker = struct.pack("<f", 12345.0)
+    assert marked[:-5].count(marker) == 1  # a client's encoder refuses NaN: forge one into a sealed payload
+    nan = _reseal(marked[:-5].replace(marker, struct.pack("<f", math.nan)))
+    out_of_range = compeft.encode(_update(), density=0.05, round_id=ROUND)
+    cases = {
+        "wrong shape": (wrong_shape, {}, "shape"),
+        "NaN": (nan, {}, "NaN"),
+        "truncated protobuf": (good[: len(good) // 2], {}, "truncated"),
+        "replay of last round": (dense.encode(_update(), round_id=ROUND - 1), {}, f"round {ROUND - 1}"),
+        "another codec": (out_of_range, {}, "codec"),
+        "stale global state": (good, {"state-digest-48": 1}, "digest differs"),
+        "infinite weight": (good, {"num-examples": math.inf}, "num-examples"),
+        "NaN loss": (good, {"train-loss": math.nan}, "train-loss"),
+    }
+    for what, (payload, metrics, reason) in cases.items():
+        with pytest.raises(UpdateRejected, match=reason):
+            read_reply(_reply_content(payload, DIGEST, **metrics), _accept, DIGEST, {})
+        assert what
+    missing = RecordDict({messages.UPDATE: ConfigRecord({messages.ENCODED_UPDATE: good})})
+    with pytest.raises(UpdateRejected, match="lacks"):
+        read_reply(missing, _accept, DIGEST, {})
+
+
+def test_the_reply_handler_survives_fuzzed_payloads_and_metrics() -> None:
+    seeds = [dense.encode(_update(), round_id=ROUND)]
+
+    def handle(payload: bytes) -> object:
+        return read_reply(_reply_content(payload, DIGEST), _accept, DIGEST, {})[0]
+
+    report = fuzz("reply handler", handle, seeds, cases=CASES, seed=2, check=_meets_layout)
+    assert report.cases == CASES and not report.failures, report.failures[:5]
+
+
+def test_norm_bound_size_limit_and_duplicates_are_rejected_with_the_rest_of_the_round_kept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.aggregation import check_norm
+
+    for name in ("_run_id", "_node_id", "_task_id"):  # what a SuperLink sets for a ServerApp process
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+    cfg = resolve({"preset": "encoder", "max-update-norm": 5.0, "max-update-bytes": 4096})
+    check_norm(cfg, _update(0.1))
+    with pytest.raises(UpdateRejected, match="exceeds max-update-norm"):
+        check_norm(cfg, _update(100.0))
+    big = dense.encode({"w": torch.zeros(2000)}, round_id=ROUND)
+    with pytest.raises(UpdateRejected, match="exceeds the limit"):
+        dense.decode(big, max_bytes=cfg.limits.max_bytes)
+
+    def reply(node: int, payload: bytes) -> Message:
+        instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
+        return Message(_reply_content(payload, DIGEST), reply_to=instruction)
+
+    good = dense.encode(_update(), round_id=ROUND)
+    replies = [reply(1, good), reply(2, good), reply(2, good), reply(3, good[:-9])]
+    outcome = _collect(replies, {1: 0, 2: 0, 3: 0}, _accept, DIGEST)
+    assert outcome.accepted == [1, 2]
+    assert any("duplicate" in r for r in outcome.rejections) and any("node 3" in r for r in outcome.rejections)
+    assert outcome.clients[3]["status"] == "rejected" and outcome.clients[1]["status"] == "ok"
