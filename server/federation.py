@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -17,15 +18,16 @@ from flwr.serverapp import Grid
 from client import messages
 from client.task.build import Task, build_task, load_splits
 from client.task.loop import evaluate
+from server import checkpoint
+from server.aggregation import aggregate, byte_limit, check_norm
 from server.outputs import MetricsLog, plot_metrics, write_json_atomic
 from server.progress import RoundProgress
-from server.run_config import RunConfig
+from server.run_config import RESUMABLE_CHANGES, RunConfig
 from server.secure_round import SecurePlan, SecureResult, plan_round, run_protocol
 from strategies.codecs import UpdateRejected, decode_update, ferret
 from strategies.codecs.dense import dense_fp32_bytes
 from strategies.codecs.registry import round_seed
 from strategies.downlink import DownlinkPlanner, digest_prefix
-from strategies.fedavg import weighted_mean
 from strategies.privacy import PrivacyLedger
 
 log = logging.getLogger("fedsqueeze")
@@ -69,24 +71,32 @@ def _accept(cfg: RunConfig, round_id: int, layout: dict[str, tuple[int, ...]]) -
     Dense and ComPEFT payloads are decoded to tensors; a ferret payload is checked (round, seed, layout, sizes,
     finite coefficients) and kept as coefficients, since the aggregate of coefficients is itself a payload.
     """
+    max_bytes = byte_limit(cfg, layout)
     if cfg.codec == "ferret":
         seed = round_seed(cfg.seed, round_id)
 
         def check(payload: bytes) -> bytes:
-            ferret.parse(payload, expected_seed=seed, expected_round=round_id, expected_layout=layout)
+            ferret.parse(payload, expected_seed=seed, expected_round=round_id, expected_layout=layout,
+                         max_bytes=max_bytes)
+            check_norm(cfg, payload)
             return payload
         return check
-    return lambda payload: decode_update(cfg.codec, payload, expected_round=round_id, expected_layout=layout)
+
+    def decode(payload: bytes) -> dict[str, torch.Tensor]:
+        update = decode_update(cfg.codec, payload, expected_round=round_id, expected_layout=layout,
+                               max_bytes=max_bytes)
+        check_norm(cfg, update)
+        return update
+    return decode
 
 
 def _aggregate_and_apply(cfg: RunConfig, planner: DownlinkPlanner, outcome: RoundOutcome) -> None:
-    """FedAvg the accepted updates (or their ferret coefficients) and advance the global state."""
-    if cfg.codec == "ferret":
-        total = float(sum(outcome.weights))
-        planner.advance_encoded(ferret.combine(outcome.updates, [w / total for w in outcome.weights],
-                                               round_id=planner.version + 1))
+    """Aggregate the accepted updates (or their ferret coefficients) by the run's rule; advance the global state."""
+    result = aggregate(cfg.aggregation, outcome.updates, outcome.weights, round_id=planner.version + 1)
+    if isinstance(result, bytes):
+        planner.advance_encoded(result)
     else:
-        planner.advance(weighted_mean(outcome.updates, outcome.weights))
+        planner.advance(result)
 
 
 def _secure_aggregate(grid: Grid, cfg: RunConfig, plan: SecurePlan, outcome: RoundOutcome, round_id: int
@@ -109,6 +119,37 @@ def _secure_aggregate(grid: Grid, cfg: RunConfig, plan: SecurePlan, outcome: Rou
     return result
 
 
+def read_reply(content: RecordDict, accept: Callable[[bytes], Any], digest: str, client: dict[str, Any],
+               payload_key: str = messages.ENCODED_UPDATE) -> tuple[Any, float, float]:
+    """Check one client's reply before anything of it is used: the payload (through ``accept``: codec, version,
+    round, layout, sizes, finite values, norm bound), the metrics the coordinator relies on, and that the client
+    trained from this round's global state (``digest``). Fills ``client`` (bytes, partition, residual figures);
+    returns the accepted update, its weight (examples) and training loss. Raises UpdateRejected naming the
+    first problem: nothing in a reply may raise anything else."""
+    try:
+        payload = content[messages.UPDATE][payload_key]
+        metrics = content[messages.METRICS]
+        if not isinstance(payload, bytes):
+            raise UpdateRejected(f"{payload_key} is not bytes")
+        client["bytes_up"] = len(payload)
+        client["partition_id"] = int(metrics["partition-id"]) if "partition-id" in metrics else None
+        for key in ("residual-norm", "residual-carried", "update-norm", "secagg-clipped"):
+            if key in metrics:
+                client[key.replace("-", "_")] = float(metrics[key])
+        client["in_sync"] = int(metrics["state-digest-48"]) == digest_prefix(digest)
+        if not client["in_sync"]:
+            raise UpdateRejected("client trained from another global state than this round's (digest differs)")
+        num_examples = float(metrics["num-examples"])
+        train_loss = float(metrics["train-loss"])
+    except (KeyError, TypeError, OverflowError) as exc:
+        raise UpdateRejected(f"reply lacks or mistypes {exc}") from exc
+    if not 0 < num_examples < float("inf"):
+        raise UpdateRejected(f"num-examples must be positive and finite, got {num_examples}")
+    if not math.isfinite(train_loss):
+        raise UpdateRejected(f"train-loss must be finite, got {train_loss}")
+    return accept(payload), num_examples, train_loss
+
+
 def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str,
              payload_key: str = messages.ENCODED_UPDATE) -> RoundOutcome:
     """Validate (and decode) every reply; ``sent`` maps each sampled node to the bytes sent down to it, and
@@ -125,25 +166,13 @@ def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[byt
             outcome.failures.append(f"node {node}: client failed: {reply.error.reason}")
             client["status"] = "failed"
             continue
+        if node in outcome.answered:
+            outcome.rejections.append(f"node {node}: update rejected: a second reply in one round (duplicate)")
+            continue
         outcome.answered.append(node)
         try:
-            payload = reply.content[messages.UPDATE][payload_key]
-            metrics = reply.content[messages.METRICS]
-            if not isinstance(payload, bytes):
-                raise UpdateRejected("encoded-update is not bytes")
-            client["bytes_up"] = len(payload)
-            client["partition_id"] = int(metrics["partition-id"]) if "partition-id" in metrics else None
-            for key in ("residual-norm", "residual-carried", "update-norm", "secagg-clipped"):
-                if key in metrics:
-                    client[key.replace("-", "_")] = float(metrics[key])
-            client["in_sync"] = int(metrics["state-digest-48"]) == digest_prefix(digest)
-            if not client["in_sync"]:
-                raise UpdateRejected("client trained from another global state than this round's (digest differs)")
-            num_examples = float(metrics["num-examples"])
-            if not num_examples > 0:
-                raise UpdateRejected(f"num-examples must be positive, got {num_examples}")
-            update = accept(payload)
-        except (KeyError, TypeError, ValueError) as exc:
+            update, num_examples, train_loss = read_reply(reply.content, accept, digest, client, payload_key)
+        except ValueError as exc:
             outcome.rejections.append(f"node {node}: update rejected: {exc}")
             client["status"] = "rejected"
             continue
@@ -151,10 +180,18 @@ def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[byt
         outcome.accepted.append(node)
         outcome.updates.append(update)
         outcome.weights.append(num_examples)
-        outcome.train_losses.append(float(metrics["train-loss"]))
-        outcome.bytes_up += len(payload)
+        outcome.train_losses.append(train_loss)
+        outcome.bytes_up += client["bytes_up"]
     if len(replies) < len(sent):
         outcome.failures.append(f"{len(sent) - len(replies)} client(s) sent no reply before the round timeout")
+    # Replies arrive in any order; aggregate in partition order so that a run (or a resumed one) is reproducible.
+    order = sorted(range(len(outcome.accepted)), key=lambda i: (
+        outcome.clients[outcome.accepted[i]]["partition_id"] is None,
+        outcome.clients[outcome.accepted[i]]["partition_id"] or 0, outcome.accepted[i]))
+    outcome.accepted = [outcome.accepted[i] for i in order]
+    outcome.updates = [outcome.updates[i] for i in order]
+    outcome.weights = [outcome.weights[i] for i in order]
+    outcome.train_losses = [outcome.train_losses[i] for i in order]
     return outcome
 
 
@@ -185,6 +222,44 @@ def _evaluate(task: Task, heldout: Any, adapter: dict[str, torch.Tensor]) -> dic
     return {"accuracy": result.accuracy, "loss": result.loss}
 
 
+def _checkpointed_config(cfg: RunConfig) -> dict[str, Any]:
+    """The run-config keys a resumed run must share with the run it continues."""
+    return {k: v for k, v in cfg.values.items() if k not in RESUMABLE_CHANGES}
+
+
+def resume_point(cfg: RunConfig, out_dir: Path) -> checkpoint.Checkpoint | None:
+    """The checkpoint to continue from when ``resume`` is on (None: start afresh); CheckpointError when it belongs
+    to a run with other settings or is already past this run's last round."""
+    if not cfg.resume:
+        return None
+    saved = checkpoint.load(out_dir)
+    if saved is None:
+        log.info("resume: no checkpoint in %s, starting from round 1", out_dir / checkpoint.DIRECTORY)
+        return None
+    expected = _checkpointed_config(cfg)
+    differing = sorted(k for k in set(saved.run_config) | set(expected) if saved.run_config.get(k) != expected.get(k))
+    if differing:
+        key = differing[0]
+        raise checkpoint.CheckpointError(f"cannot resume: run-config key '{key}' was {saved.run_config.get(key)!r} in "
+                                         f"the checkpointed run and is {expected.get(key)!r} now")
+    if saved.round >= cfg.num_server_rounds:
+        raise checkpoint.CheckpointError(f"cannot resume: the checkpoint is after round {saved.round}, and this run "
+                                         f"has {cfg.num_server_rounds} rounds in all (raise num-server-rounds)")
+    return saved
+
+
+def _restore_planner(planner: DownlinkPlanner, saved: checkpoint.Checkpoint) -> None:
+    """Put the checkpointed global state back. Which version each client holds is not restored: a resumed run is
+    a new Flower run, so every client's node state starts empty and receives the full state first."""
+    layout = {name: tuple(t.shape) for name, t in planner.state.items()}
+    if {name: tuple(t.shape) for name, t in saved.state.items()} != layout:
+        raise checkpoint.CheckpointError("cannot resume: the checkpointed global state has other tensors than this "
+                                         "run's model")
+    planner.state, planner.version, planner.residual = saved.state, saved.version, saved.residual
+    planner.history = dict(saved.history)
+    planner.held = {}
+
+
 def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     """Run ``cfg.num_server_rounds`` rounds on ``grid``, write outputs to ``out_dir``, return the summary."""
     started = time.perf_counter()
@@ -196,10 +271,16 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         planner = DownlinkPlanner(cfg.downlink, task.trainable_state(), known_base=cfg.task.trainable == "full")
         layout = {name: tuple(t.shape) for name, t in planner.state.items()}
         dense_bytes_per_client = dense_fp32_bytes(planner.state)
-        progress.status("evaluating the base model")
-        base = _evaluate(task, heldout.dataset, planner.state)
+        resumed = resume_point(cfg, out_dir)
+        if resumed is None:
+            progress.status("evaluating the base model")
+            base = _evaluate(task, heldout.dataset, planner.state)
+        else:
+            base = resumed.base
+            _restore_planner(planner, resumed)
+            started -= resumed.wall_s
         log.info("base model: held-out %s %.4f (%d examples)", METRIC, base[METRIC], len(heldout.dataset))
-        metrics_log = MetricsLog(out_dir)
+        metrics_log = MetricsLog(out_dir, rows=resumed.rows if resumed is not None else None)
         progress.status(f"waiting for {cfg.num_clients} client nodes")
         node_ids = wait_for_nodes(grid, cfg.num_clients, cfg.wait_for_clients_s)
         sampler = random.Random(cfg.seed)
@@ -212,7 +293,16 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
         ledger = (PrivacyLedger(cfg.dp, sample_rate=per_round / len(node_ids), delta=cfg.dp_delta)
                   if cfg.dp.enabled else None)
         epsilon = 0.0
-        for round_id in range(1, cfg.num_server_rounds + 1):
+        first_round = 1
+        if resumed is not None:
+            sampler.setstate(resumed.sampler_state)
+            totals.update(resumed.totals)
+            current, previous_update, first_round = resumed.current, resumed.previous_update, resumed.round + 1
+            for _ in range(resumed.dp_rounds if ledger is not None else 0):
+                epsilon = ledger.step()  # type: ignore[union-attr]
+            log.info("resuming after round %d of %d from %s", resumed.round, cfg.num_server_rounds,
+                     out_dir / checkpoint.DIRECTORY)
+        for round_id in range(first_round, cfg.num_server_rounds + 1):
             round_started = time.perf_counter()
             sampled = sorted(sampler.sample(node_ids, per_round))
             progress.status(f"round {round_id}: training on {len(sampled)} clients")
@@ -244,7 +334,12 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                     planner.advance(secure_result.update)
                     previous_update = secure_result.update
             elif applied:
-                _aggregate_and_apply(cfg, planner, outcome)
+                try:
+                    _aggregate_and_apply(cfg, planner, outcome)
+                except ValueError as exc:
+                    applied = False
+                    outcome.failures.append(f"aggregation ({cfg.aggregation.rule}) failed: {exc}")
+                    log.warning("round %d: aggregation (%s) failed: %s", round_id, cfg.aggregation.rule, exc)
             if applied and ledger is not None:
                 epsilon = ledger.step()
             round_s = time.perf_counter() - round_started
@@ -288,6 +383,12 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 "eval_s": time.perf_counter() - round_started - round_s,
             }
             metrics_log.append(row)
+            checkpoint.save(out_dir, checkpoint.Checkpoint(
+                round=round_id, run_config=_checkpointed_config(cfg), state=planner.state, version=planner.version,
+                residual=planner.residual, history=dict(planner.history), previous_update=previous_update,
+                sampler_state=sampler.getstate(), dp_rounds=ledger.rounds if ledger is not None else 0,
+                totals=dict(totals), base=base, current=current, rows=metrics_log.rows,
+                wall_s=time.perf_counter() - started))
             progress.round_done(round_id, f"{METRIC} {current[METRIC]:.3f}, {len(outcome.updates)}/{len(sampled)} "
                                           f"clients, {row['bytes_up'] / 1e6:.3f} MB up, "
                                           f"{round_bytes_down / 1e6:.3f} MB down"

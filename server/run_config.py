@@ -7,7 +7,7 @@ Defaults mirror ``[tool.flwr.app.config]`` in pyproject.toml (a test keeps them 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from client.task.presets import PRESETS
@@ -15,6 +15,7 @@ from client.task.spec import TaskSpec
 from strategies.codecs.compeft import SCOPES
 from strategies.codecs.registry import CODEC_NAMES, CodecSettings
 from strategies.privacy import DPSettings
+from strategies.robust import AGGREGATION_RULES
 from strategies.secagg import graph
 
 DEFAULTS: dict[str, str | int | float | bool] = {
@@ -64,7 +65,18 @@ DEFAULTS: dict[str, str | int | float | bool] = {
     "round-timeout-s": 3600.0,
     "wait-for-clients-s": 300.0,
     "out-dir": "",
+    "resume": False,
+    "aggregation": "fedavg",
+    "aggregation-trim": 0.2,
+    "aggregation-byzantine": 0,
+    "aggregation-keep": 0,
+    "aggregation-norm-bound": 0.0,
+    "max-update-norm": 0.0,
+    "max-update-bytes": 0,
 }
+
+# Keys a resumed run may change: where it writes, how long it waits, and how many rounds it runs in all.
+RESUMABLE_CHANGES = ("out-dir", "resume", "num-server-rounds", "round-timeout-s", "wait-for-clients-s")
 
 # Keys whose "" / 0 default means "the preset decides".
 PRESET_KEYS = ("kind", "model", "dataset", "topics", "per-topic", "heldout", "max-length", "lora-r", "lora-alpha",
@@ -92,6 +104,26 @@ class SecureSettings:
 
 
 @dataclass(frozen=True)
+class AggregationSettings:
+    """How the coordinator combines the round's accepted updates: ``fedavg`` or a robust rule
+    (strategies/robust.py), with its options (0 = the rule's default for the round's client count)."""
+
+    rule: str = "fedavg"
+    trim: float = 0.2
+    byzantine: int = 0
+    keep: int = 0
+    norm_bound: float = 0.0
+
+
+@dataclass(frozen=True)
+class UpdateLimits:
+    """Bounds every incoming update must meet (0 = no norm bound; byte limit 0 = twice the dense fp32 size)."""
+
+    max_norm: float = 0.0
+    max_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A validated run config: federation settings plus the TaskSpec every client receives."""
 
@@ -111,6 +143,10 @@ class RunConfig:
     secure: SecureSettings
     dp: DPSettings
     dp_delta: float
+    resume: bool = False
+    aggregation: AggregationSettings = field(default_factory=lambda: AggregationSettings())
+    limits: UpdateLimits = field(default_factory=lambda: UpdateLimits())
+    values: Mapping[str, object] = field(default_factory=dict)  # every key as resolved: what a checkpoint keeps
 
     @property
     def codec(self) -> str:
@@ -215,8 +251,11 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         raise ConfigError(str(exc)) from exc
     if not 0.0 < float(values["dp-delta"]) < 1.0:
         raise ConfigError(f"dp-delta must be in (0, 1), got {values['dp-delta']}")
-    secure = _secure_settings(values, task, per_round=max(1, round(float(values["fraction-train"])
-                                                                   * int(values["num-clients"]))))
+    per_round = max(1, round(float(values["fraction-train"]) * int(values["num-clients"])))
+    secure = _secure_settings(values, task, per_round=per_round)
+    aggregation = _aggregation_settings(values, secure.enabled)
+    if float(values["max-update-norm"]) < 0 or int(values["max-update-bytes"]) < 0:
+        raise ConfigError("max-update-norm and max-update-bytes must be >= 0 (0: no norm bound / the default size)")
     return RunConfig(
         preset=preset_name,
         num_server_rounds=int(values["num-server-rounds"]),
@@ -234,7 +273,31 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         secure=secure,
         dp=dp,
         dp_delta=float(values["dp-delta"]),
+        resume=bool(values["resume"]),
+        aggregation=aggregation,
+        limits=UpdateLimits(float(values["max-update-norm"]), int(values["max-update-bytes"])),
+        values=dict(values),
     )
+
+
+def _aggregation_settings(values: Mapping[str, object], secure: bool) -> AggregationSettings:
+    """Check the aggregation keys: a known rule, sane options, and no robust rule where no single update is seen."""
+    rule = str(values["aggregation"])
+    if rule not in AGGREGATION_RULES:
+        raise ConfigError(f"unknown aggregation '{rule}' (choose from {', '.join(AGGREGATION_RULES)})")
+    if rule != "fedavg" and secure:
+        raise ConfigError(f"aggregation={rule} needs each client's update, which secure aggregation hides: "
+                          "use aggregation=fedavg with secagg=true (bound updates with secagg-clip and DP instead)")
+    if rule == "sign-majority" and values["codec"] != "compeft":
+        raise ConfigError("aggregation=sign-majority votes on ternary ComPEFT updates: it needs codec=compeft")
+    trim = float(values["aggregation-trim"])  # type: ignore[arg-type]
+    if not 0.0 <= trim < 0.5:
+        raise ConfigError(f"aggregation-trim must be in [0, 0.5), got {trim}")
+    byzantine, keep = int(values["aggregation-byzantine"]), int(values["aggregation-keep"])  # type: ignore[arg-type]
+    norm_bound = float(values["aggregation-norm-bound"])  # type: ignore[arg-type]
+    if byzantine < 0 or keep < 0 or norm_bound < 0:
+        raise ConfigError("aggregation-byzantine, aggregation-keep and aggregation-norm-bound must be >= 0")
+    return AggregationSettings(rule, trim, byzantine, keep, norm_bound)
 
 
 def _secure_settings(values: Mapping[str, object], task: TaskSpec, per_round: int) -> SecureSettings:
