@@ -22,11 +22,13 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 class MetricsLog:
     """Appends one JSON line per round to ``metrics.jsonl`` and keeps the rows in memory."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, rows: list[dict[str, Any]] | None = None) -> None:
+        """Start ``metrics.jsonl`` afresh, or with ``rows`` (a resumed run's rounds so far: any row written after
+        the last checkpoint belongs to a round that is run again, and is dropped)."""
         self.path = out_dir / "metrics.jsonl"
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(rows or [])
+        self.path.write_text("".join(json.dumps(row, sort_keys=True) + "\n" for row in self.rows))
 
     def append(self, row: dict[str, Any]) -> None:
         """Record one round's metrics and flush it to disk at once."""

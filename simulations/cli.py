@@ -31,11 +31,23 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from simulations.simulate import simulate
 
     user_config = parse_run_config(args.run_config)
+    if args.resume:
+        from server.checkpoint import load
+
+        saved = load(Path(args.resume))
+        if saved is None:
+            raise FileNotFoundError(f"no checkpoint in {Path(args.resume) / 'checkpoint'} to resume from")
+        user_config = {**saved.run_config, **user_config, "resume": True}
+        args.out = args.resume
+    elif not args.out:
+        raise ValueError("simulate needs --out DIR (or --resume DIR)")
     if args.preset:
         user_config["preset"] = args.preset
     fail = frozenset(int(p) for p in args.fail_partitions.split(",") if p.strip()) if args.fail_partitions else None
+    byzantine = frozenset(int(p) for p in args.byzantine_partitions.split(",") if p.strip())
     summary = simulate(user_config, out_dir=Path(args.out), max_parallel=args.max_parallel,
-                       fail_partitions=fail or frozenset())
+                       fail_partitions=fail or frozenset(), byzantine_partitions=byzantine,
+                       byzantine_attack=args.byzantine_attack)
     keys = ("preset", "metric", "metric_base", "metric_final", "bytes_up_total", "bytes_up_dense_equivalent",
             "clients_failed_total", "wall_s")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
@@ -63,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="run a federation in-process (Flower simulation engine)")
-    sim.add_argument("--out", required=True, help="output directory (metrics.jsonl, summary.json, adapter/, plots/)")
+    sim.add_argument("--out", default="", help="output directory (metrics.jsonl, summary.json, adapter/, plots/)")
+    sim.add_argument("--resume", default="", metavar="DIR",
+                     help="continue the run in DIR after its last complete round (same run config; "
+                          "--run-config may raise num-server-rounds)")
+    sim.add_argument("--byzantine-partitions", default="",
+                     help="comma-separated partition ids whose updates are replaced by an attack (robustness tests)")
+    sim.add_argument("--byzantine-attack", default="sign-flip", help="sign-flip, scale (x100) or random")
     sim.add_argument("--preset", default="", help="task preset: fortunes (default) or encoder")
     sim.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=2 num-clients=4"')
     sim.add_argument("--max-parallel", type=int, default=0, help="clients training at once (default min(n, 3))")

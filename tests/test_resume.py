@@ -1,0 +1,215 @@
+"""Checkpoint and resume: a coordinator killed mid-run (SIGKILL) picks up after its last complete round, and the
+final adapter equals the uninterrupted run's; damaged or foreign checkpoints are refused by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from server import checkpoint
+from server.federation import resume_point
+from server.outputs import MetricsLog
+from server.run_config import resolve
+
+RUN = {"preset": "encoder", "num-clients": 2, "num-server-rounds": 3, "local-steps": 4, "partitioner": "iid",
+       "codec": "compeft", "compeft-density": 0.2, "error-feedback": False, "downlink-codec": "compeft",
+       "downlink-density": 0.5}
+
+
+def _checkpoint(round_id: int) -> checkpoint.Checkpoint:
+    generator = torch.Generator().manual_seed(round_id)
+    return checkpoint.Checkpoint(
+        round=round_id, run_config={"seed": 0, "codec": "dense"}, state={"w": torch.randn(3, 4, generator=generator)},
+        version=round_id, residual={"w": torch.ones(3, 4)}, history={round_id: b"\x00payload\xff"},
+        previous_update=None, sampler_state=(3, (1, 2, 3), None), dp_rounds=round_id,
+        totals={"bytes_up_total": 10 * round_id}, base={"accuracy": 0.5}, current={"accuracy": 0.7},
+        rows=[{"round": r} for r in range(1, round_id + 1)], wall_s=1.5)
+
+
+def test_checkpoint_round_trips_and_keeps_only_the_last_round(tmp_path: Path) -> None:
+    checkpoint.save(tmp_path, _checkpoint(1))
+    checkpoint.save(tmp_path, _checkpoint(2))
+    loaded = checkpoint.load(tmp_path)
+    assert loaded is not None and loaded.round == 2 and loaded.sampler_state == (3, (1, 2, 3), None)
+    assert torch.equal(loaded.state["w"], _checkpoint(2).state["w"]) and loaded.history == {2: b"\x00payload\xff"}
+    assert loaded.residual is not None and loaded.previous_update is None and loaded.rows[-1] == {"round": 2}
+    assert [p.name for p in (tmp_path / "checkpoint").glob("round-*")] == ["round-000002.safetensors"]
+    assert checkpoint.load(tmp_path / "elsewhere") is None
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused_by_name(tmp_path: Path) -> None:
+    checkpoint.save(tmp_path, _checkpoint(1))
+    tensors = tmp_path / "checkpoint" / "round-000001.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="damaged"):
+        checkpoint.load(tmp_path)
+    cfg = resolve({**RUN, "resume": True})
+    saved = _checkpoint(1)
+    saved.run_config = {k: v for k, v in cfg.values.items() if k not in ("out-dir", "resume", "num-server-rounds",
+                                                                          "round-timeout-s", "wait-for-clients-s")}
+    checkpoint.save(tmp_path, saved)
+    assert resume_point(cfg, tmp_path) is not None
+    with pytest.raises(checkpoint.CheckpointError, match="'codec' was 'compeft'"):
+        resume_point(resolve({**RUN, "resume": True, "codec": "dense"}), tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match="raise num-server-rounds"):
+        resume_point(resolve({**RUN, "resume": True, "num-server-rounds": 1}), tmp_path)
+    assert resume_point(resolve(RUN), tmp_path) is None  # resume off: start afresh
+
+
+def test_metrics_log_restarts_from_the_checkpointed_rows(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n{"round": 2}\n{"round": 3}\n')
+    log = MetricsLog(tmp_path, rows=[{"round": 1}, {"round": 2}])  # round 3 was written but never checkpointed
+    log.append({"round": 3, "again": True})
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"round": 1}, {"round": 2}, {"round": 3, "again": True}]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+
+
+def _simulate_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "simulations.cli", "simulate", "--max-parallel", "2", *args]
+
+
+def _run_config_text(config: dict[str, object]) -> str:
+    return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}" for k, v in config.items())
+
+
+def _adapter(out_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out_dir / "adapter" / "adapter_model.safetensors"))
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, out_dir: Path, round_id: int, timeout_s: float) -> int:
+    """SIGKILL ``proc``'s process group once the checkpoint of ``round_id`` is on disk; returns the round it had
+    reached. Fails if the run ends first."""
+    deadline = time.monotonic() + timeout_s
+    manifest = out_dir / checkpoint.DIRECTORY / checkpoint.MANIFEST
+    while time.monotonic() < deadline:
+        if manifest.exists():
+            reached = json.loads(manifest.read_text())["round"]
+            if reached >= round_id:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                return int(reached)
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise TimeoutError(f"no checkpoint of round {round_id} after {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run (a simulation) both resume tests must reproduce."""
+    out = tmp_path_factory.mktemp("reference")
+    done = subprocess.run(_simulate_command("--out", str(out), "--run-config", _run_config_text(RUN)),
+                          env=_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def _assert_same_run(reference: Path, resumed: Path) -> None:
+    rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]  # no round lost or repeated
+    want, got = _adapter(reference), _adapter(resumed)
+    assert set(want) == set(got)
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    summary = json.loads((resumed / "summary.json").read_text())
+    assert summary["rounds"] == 3
+    assert summary["metric_final"] == json.loads((reference / "summary.json").read_text())["metric_final"]
+
+
+@pytest.mark.slow
+def test_a_simulation_killed_mid_run_resumes_to_the_uninterrupted_adapter(tmp_path: Path, reference: Path) -> None:
+    killed = tmp_path / "killed"
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen(_simulate_command("--out", str(killed), "--run-config", _run_config_text(RUN)),
+                            env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    reached = kill_after_checkpoint(proc, killed, 1, timeout_s=600)
+    assert reached < RUN["num-server-rounds"] and not (killed / "summary.json").exists()
+    resumed = subprocess.run(_simulate_command("--resume", str(killed)), env=_env(), capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming after round {reached}" in resumed.stderr
+    _assert_same_run(reference, killed)
+
+
+def _kill_serverapp() -> int:
+    """SIGKILL every flwr-serverapp process (the deployed coordinator's ServerApp); returns how many."""
+    import psutil
+
+    killed = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("flwr-serverapp" in part for part in (proc.info["cmdline"] or [])):
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+@pytest.mark.slow
+def test_a_deployed_serverapp_killed_mid_run_resumes_over_grpc(tmp_path: Path, reference: Path) -> None:
+    from client.launch import supernode_command
+    from server.certs import generate_dev_certificates
+    from server.launch import submit_command, superlink_command, write_connection
+    from tests.deployment_helpers import free_port as _free_port
+    from tests.deployment_helpers import stop_processes as _stop
+    from tests.deployment_helpers import wait_for_port as _wait_for_port
+
+    certs = generate_dev_certificates(tmp_path / "certs")
+    fleet_port, control_port = _free_port(), _free_port()
+    env = {**_env(), "FLWR_HOME": str(tmp_path / "flwr-home"), "FEDSQUEEZE_CLIENT_THREADS": "1"}
+    processes: list[subprocess.Popen] = []
+
+    def start(name: str, command: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(command, stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+        processes.append(proc)
+        return proc
+
+    out_dir = tmp_path / "run"
+    run_config = _run_config_text({**RUN, "out-dir": str(out_dir), "wait-for-clients-s": 120.0})
+    try:
+        start("superlink", superlink_command(certs_dir=certs["ca"].parent, fleet_address=f"127.0.0.1:{fleet_port}",
+                                             control_port=control_port))
+        _wait_for_port(fleet_port, 60)
+        _wait_for_port(control_port, 60)
+        for partition in range(2):
+            start(f"supernode{partition}", supernode_command(
+                superlink=f"localhost:{fleet_port}", partition_id=partition, num_partitions=2,
+                root_certificates=certs["ca"], clientappio_port=_free_port()))
+        write_connection(tmp_path / "flwr-home", address=f"localhost:{control_port}", root_certificates=certs["ca"])
+        first = start("submit-1", submit_command(run_config))
+        manifest = out_dir / checkpoint.DIRECTORY / checkpoint.MANIFEST
+        deadline = time.monotonic() + 600
+        while not (manifest.exists() and json.loads(manifest.read_text())["round"] >= 1):
+            assert time.monotonic() < deadline, (tmp_path / "submit-1.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert _kill_serverapp() >= 1 and not (out_dir / "summary.json").exists()
+        reached = json.loads(manifest.read_text())["round"]
+        assert reached < RUN["num-server-rounds"]
+        if first.poll() is None:  # `flwr run --stream` only follows the logs of the run that died
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+        resumed = subprocess.run(submit_command(run_config + " resume=true"), env=env, capture_output=True, text=True,
+                                 timeout=900)
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        deadline = time.monotonic() + 60
+        while not (out_dir / "summary.json").exists() and time.monotonic() < deadline:
+            time.sleep(1)
+        assert f"resuming after round {reached}" in resumed.stdout + resumed.stderr
+        _assert_same_run(reference, out_dir)
+    finally:
+        _stop(processes)
