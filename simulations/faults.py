@@ -1,13 +1,22 @@
-"""Fault injection for simulations: make chosen clients fail, to exercise the coordinator's handling."""
+"""Fault injection for simulations: make chosen clients fail, or lie (Byzantine updates), to exercise the
+coordinator's handling and its robust aggregation rules."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from flwr.app import Context, Message
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from client import messages
 from client.app import secagg_mask, secagg_share, secagg_unmask, train
+from strategies.codecs import ferret
+from strategies.codecs.registry import CodecSettings, decode_update, encode_update
+
+BYZANTINE_ATTACKS = ("sign-flip", "scale", "random")
+SCALE = 100.0
 
 
 class InjectedClientFailure(RuntimeError):
@@ -29,4 +38,56 @@ def client_app_with_failures(failing_partitions: set[int], at: str = "train") ->
     app.train("secagg_share")(secagg_share)
     app.train("secagg_mask")(secagg_mask)
     app.train("secagg_unmask")(secagg_unmask)
+    return app
+
+
+def attacked_tensor(values: torch.Tensor, attack: str, generator: torch.Generator) -> torch.Tensor:
+    """One tensor (or coefficient vector) of a Byzantine update: sign-flipped, scaled x100, or Gaussian noise with
+    a hundred times the honest spread (the "Gaussian attack" of the Byzantine-robustness literature)."""
+    if attack == "sign-flip":
+        return -values
+    if attack == "scale":
+        return values * SCALE
+    spread = float(values.float().std()) if values.numel() > 1 else 1.0
+    return torch.randn(values.shape, generator=generator, dtype=torch.float32).to(values.dtype) * (
+        SCALE * (spread or 1.0))
+
+
+def byzantine_payload(payload: bytes, config: dict, attack: str, seed: int) -> bytes:
+    """An honest client's encoded update turned into attack ``attack``, encoded again with the same codec and
+    options (a Byzantine client sends well-formed lies, which validation alone cannot catch)."""
+    if attack not in BYZANTINE_ATTACKS:
+        raise ValueError(f"unknown byzantine attack '{attack}' (choose from {', '.join(BYZANTINE_ATTACKS)})")
+    settings = CodecSettings.from_record(config)
+    round_id = int(config["round"])
+    generator = torch.Generator().manual_seed(seed)
+    if settings.codec == "ferret":
+        parsed = ferret.parse(payload)
+        lied = attacked_tensor(torch.from_numpy(parsed.coefficients.copy()), attack, generator).numpy()
+        return ferret.pack(np.asarray(lied, dtype=np.float32), seed=parsed.seed, plan=parsed.plan,
+                           layout_sha256=parsed.layout_sha256, round_id=parsed.round_id)
+    update = decode_update(settings.codec, payload, expected_round=round_id, expected_layout=None)  # type: ignore[arg-type]
+    return encode_update(settings, {n: attacked_tensor(t, attack, generator) for n, t in update.items()},
+                         round_id=round_id)
+
+
+def client_app_with_byzantine(partitions: set[int], attack: str) -> ClientApp:
+    """The fedsqueeze ClientApp, except that nodes holding ``partitions`` replace their update by ``attack``."""
+    if attack not in BYZANTINE_ATTACKS:
+        raise ValueError(f"unknown byzantine attack '{attack}' (choose from {', '.join(BYZANTINE_ATTACKS)})")
+
+    def lie_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        reply = call_next(msg, context)
+        partition_id = int(context.node_config["partition-id"])
+        if (partition_id not in partitions or msg.metadata.message_type != "train" or reply.has_error()
+                or messages.ENCODED_UPDATE not in reply.content[messages.UPDATE]):
+            return reply
+        config = dict(msg.content[messages.TRAIN_CONFIG])
+        honest = reply.content[messages.UPDATE][messages.ENCODED_UPDATE]
+        lied = byzantine_payload(honest, config, attack, seed=int(config["round"]) * 1009 + partition_id)
+        reply.content[messages.UPDATE] = ConfigRecord({messages.ENCODED_UPDATE: lied})
+        return reply
+
+    app = ClientApp(mods=[lie_mod])
+    app.train()(train)
     return app
