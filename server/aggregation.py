@@ -49,6 +49,8 @@ def _options(settings: AggregationSettings, count: int) -> dict[str, Any]:
         return {"num_byzantine": byzantine, "keep": settings.keep or max(1, count - byzantine)}
     if settings.rule == "norm-bound":
         return {"bound": settings.norm_bound or None}
+    if settings.rule == "sign-majority":
+        return {"quorum": settings.byzantine + 1 if settings.byzantine else 2}
     return {}
 
 

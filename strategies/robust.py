@@ -33,7 +33,7 @@ CHUNK_BUDGET = 1 << 22  # entries (clients x coordinates) of one stacked chunk; 
 # The options each rule takes through aggregate(); all are required.
 _RULE_OPTIONS: dict[str, tuple[str, ...]] = {
     "fedavg": (), "median": (), "trimmed-mean": ("beta",), "krum": ("num_byzantine",),
-    "multi-krum": ("num_byzantine", "keep"), "norm-bound": ("bound",), "sign-majority": (),
+    "multi-krum": ("num_byzantine", "keep"), "norm-bound": ("bound",), "sign-majority": ("quorum",),
 }
 
 
@@ -262,31 +262,38 @@ def _alpha_caps(updates: Sequence[Update], voting: list[int]) -> dict[str, float
     return caps
 
 
-def sign_majority(updates: Sequence[Update], weights: Sequence[float]) -> Update:
-    """Elect each coordinate's sign by a weighted vote, then take the median magnitude of the clients that agree.
+def sign_majority(updates: Sequence[Update], weights: Sequence[float], quorum: int = 2) -> Update:
+    """Elect each coordinate's sign by a weighted vote; keep it where at least ``quorum`` clients agree, with the
+    agreeing clients' median magnitude scaled by their share of the weight.
 
     Made for decoded ComPEFT updates (entries in ``{-alpha, 0, +alpha}``, one alpha per tensor), in the spirit of
     FRL's voting and TIES-merging's sign election and disjoint merge; any float update works. Per coordinate:
 
     1. every client with positive weight votes ``weight * sign(value)``; zeros (and weight-0 clients) abstain;
-    2. the elected sign is the sign of the summed vote; an exact tie, or no vote at all, gives 0 there;
-    3. the magnitude is the median of ``|value|`` over the voting clients whose sign equals the elected one (the
-       median of an even count being the mean of its two middle values), capped per tensor at the median, over the
-       voting clients with a non-zero entry in that tensor, of their largest ``|entry|`` there (for ternary
-       updates: their alpha).
+    2. the elected sign is the sign of the summed vote; an exact tie, no vote at all, or fewer than ``quorum``
+       clients agreeing with it (``min(quorum, voters)``) gives 0 there, so one client alone sets nothing;
+    3. the magnitude is the median of ``|value|`` over the agreeing clients (the median of an even count being the
+       mean of its two middle values), capped per tensor at the median, over the voting clients with a non-zero
+       entry in that tensor, of their largest ``|entry|`` there (for ternary updates: their alpha), then
+       multiplied by the agreeing clients' share of the total weight. Without attackers and with agreeing values
+       alike this is FedAvg's mean (abstainers count as zeros there too), so the server step keeps its size.
 
     A client's vote does not grow with its magnitude, so flipping every sign or scaling alpha by 100 cannot flip a
     coordinate where the honest weight outvotes the attackers. TIES keeps the *mean* of the agreeing values, which one
     scaled client among them could inflate at will; the median bounds that wherever honest clients are most of those
-    agreeing. Sparse ComPEFT supports leave coordinates where the scaled client is alone or half of the agreeing ones
-    (measured: 7 of 160 coordinates, aggregate norm 29x the honest one, with two x100 clients among 12 at density
-    0.5); the cap bounds those at a typical client's alpha, so x100 scaling weighs no more than an honest client.
+    agreeing, and the cap bounds it where they are not, so x100 scaling weighs no more than an honest client. Sparse
+    supports leave coordinates that only one client moved; without the quorum a sign-flipping client would set
+    those alone (measured: 18 accuracy points lost against 10 for FedAvg, encoder preset, one flipper in five).
     Raises ValueError for bad inputs.
     """
     _check(updates, weights)
+    if quorum < 1:
+        raise ValueError(f"sign-majority quorum must be at least 1, got {quorum}")
     device = next(iter(updates[0].values())).device
     vote_weights = torch.tensor([float(w) for w in weights], dtype=torch.float64, device=device)
     voting = (vote_weights > 0)[:, None]
+    needed = min(quorum, int(voting.sum()))
+    total = float(vote_weights.sum())
     caps = _alpha_caps(updates, [index for index, weight in enumerate(weights) if weight > 0])
     last = len(updates) - 1
 
@@ -298,8 +305,9 @@ def sign_majority(updates: Sequence[Update], weights: Sequence[float]) -> Update
         count = agree.sum(dim=0, keepdim=True)
         lower = ordered.gather(0, ((count - 1) // 2).clamp_min(0)).to(torch.float64)
         upper = ordered.gather(0, (count // 2).clamp_max(last)).to(torch.float64)
-        median = torch.where(count > 0, (lower + upper) / 2, 0.0)[0]
-        return elected * median.clamp_max(caps[name])
+        median = torch.where(count >= needed, (lower + upper) / 2, 0.0)[0]
+        share = (vote_weights @ agree.to(torch.float64)) / total
+        return elected * median.clamp_max(caps[name]) * share
 
     return _coordinatewise(updates, reduce)
 
@@ -328,7 +336,7 @@ def aggregate(rule: str, updates: Sequence[Update], weights: Sequence[float], **
         keep = options["keep"] if rule == "multi-krum" else 1
         return multi_krum(updates, weights, options["num_byzantine"], keep).aggregate
     if rule == "sign-majority":
-        return sign_majority(updates, weights)
+        return sign_majority(updates, weights, int(options["quorum"]))  # type: ignore[arg-type]
     if rule == "norm-bound":
         _check_bound(options["bound"])
         _check(updates, weights)

@@ -24,7 +24,7 @@ from strategies.robust import (
 )
 
 RULE_OPTIONS = {"fedavg": {}, "median": {}, "trimmed-mean": {"beta": 0.2}, "krum": {"num_byzantine": 1},
-                "multi-krum": {"num_byzantine": 1, "keep": 3}, "norm-bound": {"bound": 1.0}, "sign-majority": {}}
+                "multi-krum": {"num_byzantine": 1, "keep": 3}, "norm-bound": {"bound": 1.0}, "sign-majority": {"quorum": 2}}
 
 
 def one_tensor(*rows: list[float] | float) -> list[dict[str, torch.Tensor]]:
@@ -195,7 +195,7 @@ def _close(aggregate_: dict[str, torch.Tensor], reference: dict[str, torch.Tenso
 
 
 ROBUST_OPTIONS = {"median": {}, "trimmed-mean": {"beta": 0.2}, "krum": {"num_byzantine": 2},
-                  "multi-krum": {"num_byzantine": 2, "keep": 8}, "norm-bound": {}, "sign-majority": {}}
+                  "multi-krum": {"num_byzantine": 2, "keep": 8}, "norm-bound": {}, "sign-majority": {"quorum": 3}}
 
 
 @pytest.mark.parametrize("attack", ["flip", "scale", "gaussian"])
@@ -244,19 +244,24 @@ def test_sign_majority_keeps_the_honest_signs_on_ternary_updates(attack: str) ->
 
 def test_sign_majority_rule_by_hand() -> None:
     rows = one_tensor([1.0, -1.0, 0.0, 1.0, 3.0], [2.0, 1.0, 0.0, -1.0, 3.0], [300.0, 1.0, 0.0, 0.0, 300.0])
-    # col 0: all +, median of (1, 2, 300) = 2; col 1: + wins 2-1, median of (1, 1) = 1; col 2: nobody votes;
-    # col 3: a tie; col 4: median of (3, 3, 300) = 3. Caps (median peak per client: 3) do not bind here.
-    assert sign_majority(rows, [1, 1, 1])["w"].tolist() == [2.0, 1.0, 0.0, 0.0, 3.0]
-    # weights: in col 1 the negative voter (weight 5) outvotes the two positive ones; the magnitude is its own 1
-    assert sign_majority(rows, [5, 1, 1])["w"].tolist()[:2] == [2.0, -1.0]
+    # col 0: all +, median of (1, 2, 300) = 2, all the weight agrees; col 1: + wins 2-1, median of (1, 1) = 1 times
+    # the agreeing share 2/3; col 2: nobody votes; col 3: a tie; col 4: median of (3, 3, 300) = 3. Caps (median
+    # peak per client: 3) do not bind here.
+    torch.testing.assert_close(sign_majority(rows, [1, 1, 1])["w"], torch.tensor([2.0, 2 / 3, 0.0, 0.0, 3.0]))
+    # weights: in col 1 the negative voter (weight 5) outvotes the two positive ones, but alone it is below the
+    # quorum of two agreeing clients, so nothing is set there
+    assert sign_majority(rows, [5, 1, 1])["w"].tolist()[:2] == [2.0, 0.0]
+    torch.testing.assert_close(sign_majority(rows, [5, 1, 1], quorum=1)["w"][:2], torch.tensor([2.0, -5 / 7]))
     # weight-0 clients abstain entirely: no vote and no magnitude (col 0 becomes the median of 1 and 2)
-    assert sign_majority(rows, [5, 1, 0])["w"].tolist()[:4] == [1.5, -1.0, 0.0, 1.0]
+    assert sign_majority(rows, [5, 1, 0])["w"].tolist()[:4] == [1.5, 0.0, 0.0, 0.0]
 
 
 def test_sign_majority_caps_a_lone_scaled_voter() -> None:
-    # where only the x100 client voted, it gets the median alpha (1), not its own 100
+    # where only the x100 client voted, it sets nothing (quorum); allowed alone, it gets the median alpha (1),
+    # not its own 100, times its share of the weight
     rows = one_tensor([1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 100.0])
-    assert sign_majority(rows, [1, 1, 1, 1])["w"].tolist() == [1.0, 1.0]
+    assert sign_majority(rows, [1, 1, 1, 1])["w"].tolist() == [0.5, 0.0]
+    assert sign_majority(rows, [1, 1, 1, 1], quorum=1)["w"].tolist() == [0.5, 0.25]
 
 
 # --- norm bounding ------------------------------------------------------------------------------------------------
