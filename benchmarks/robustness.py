@@ -1,0 +1,120 @@
+"""Robustness figures, printed as JSON (and saved to benchmarks/results/robustness.json):
+
+- Byzantine: for each attack (sign flip, x100, random) by 20 % of the clients and each rule, the final held-out
+  accuracy beside the clean run's (same codec, same seed), and whether it stays within 2 points.
+- Validation: fuzz cases thrown at every decoder and at the coordinator's reply handler, and how many were
+  rejected cleanly, accepted (still a valid update), or failed (anything else: must be 0).
+- Resume: a simulation killed (SIGKILL) after its first checkpoint and resumed: rounds lost or repeated (0) and
+  whether the final adapter equals the uninterrupted run's.
+
+    python benchmarks/robustness.py [--quick] [--cases 5000] [--skip-resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simulations.byzantine import ByzantineSetup, run  # noqa: E402
+from simulations.fuzzing import codec_targets, fuzz, meets_layout  # noqa: E402
+
+DENSE_RULES = ("fedavg", "median", "trimmed-mean", "multi-krum", "norm-bound")
+TERNARY_RULES = ("fedavg", "sign-majority")
+ATTACKS = ("sign-flip", "scale", "random")
+
+
+def byzantine_rows(base: ByzantineSetup) -> list[dict]:
+    """Every attack x rule, beside the clean run of the same codec."""
+    rows = []
+    for codec, rules in (("dense", DENSE_RULES), ("compeft", TERNARY_RULES)):
+        clean_run = run(replace(base, codec=codec))
+        clean = clean_run.accuracy
+        for attack in ATTACKS:
+            for rule in rules:
+                started = time.perf_counter()
+                result = run(replace(base, codec=codec, attack=attack, rule=rule))
+                rows.append({"codec": codec, "attack": attack, "rule": rule, "accuracy": result.accuracy,
+                             "clean_accuracy": clean, "base_accuracy": result.base_accuracy,
+                             "loss": result.loss, "clean_loss": clean_run.loss,
+                             "drop_points": 100 * (clean - result.accuracy),
+                             "within_2_points": abs(clean - result.accuracy) <= 0.02,
+                             "seconds": time.perf_counter() - started})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def fuzz_rows(cases: int) -> list[dict]:
+    """Fuzz every decoder and the reply handler; counts of cases, clean rejections, accepted, failures."""
+    from server.federation import read_reply
+    from tests.test_validation_fuzz import DIGEST, _accept, _reply_content
+
+    targets = dict(codec_targets())
+    seeds = targets["dense-fp32"][0]
+    targets["reply-handler"] = (seeds, lambda p: read_reply(_reply_content(p, DIGEST), _accept, DIGEST, {})[0])
+    rows = []
+    for index, (name, (seed_payloads, decode)) in enumerate(sorted(targets.items())):
+        report = fuzz(name, decode, seed_payloads, cases=cases, seed=100 + index, check=meets_layout)
+        rows.append({"target": name, "cases": report.cases, "rejected": report.rejected,
+                     "accepted_valid": report.accepted, "failures": len(report.failures),
+                     "first_failures": report.failures[:3]})
+    return rows
+
+
+def resume_row() -> dict:
+    """Kill a simulation after its first checkpoint, resume it, compare with an uninterrupted run."""
+    from tests.test_resume import RUN, _adapter, _env, _run_config_text, _simulate_command, kill_after_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="fedsqueeze-resume-") as tmp:
+        reference, killed = Path(tmp) / "reference", Path(tmp) / "killed"
+        subprocess.run(_simulate_command("--out", str(reference), "--run-config", _run_config_text(RUN)),
+                       env=_env(), check=True, capture_output=True, cwd=ROOT)
+        proc = subprocess.Popen(_simulate_command("--out", str(killed), "--run-config", _run_config_text(RUN)),
+                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True, cwd=ROOT)
+        reached = kill_after_checkpoint(proc, killed, 1, timeout_s=900)
+        subprocess.run(_simulate_command("--resume", str(killed)), env=_env(), check=True, capture_output=True,
+                       cwd=ROOT)
+        rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+        want, got = _adapter(reference), _adapter(killed)
+        expected = list(range(1, int(RUN["num-server-rounds"]) + 1))
+        return {"killed_after_round": reached, "rounds": rounds,
+                "rounds_lost": len(set(expected) - set(rounds)), "rounds_repeated": len(rounds) - len(set(rounds)),
+                "adapter_equal": set(want) == set(got) and all(torch.equal(want[n], got[n]) for n in want)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="two rounds, fewer fuzz cases")
+    parser.add_argument("--cases", type=int, default=5000, help="fuzz cases per target")
+    parser.add_argument("--skip-resume", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "robustness.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    base = ByzantineSetup(rounds=2 if args.quick else 3)
+    started = time.perf_counter()
+    result = {
+        "setup": {"clients": base.clients, "byzantine": list(base.byzantine), "rounds": base.rounds,
+                  "local_steps": base.local_steps, "preset": "encoder", "partitioner": "iid"},
+        "validation": fuzz_rows(500 if args.quick else args.cases),
+        "resume": None if args.skip_resume else resume_row(),
+        "byzantine": byzantine_rows(base),
+    }
+    result["wall_s"] = time.perf_counter() - started
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
