@@ -24,7 +24,8 @@ from strategies.robust import (
 )
 
 RULE_OPTIONS = {"fedavg": {}, "median": {}, "trimmed-mean": {"beta": 0.2}, "krum": {"num_byzantine": 1},
-                "multi-krum": {"num_byzantine": 1, "keep": 3}, "norm-bound": {"bound": 1.0}, "sign-majority": {"quorum": 2}}
+                "multi-krum": {"num_byzantine": 1, "keep": 3}, "norm-bound": {"bound": 1.0},
+                "sign-majority": {"quorum": 2}}
 
 
 def one_tensor(*rows: list[float] | float) -> list[dict[str, torch.Tensor]]:
