@@ -6,7 +6,8 @@ import torch
 
 
 def weighted_mean(updates: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    """Mean of ``updates`` weighted by ``weights`` (e.g. examples), in fp64 then back to fp32.
+    """Mean of ``updates`` weighted by ``weights`` (e.g. examples), accumulated in fp64 on the tensors' device and
+    returned in their dtype (one client at a time, in list order: the same inputs give the same bits).
 
     Raises ValueError for no updates, mismatched names/shapes, or non-positive total weight.
     """
@@ -23,12 +24,13 @@ def weighted_mean(updates: list[dict[str, torch.Tensor]], weights: list[float]) 
     total = float(sum(weights))
     mean: dict[str, torch.Tensor] = {}
     for name in updates[0]:
-        acc = torch.zeros(updates[0][name].shape, dtype=torch.float64)
+        first = updates[0][name]
+        acc = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
         for update, weight in zip(updates, weights, strict=True):
             if update[name].shape != acc.shape:
                 raise ValueError(f"tensor '{name}' has shape {tuple(update[name].shape)}, expected {tuple(acc.shape)}")
             acc += update[name].to(torch.float64) * (weight / total)
-        mean[name] = acc.to(torch.float32)
+        mean[name] = acc.to(first.dtype)
     return mean
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from strategies.fedavg import weighted_mean
+
 Update = dict[str, torch.Tensor]
 
 AGGREGATION_RULES = ("fedavg", "median", "trimmed-mean", "krum", "multi-krum", "norm-bound", "sign-majority")
@@ -98,21 +100,6 @@ def _coordinatewise(updates: Sequence[Update], reduce: Callable[[str, torch.Tens
             flat[part] = reduce(name, stack)
         result[name] = flat.reshape(first.shape)
     return result
-
-
-def _weighted_mean(updates: Sequence[Update], weights: Sequence[float]) -> Update:
-    """strategies.fedavg.weighted_mean's arithmetic (fp64, one client at a time) on the tensors' device and dtype.
-
-    That function accumulates on the CPU and returns fp32, so it cannot serve tensors on an accelerator.
-    """
-    total = float(sum(weights))
-    mean: Update = {}
-    for name, first in updates[0].items():
-        acc = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
-        for update, weight in zip(updates, weights, strict=True):
-            acc += update[name].to(torch.float64) * (weight / total)
-        mean[name] = acc.to(first.dtype)
-    return mean
 
 
 def _median_rows(_: str, stack: torch.Tensor) -> torch.Tensor:
@@ -209,7 +196,7 @@ def multi_krum(updates: Sequence[Update], weights: Sequence[float], num_byzantin
     kept_weights = [weights[index] for index in selected]
     if math.fsum(kept_weights) <= 0:
         raise ValueError(f"the clients Krum kept ({list(selected)}) all have weight 0")
-    return KrumSelection(aggregate=_weighted_mean([updates[index] for index in selected], kept_weights),
+    return KrumSelection(aggregate=weighted_mean([updates[index] for index in selected], kept_weights),
                          selected=selected, scores=tuple(float(score) for score in scores))
 
 
@@ -340,6 +327,6 @@ def aggregate(rule: str, updates: Sequence[Update], weights: Sequence[float], **
     if rule == "norm-bound":
         _check_bound(options["bound"])
         _check(updates, weights)
-        return _weighted_mean(_clip(updates, options["bound"])[0], weights)
+        return weighted_mean(_clip(updates, options["bound"])[0], weights)
     _check(updates, weights)
-    return _weighted_mean(updates, weights)
+    return weighted_mean(updates, weights)
