@@ -23,14 +23,14 @@ def byte_limit(cfg: RunConfig, layout: dict[str, tuple[int, ...]]) -> int:
     return 2 * dense_fp32_bytes({n: torch.empty(s, device="meta") for n, s in layout.items()}) + 4096
 
 
-def update_norm(update: Any) -> float:
-    """L2 norm of a decoded update, or of a Ferret payload's coefficient vector."""
-    if isinstance(update, bytes):
-        return float(np.linalg.norm(ferret.parse(update).coefficients.astype(np.float64)))
+def update_norm(update: dict[str, torch.Tensor] | ferret.FerretPayload) -> float:
+    """L2 norm of a decoded update, or of a parsed Ferret payload's coefficient vector."""
+    if isinstance(update, ferret.FerretPayload):
+        return float(np.linalg.norm(update.coefficients.astype(np.float64)))
     return math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.values()))
 
 
-def check_norm(cfg: RunConfig, update: Any) -> None:
+def check_norm(cfg: RunConfig, update: dict[str, torch.Tensor] | ferret.FerretPayload) -> None:
     """Raise UpdateRejected when the update's norm exceeds ``max-update-norm`` (0: no bound)."""
     if cfg.limits.max_norm:
         norm = update_norm(update)
@@ -61,11 +61,8 @@ def aggregate(settings: AggregationSettings, updates: list[Any], weights: list[f
         if settings.rule == "fedavg":
             total = float(sum(weights))
             return ferret.combine(updates, [w / total for w in weights], round_id=round_id)
-        parsed = [ferret.parse(p) for p in updates]
+        parsed = ferret.parse_same_basis(updates)
         first = parsed[0]
-        for other in parsed[1:]:
-            if (other.seed, other.plan, other.layout_sha256) != (first.seed, first.plan, first.layout_sha256):
-                raise UpdateRejected("ferret payloads differ in seed, block plan or layout")
         coefficients = [{"coefficients": torch.from_numpy(p.coefficients.copy())} for p in parsed]
         mean = robust.aggregate(settings.rule, coefficients, weights, **_options(settings, len(updates)))
         return ferret.pack(mean["coefficients"].numpy(), seed=first.seed, plan=first.plan,

@@ -76,9 +76,8 @@ def _accept(cfg: RunConfig, round_id: int, layout: dict[str, tuple[int, ...]]) -
         seed = round_seed(cfg.seed, round_id)
 
         def check(payload: bytes) -> bytes:
-            ferret.parse(payload, expected_seed=seed, expected_round=round_id, expected_layout=layout,
-                         max_bytes=max_bytes)
-            check_norm(cfg, payload)
+            check_norm(cfg, ferret.parse(payload, expected_seed=seed, expected_round=round_id,
+                                         expected_layout=layout, max_bytes=max_bytes))
             return payload
         return check
 

@@ -194,6 +194,17 @@ def decode(payload: bytes, *, like: Mapping[str, torch.Tensor], expected_seed: i
     return rebuild(parsed, like)
 
 
+def parse_same_basis(payloads: Sequence[bytes], *, expected_seed: int | None = None) -> list[FerretPayload]:
+    """Parse payloads that must share one basis (seed, block plan, layout), as any aggregate of coefficients
+    needs; UpdateRejected when one differs."""
+    parsed = [parse(p, expected_seed=expected_seed) for p in payloads]
+    first = parsed[0]
+    for other in parsed[1:]:
+        if (other.seed, other.plan, other.layout_sha256) != (first.seed, first.plan, first.layout_sha256):
+            raise UpdateRejected("ferret payloads differ in seed, block plan or layout")
+    return parsed
+
+
 def combine(payloads: Sequence[bytes], weights: Sequence[float] | None = None, *, round_id: int | None = None,
             expected_seed: int | None = None) -> bytes:
     """One payload whose coefficients are the weighted sum ``sum_i w_i c_i`` (fp64, then fp32) of ``payloads``.
@@ -206,11 +217,8 @@ def combine(payloads: Sequence[bytes], weights: Sequence[float] | None = None, *
     weights = [1.0] * len(payloads) if weights is None else list(weights)
     if len(weights) != len(payloads) or not all(math.isfinite(w) for w in weights):
         raise ValueError(f"combine needs one finite weight per payload, got {weights!r}")
-    parsed = [parse(p, expected_seed=expected_seed) for p in payloads]
+    parsed = parse_same_basis(payloads, expected_seed=expected_seed)
     first = parsed[0]
-    for other in parsed[1:]:
-        if (other.seed, other.plan, other.layout_sha256) != (first.seed, first.plan, first.layout_sha256):
-            raise UpdateRejected("payloads to combine differ in seed, block plan or layout")
     total = np.zeros(first.plan.coefficients, dtype=np.float64)
     for weight, item in zip(weights, parsed, strict=True):
         total += weight * item.coefficients.astype(np.float64)
