@@ -58,6 +58,7 @@ def run(setup: ByzantineSetup) -> ByzantineResult:
     partitions = [client_partition(train.dataset, client, setup.clients, kind="iid", alpha=1.0, seed=setup.seed)
                   for client in range(setup.clients)]
     rule = AggregationSettings(rule=setup.rule)
+    weights = [float(len(p)) for p in partitions]
     generator = torch.Generator().manual_seed(setup.seed)
 
     def coordinator(updates: list[dict[str, torch.Tensor]], round_id: int) -> tuple[dict[str, torch.Tensor], int]:
@@ -69,7 +70,6 @@ def run(setup: ByzantineSetup) -> ByzantineResult:
                 payload = compeft.encode(update, density=setup.compeft_density, alpha_scale=4.0, round_id=round_id)
                 update = {n: t.float() for n, t in compeft.decode(payload, expected_round=round_id).items()}
             seen.append(update)
-        weights = [float(len(p)) for p in partitions]
         return aggregate(rule, seen, weights, round_id=round_id), 0
 
     joined = concatenate_datasets(partitions)

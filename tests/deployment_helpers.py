@@ -1,10 +1,17 @@
-"""Process helpers shared by the real-deployment tests: free ports, waiting for a listener, stopping process groups."""
+"""Process helpers shared by the real-deployment tests: free ports, waiting for a listener, starting a TLS
+SuperLink with SuperNodes, submitting a run, stopping process groups."""
 
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
+
+from client.launch import supernode_command
+from server.certs import generate_dev_certificates
+from server.launch import submit_command, superlink_command, write_connection
 
 
 def free_port() -> int:
@@ -41,3 +48,51 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+def deployment_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of every process of a test deployment: this venv's tools first, a private FLWR_HOME, one
+    torch thread per client, nothing phoning home."""
+    return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "FLWR_HOME": str(tmp_path / "flwr-home"), "FEDSQUEEZE_CLIENT_THREADS": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+
+
+def start_process(name: str, command: list[str], *, logs: Path, env: dict[str, str],
+                  processes: dict[str, subprocess.Popen]) -> subprocess.Popen:
+    """Start ``command`` in its own process group, logging to ``logs/<name>.log``; ``processes`` keeps it."""
+    proc = subprocess.Popen(command, stdout=(logs / f"{name}.log").open("w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    processes[name] = proc
+    return proc
+
+
+def start_tls_federation(tmp_path: Path, *, logs: Path, env: dict[str, str],
+                         processes: dict[str, subprocess.Popen], nodes: int = 2) -> dict[str, Path]:
+    """A SuperLink with dev TLS certificates and ``nodes`` SuperNodes (one partition each), and the flwr
+    connection to submit runs to it; returns the certificate paths."""
+    certs = generate_dev_certificates(tmp_path / "certs")
+    fleet_port, control_port = free_port(), free_port()
+    start_process("superlink", superlink_command(certs_dir=certs["ca"].parent, fleet_address=f"127.0.0.1:{fleet_port}",
+                                                 control_port=control_port), logs=logs, env=env, processes=processes)
+    wait_for_port(fleet_port, 60)
+    wait_for_port(control_port, 60)
+    for partition in range(nodes):
+        start_process(f"supernode{partition}", supernode_command(
+            superlink=f"localhost:{fleet_port}", partition_id=partition, num_partitions=nodes,
+            root_certificates=certs["ca"], clientappio_port=free_port()), logs=logs, env=env, processes=processes)
+    write_connection(Path(env["FLWR_HOME"]), address=f"localhost:{control_port}", root_certificates=certs["ca"])
+    return certs
+
+
+def submit_and_wait(run_config: str, *, out_dir: Path, logs: Path, env: dict[str, str]
+                    ) -> subprocess.CompletedProcess:
+    """Submit a run with ``flwr run`` and wait until its summary.json is written; asserts both succeed."""
+    submitted = subprocess.run(submit_command(run_config), env=env, capture_output=True, text=True, timeout=900)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    summary_path = out_dir / "summary.json"
+    deadline = time.monotonic() + 60
+    while not summary_path.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert summary_path.exists(), submitted.stdout[-3000:] + (logs / "superlink.log").read_text()[-3000:]
+    return submitted

@@ -161,37 +161,22 @@ def _kill_serverapp() -> int:
 
 @pytest.mark.slow
 def test_a_deployed_serverapp_killed_mid_run_resumes_over_grpc(tmp_path: Path, reference: Path) -> None:
-    from client.launch import supernode_command
-    from server.certs import generate_dev_certificates
-    from server.launch import submit_command, superlink_command, write_connection
-    from tests.deployment_helpers import free_port as _free_port
-    from tests.deployment_helpers import stop_processes as _stop
-    from tests.deployment_helpers import wait_for_port as _wait_for_port
+    from server.launch import submit_command
+    from tests.deployment_helpers import (
+        deployment_env,
+        start_process,
+        start_tls_federation,
+        stop_processes,
+        submit_and_wait,
+    )
 
-    certs = generate_dev_certificates(tmp_path / "certs")
-    fleet_port, control_port = _free_port(), _free_port()
-    env = {**_env(), "FLWR_HOME": str(tmp_path / "flwr-home"), "FEDSQUEEZE_CLIENT_THREADS": "1"}
-    processes: list[subprocess.Popen] = []
-
-    def start(name: str, command: list[str]) -> subprocess.Popen:
-        proc = subprocess.Popen(command, stdout=(tmp_path / f"{name}.log").open("w"), stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
-        processes.append(proc)
-        return proc
-
+    env = deployment_env(tmp_path)
+    processes: dict[str, subprocess.Popen] = {}
     out_dir = tmp_path / "run"
     run_config = _run_config_text({**RUN, "out-dir": str(out_dir), "wait-for-clients-s": 120.0})
     try:
-        start("superlink", superlink_command(certs_dir=certs["ca"].parent, fleet_address=f"127.0.0.1:{fleet_port}",
-                                             control_port=control_port))
-        _wait_for_port(fleet_port, 60)
-        _wait_for_port(control_port, 60)
-        for partition in range(2):
-            start(f"supernode{partition}", supernode_command(
-                superlink=f"localhost:{fleet_port}", partition_id=partition, num_partitions=2,
-                root_certificates=certs["ca"], clientappio_port=_free_port()))
-        write_connection(tmp_path / "flwr-home", address=f"localhost:{control_port}", root_certificates=certs["ca"])
-        first = start("submit-1", submit_command(run_config))
+        start_tls_federation(tmp_path, logs=tmp_path, env=env, processes=processes)
+        first = start_process("submit-1", submit_command(run_config), logs=tmp_path, env=env, processes=processes)
         manifest = out_dir / checkpoint.DIRECTORY / checkpoint.MANIFEST
         deadline = time.monotonic() + 600
         while not (manifest.exists() and json.loads(manifest.read_text())["round"] >= 1):
@@ -203,13 +188,8 @@ def test_a_deployed_serverapp_killed_mid_run_resumes_over_grpc(tmp_path: Path, r
         if first.poll() is None:  # `flwr run --stream` only follows the logs of the run that died
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=30)
-        resumed = subprocess.run(submit_command(run_config + " resume=true"), env=env, capture_output=True, text=True,
-                                 timeout=900)
-        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-        deadline = time.monotonic() + 60
-        while not (out_dir / "summary.json").exists() and time.monotonic() < deadline:
-            time.sleep(1)
+        resumed = submit_and_wait(run_config + " resume=true", out_dir=out_dir, logs=tmp_path, env=env)
         assert f"resuming after round {reached}" in resumed.stdout + resumed.stderr
         _assert_same_run(reference, out_dir)
     finally:
-        _stop(processes)
+        stop_processes(list(processes.values()))

@@ -5,9 +5,7 @@ registered) is refused, node C (a registered key but another CA's root certifica
 """
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +16,16 @@ from flwr.cli.supernode.register import try_load_public_key
 
 from client.launch import supernode_command
 from server.certs import generate_dev_certificates
-from server.launch import CONNECTION_NAME, register_node, submit_command, superlink_command, write_connection
+from server.launch import CONNECTION_NAME, register_node, superlink_command, write_connection
 from server.node_keys import generate_node_keys
-from tests.deployment_helpers import free_port, stop_processes, wait_for_port
+from tests.deployment_helpers import (
+    deployment_env,
+    free_port,
+    start_process,
+    stop_processes,
+    submit_and_wait,
+    wait_for_port,
+)
 
 # What flwr 1.39 logs, seen in real runs of this test: the SuperNode exits (code 305) with these lines.
 REFUSED_UNREGISTERED = "[code: 2004] Failed to activate SuperNode."
@@ -71,18 +76,14 @@ def test_only_the_registered_node_with_the_right_ca_joins_and_trains(tmp_path: P
     other_ca = generate_dev_certificates(tmp_path / "other-ca")["ca"]
     key_a, key_b, key_c = generate_node_keys(tmp_path / "certs" / "node-keys", 3)
     fleet_port, control_port = free_port(), free_port()
-    flwr_home = tmp_path / "flwr-home"
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-           "FLWR_HOME": str(flwr_home), "FEDSQUEEZE_CLIENT_THREADS": "1",
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+    env = deployment_env(tmp_path)
+    flwr_home = Path(env["FLWR_HOME"])
     logs = tmp_path / "logs"
     logs.mkdir()
     processes: dict[str, subprocess.Popen] = {}
 
     def start(name: str, command: list[str]) -> None:
-        out = (logs / f"{name}.log").open("w")
-        processes[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True)
+        start_process(name, command, logs=logs, env=env, processes=processes)
 
     def supernode(name: str, key: Path, root_certificates: Path) -> None:
         start(name, supernode_command(superlink=f"localhost:{fleet_port}", partition_id=0, num_partitions=1,
@@ -104,13 +105,8 @@ def test_only_the_registered_node_with_the_right_ca_joins_and_trains(tmp_path: P
         out_dir = tmp_path / "run"
         run_config = ("preset='encoder' num-clients=1 num-server-rounds=1 partitioner='iid' "
                       f"wait-for-clients-s=120.0 out-dir='{out_dir}' secagg=false")
-        submitted = subprocess.run(submit_command(run_config), env=env, capture_output=True, text=True, timeout=900)
-        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+        submit_and_wait(run_config, out_dir=out_dir, logs=logs, env=env)
         summary_path = out_dir / "summary.json"
-        deadline = time.monotonic() + 60
-        while not summary_path.exists() and time.monotonic() < deadline:
-            time.sleep(1)
-        assert summary_path.exists(), submitted.stdout[-3000:] + (logs / "superlink.log").read_text()[-3000:]
 
         # TLS run with the registered node: exactly one client, and it is node A.
         rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]

@@ -220,7 +220,7 @@ def reconstruction_rows(config: AttackConfig) -> list[Row]:
             + (_reconstruction(config, "full", config.recon_full_defences) if config.recon_full_defences else []))
 
 
-def _full_update_parts(update: dict[str, torch.Tensor]) -> tuple[list[str], set[int] | None]:
+def _full_update_parts(update: dict[str, torch.Tensor]) -> tuple[list[str], set[int]]:
     """For a full-parameter update: the tensors the gradient is matched on (attention queries and values and
     the head: the LoRA attack's targets, unfactored) and the token set its word-embedding rows give away."""
     rows = next(t for name, t in update.items() if name.endswith("word_embeddings.weight"))
@@ -274,7 +274,7 @@ def _reconstruction(config: AttackConfig, trainable: str, chosen: tuple[str, ...
         if trainable == "full":
             parts = [_full_update_parts(view) for view in views]
             guesses = reconstruct(task, views, batch["attention_mask"], fixed, settings, names=parts[0][0],
-                                  candidates=[(found or set()) - specials for _, found in parts])
+                                  candidates=[found - specials for _, found in parts])
         else:
             guesses = reconstruct(task, views, batch["attention_mask"], fixed, settings)
         share = (time.perf_counter() - started) / len(chosen)  # attacked side by side
