@@ -91,14 +91,19 @@ def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSetting
     layout = {name: tuple(t.shape) for name, t in delta.items()}
     carried = residual is not None and {n: tuple(t.shape) for n, t in residual.items()} == layout
     if carried:
-        delta = apply_update(delta, residual)
+        delta = apply_update(delta, {name: residual[name].to(t.device) for name, t in delta.items()})
     elif residual is not None:
         log.warning("error-feedback residual does not match the model's tensors; starting a new one")
-    encoded, sent = encode(delta)
-    residual = subtract(delta, sent)
+    encoded, sent = encode(delta)  # the codec works on delta's device; what it sent decodes on the CPU
+    residual = subtract(_on_cpu(delta), sent)
     node_state.save_tensors(context.state, node_state.RESIDUAL, residual)
     norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in residual.values())))
     return encoded, {"residual-norm": norm, "residual-carried": float(carried)}
+
+
+def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors on the CPU (no copy for those already there)."""
+    return {name: t.cpu() for name, t in tensors.items()}
 
 
 def _codec_encoder(settings: CodecSettings, round_id: int, seed: int | None
@@ -113,7 +118,7 @@ def _codec_encoder(settings: CodecSettings, round_id: int, seed: int | None
 def _secure_encoder(config: dict, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]],
                     metrics: dict[str, float]) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
     def encode(delta: dict[str, torch.Tensor]) -> tuple[bytes, Sent]:
-        keys, party_input = secure.start(config, context, settings, layout, delta)
+        keys, party_input = secure.start(config, context, settings, layout, _on_cpu(delta))
         metrics["secagg-clipped"] = float(party_input.clipped)
         return keys, party_input.sent
     return encode
@@ -132,8 +137,9 @@ def train(msg: Message, context: Context) -> Message:
     uplink = CodecSettings.from_record(config)
     downlink_settings = CodecSettings.from_record(config, prefix="downlink-")
     partition_id, num_partitions = _node_partition(context)
-    if context.node_config.get("device"):
-        spec = replace(spec, device=str(context.node_config["device"]))
+    for key in ("device", "quantization"):  # a node may choose its own device and base quantisation
+        if context.node_config.get(key):
+            spec = replace(spec, **{key: str(context.node_config[key])})
     loaded = _load(spec, partition_id, num_partitions)
     layout = loaded.task.trainable_shapes()
     received, bytes_down, trained_from = _receive_global(msg, context, downlink_settings, layout, loaded.base)
@@ -141,7 +147,7 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
                            lr=spec.lr, seed=spec.seed * 1_000_003 + round_id * 1009 + partition_id)
-    delta = loaded.task.trainable_delta(received)
+    delta = loaded.task.trainable_delta(received, on_device=True)  # DP and the codec run where training ran
     del received
     seed = int(config["ferret-seed"]) if "ferret-seed" in config else None
     secure_round = bool(config.get("secagg", False))

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from server.run_config import AggregationSettings, RunConfig
-from strategies import robust
+from strategies import fedavg, robust
 from strategies.codecs import UpdateRejected, ferret
 from strategies.codecs.dense import dense_fp32_bytes
 
@@ -68,3 +68,52 @@ def aggregate(settings: AggregationSettings, updates: list[Any], weights: list[f
         return ferret.pack(mean["coefficients"].numpy(), seed=first.seed, plan=first.plan,
                            layout_sha256=first.layout_sha256, round_id=round_id)
     return robust.aggregate(settings.rule, updates, weights, **_options(settings, len(updates)))
+
+
+class RoundAggregator:
+    """One round's aggregation, fed each accepted update as its reply arrives.
+
+    FedAvg over decoded tensors (and the norm-bounded mean with a fixed bound, which clips each update on its own)
+    folds every update into an exact running sum and keeps nothing else: O(model) memory whatever the number of
+    clients, and the same bits in any arrival order. Ferret payloads are kept (a few hundred bytes each) and
+    combined in a fixed order. The other robust rules (median, trimmed mean, Krum, multi-Krum, sign-majority) need
+    every update at once; they hold the round's decoded updates, ``held_bytes`` of them, which is bounded by the
+    clients sampled per round times the update's dense size, and run at the end of the round in partition order.
+    """
+
+    def __init__(self, settings: AggregationSettings, round_id: int) -> None:
+        self.settings = settings
+        self.round_id = round_id
+        self.mean = fedavg.RunningMean()
+        self.held: list[tuple[Any, Any, float]] = []
+        self.held_bytes = 0
+        self.peak_held_bytes = 0
+
+    def streams(self, update: Any) -> bool:
+        """Whether ``update`` is folded in on arrival rather than held to the end of the round."""
+        if isinstance(update, bytes):
+            return False
+        return self.settings.rule == "fedavg" or (self.settings.rule == "norm-bound" and bool(self.settings.norm_bound))
+
+    def add(self, key: Any, update: Any, weight: float) -> None:
+        """Take one accepted update; ``key`` orders the held ones (e.g. partition id). ValueError (nothing taken)
+        when the update cannot be aggregated with the earlier ones."""
+        if self.streams(update):
+            if self.settings.rule == "norm-bound":
+                update = robust.norm_bounded([update], self.settings.norm_bound)[0][0]
+            self.mean.add(update, weight)
+            return
+        self.held.append((key, update, weight))
+        self.held_bytes += len(update) if isinstance(update, bytes) else sum(
+            t.numel() * t.element_size() for t in update.values())
+        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
+
+    def __len__(self) -> int:
+        return len(self.mean) + len(self.held)
+
+    def result(self) -> Any:
+        """The round's aggregate (tensors, or a Ferret payload); ValueError when the rule cannot run."""
+        if not self.held:
+            return self.mean.result()
+        self.held.sort(key=lambda item: item[0])
+        return aggregate(self.settings, [u for _, u, _ in self.held], [w for _, _, w in self.held], self.round_id)

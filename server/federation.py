@@ -6,8 +6,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,13 @@ from flwr.serverapp import Grid
 from client import messages
 from client.task.build import Task, build_task, load_splits
 from client.task.loop import evaluate
+from client.task.spec import TaskSpec
 from server import checkpoint
-from server.aggregation import aggregate, byte_limit, check_norm
+from server.aggregation import RoundAggregator, byte_limit, check_norm
 from server.outputs import MetricsLog, plot_metrics, write_json_atomic
 from server.progress import RoundProgress
-from server.run_config import RESUMABLE_CHANGES, RunConfig
+from server.replies import stream_replies
+from server.run_config import DEFAULTS, RESUMABLE_CHANGES, RunConfig
 from server.secure_round import SecurePlan, SecureResult, plan_round, run_protocol
 from strategies.codecs import UpdateRejected, decode_update, ferret
 from strategies.codecs.dense import dense_fp32_bytes
@@ -42,7 +44,7 @@ class TooFewClientsError(RuntimeError):
 class RoundOutcome:
     """What came back in one round: decoded updates and what was refused or lost, per node."""
 
-    updates: list[Any] = field(default_factory=list)  # decoded tensors, or checked ferret payloads
+    updates: list[Any] = field(default_factory=list)  # what accepted nodes sent, when no sink took it (secagg keys)
     weights: list[float] = field(default_factory=list)
     train_losses: list[float] = field(default_factory=list)
     bytes_up: int = 0
@@ -65,7 +67,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
         time.sleep(1.0)
 
 
-def _accept(cfg: RunConfig, round_id: int, layout: dict[str, tuple[int, ...]]) -> Callable[[bytes], Any]:
+def acceptor(cfg: RunConfig, round_id: int, layout: dict[str, tuple[int, ...]]) -> Callable[[bytes], Any]:
     """How this run checks one client's payload and turns it into something to aggregate.
 
     Dense and ComPEFT payloads are decoded to tensors; a ferret payload is checked (round, seed, layout, sizes,
@@ -89,9 +91,9 @@ def _accept(cfg: RunConfig, round_id: int, layout: dict[str, tuple[int, ...]]) -
     return decode
 
 
-def _aggregate_and_apply(cfg: RunConfig, planner: DownlinkPlanner, outcome: RoundOutcome) -> None:
-    """Aggregate the accepted updates (or their ferret coefficients) by the run's rule; advance the global state."""
-    result = aggregate(cfg.aggregation, outcome.updates, outcome.weights, round_id=planner.version + 1)
+def _aggregate_and_apply(planner: DownlinkPlanner, aggregator: RoundAggregator) -> None:
+    """Finish the round's aggregate (tensors, or Ferret coefficients) by the run's rule; advance the global state."""
+    result = aggregator.result()
     if isinstance(result, bytes):
         planner.advance_encoded(result)
     else:
@@ -111,6 +113,7 @@ def _secure_aggregate(grid: Grid, cfg: RunConfig, plan: SecurePlan, outcome: Rou
         if client["status"] == "ok" and node not in survivors:
             client["status"] = "dropped"
     kept = [i for i, node in enumerate(outcome.accepted) if node in survivors]
+    outcome.accepted = [outcome.accepted[i] for i in kept]
     outcome.updates = [outcome.updates[i] for i in kept]
     outcome.train_losses = [outcome.train_losses[i] for i in kept]
     outcome.weights = [outcome.weights[i] for i in kept]
@@ -149,15 +152,18 @@ def read_reply(content: RecordDict, accept: Callable[[bytes], Any], digest: str,
     return accept(payload), num_examples, train_loss
 
 
-def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str,
-             payload_key: str = messages.ENCODED_UPDATE) -> RoundOutcome:
-    """Validate (and decode) every reply; ``sent`` maps each sampled node to the bytes sent down to it, and
-    ``digest`` is the global state's, which every client must report having trained from."""
+def collect_replies(replies: Iterable[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str,
+             payload_key: str = messages.ENCODED_UPDATE, sink: RoundAggregator | None = None) -> RoundOutcome:
+    """Validate (and decode) each reply as it comes; ``sent`` maps each sampled node to the bytes sent down to it,
+    and ``digest`` is the global state's, which every client must report having trained from. Accepted updates go
+    to ``sink`` at once (and are dropped here), or, without one, into ``outcome.updates``."""
     outcome = RoundOutcome()
+    received = 0
     for node, bytes_down in sent.items():
         outcome.clients[node] = {"node_id": node, "partition_id": None, "bytes_up": 0, "bytes_down": bytes_down,
                                  "status": "no reply"}
     for reply in replies:
+        received += 1
         node = reply.metadata.src_node_id
         client = outcome.clients.setdefault(node, {"node_id": node, "partition_id": None, "bytes_up": 0,
                                                    "bytes_down": 0, "status": "no reply"})
@@ -171,27 +177,37 @@ def _collect(replies: list[Message], sent: dict[int, int], accept: Callable[[byt
         outcome.answered.append(node)
         try:
             update, num_examples, train_loss = read_reply(reply.content, accept, digest, client, payload_key)
+            if sink is not None:
+                sink.add(_order_key(node, client), update, num_examples)
         except ValueError as exc:
             outcome.rejections.append(f"node {node}: update rejected: {exc}")
             client["status"] = "rejected"
             continue
         client["status"] = "ok"
         outcome.accepted.append(node)
-        outcome.updates.append(update)
+        if sink is None:
+            outcome.updates.append(update)
+        del update
         outcome.weights.append(num_examples)
         outcome.train_losses.append(train_loss)
         outcome.bytes_up += client["bytes_up"]
-    if len(replies) < len(sent):
-        outcome.failures.append(f"{len(sent) - len(replies)} client(s) sent no reply before the round timeout")
-    # Replies arrive in any order; aggregate in partition order so that a run (or a resumed one) is reproducible.
-    order = sorted(range(len(outcome.accepted)), key=lambda i: (
-        outcome.clients[outcome.accepted[i]]["partition_id"] is None,
-        outcome.clients[outcome.accepted[i]]["partition_id"] or 0, outcome.accepted[i]))
+    if received < len(sent):
+        outcome.failures.append(f"{len(sent) - received} client(s) sent no reply before the round timeout")
+    # Replies arrive in any order; keep partition order so that a run (or a resumed one) is reproducible.
+    order = sorted(range(len(outcome.accepted)),
+                   key=lambda i: _order_key(outcome.accepted[i], outcome.clients[outcome.accepted[i]]))
     outcome.accepted = [outcome.accepted[i] for i in order]
-    outcome.updates = [outcome.updates[i] for i in order]
+    if sink is None:
+        outcome.updates = [outcome.updates[i] for i in order]
     outcome.weights = [outcome.weights[i] for i in order]
     outcome.train_losses = [outcome.train_losses[i] for i in order]
     return outcome
+
+
+def _order_key(node: int, client: dict[str, Any]) -> tuple[bool, int, int]:
+    """Partition order (node id where a client names no partition): the same in every run and every resumed run,
+    unlike node ids or arrival order."""
+    return client["partition_id"] is None, client["partition_id"] or 0, node
 
 
 def _train_messages(node_ids: list[int], planner: DownlinkPlanner, cfg: RunConfig, round_id: int,
@@ -226,6 +242,16 @@ def _checkpointed_config(cfg: RunConfig) -> dict[str, Any]:
     return {k: v for k, v in cfg.values.items() if k not in RESUMABLE_CHANGES}
 
 
+def _evaluation_spec(cfg: RunConfig) -> TaskSpec:
+    """The task the coordinator evaluates with: the clients', except that a base quantised by bitsandbytes (CUDA
+    only) is evaluated unquantised on a coordinator without CUDA, as a merged QLoRA adapter would be served."""
+    if cfg.task.quantization != "none" and not torch.cuda.is_available():
+        log.info("evaluating the %s-quantised task's adapter on an unquantised base (no CUDA here)",
+                 cfg.task.quantization)
+        return replace(cfg.task, quantization="none")
+    return cfg.task
+
+
 def resume_point(cfg: RunConfig, out_dir: Path) -> checkpoint.Checkpoint | None:
     """The checkpoint to continue from when ``resume`` is on (None: start afresh); CheckpointError when it belongs
     to a run with other settings or is already past this run's last round."""
@@ -236,10 +262,12 @@ def resume_point(cfg: RunConfig, out_dir: Path) -> checkpoint.Checkpoint | None:
         log.info("resume: no checkpoint in %s, starting from round 1", out_dir / checkpoint.DIRECTORY)
         return None
     expected = _checkpointed_config(cfg)
-    differing = sorted(k for k in set(saved.run_config) | set(expected) if saved.run_config.get(k) != expected.get(k))
+    # A key newer than the checkpoint was at its default then: that is how the checkpointed run behaved.
+    before = {**{k: DEFAULTS[k] for k in expected if k in DEFAULTS}, **saved.run_config}
+    differing = sorted(k for k in set(before) | set(expected) if before.get(k) != expected.get(k))
     if differing:
         key = differing[0]
-        raise checkpoint.CheckpointError(f"cannot resume: run-config key '{key}' was {saved.run_config.get(key)!r} in "
+        raise checkpoint.CheckpointError(f"cannot resume: run-config key '{key}' was {before.get(key)!r} in "
                                          f"the checkpointed run and is {expected.get(key)!r} now")
     if saved.round >= cfg.num_server_rounds:
         raise checkpoint.CheckpointError(f"cannot resume: the checkpoint is after round {saved.round}, and this run "
@@ -266,7 +294,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
     try:
         progress.status("loading model and held-out data")
         train, heldout = load_splits(cfg.task)
-        task = build_task(cfg.task, train.label_names)
+        task = build_task(_evaluation_spec(cfg), train.label_names)
         planner = DownlinkPlanner(cfg.downlink, task.trainable_state(), known_base=cfg.task.trainable == "full")
         layout = {name: tuple(t.shape) for name, t in planner.state.items()}
         dense_bytes_per_client = dense_fp32_bytes(planner.state)
@@ -310,12 +338,15 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                       if cfg.secure.enabled else None)
             train_messages, bytes_down = _train_messages(sampled, planner, cfg, round_id, secure)
             sent_digest = planner.digest()
-            replies = list(grid.send_and_receive(train_messages, timeout=cfg.round_timeout_s))
+            replies = stream_replies(grid, train_messages, cfg.round_timeout_s)
+            del train_messages
+            aggregator = RoundAggregator(cfg.aggregation, planner.version + 1)
             if secure is None:
-                outcome = _collect(replies, bytes_down, _accept(cfg, round_id, layout), sent_digest)
+                outcome = collect_replies(replies, bytes_down, acceptor(cfg, round_id, layout), sent_digest,
+                                          sink=aggregator)
             else:
-                outcome = _collect(replies, bytes_down, lambda keys: keys, sent_digest,
-                                   payload_key=messages.SECAGG_KEYS)
+                outcome = collect_replies(replies, bytes_down, lambda keys: keys, sent_digest,
+                                          payload_key=messages.SECAGG_KEYS)
             for node in sampled:
                 (planner.confirmed if node in outcome.answered else planner.forget)(node)
             secure_result = None
@@ -323,7 +354,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 secure_result = _secure_aggregate(grid, cfg, secure, outcome, round_id)
                 applied = secure_result.update is not None and len(secure_result.survivors) >= min_clients
             else:
-                applied = len(outcome.updates) >= min_clients
+                applied = len(outcome.accepted) >= min_clients
             for problem in outcome.failures + outcome.rejections:
                 log.warning("round %d: %s", round_id, problem)
             if applied and secure_result is not None:
@@ -334,7 +365,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                     previous_update = secure_result.update
             elif applied:
                 try:
-                    _aggregate_and_apply(cfg, planner, outcome)
+                    _aggregate_and_apply(planner, aggregator)
                 except ValueError as exc:
                     applied = False
                     outcome.failures.append(f"aggregation ({cfg.aggregation.rule}) failed: {exc}")
@@ -346,7 +377,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 current = _evaluate(task, heldout.dataset, planner.state)
             else:
                 log.warning("round %d skipped: %d usable updates, %d needed%s; global adapter unchanged",
-                            round_id, len(outcome.updates), min_clients,
+                            round_id, len(outcome.accepted), min_clients,
                             f" (secure aggregation aborted: {secure_result.aborted})"
                             if secure_result is not None and secure_result.aborted else "")
             clients = sorted(outcome.clients.values(), key=lambda c: c["node_id"])
@@ -364,14 +395,14 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 "loss": current["loss"],
                 "train_loss": sum(outcome.train_losses) / len(outcome.train_losses) if outcome.train_losses else None,
                 "clients_sampled": len(sampled),
-                "clients_ok": len(outcome.updates),
+                "clients_ok": len(outcome.accepted),
                 "clients_failed": len(outcome.failures),
                 "updates_rejected": len(outcome.rejections),
                 "problems": outcome.failures + outcome.rejections,
                 "applied": applied,
                 "bytes_up": sum(c["bytes_up"] for c in clients),
                 "bytes_up_accepted": outcome.bytes_up,
-                "bytes_up_per_client": outcome.bytes_up / len(outcome.updates) if outcome.updates else 0,
+                "bytes_up_per_client": outcome.bytes_up / len(outcome.accepted) if outcome.accepted else 0,
                 "bytes_down": round_bytes_down,
                 "state_version": planner.version,
                 **({"secagg": {"survivors": secure_result.survivors, "dropped": secure_result.dropped,
@@ -388,7 +419,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 sampler_state=sampler.getstate(), dp_rounds=ledger.rounds if ledger is not None else 0,
                 totals=dict(totals), base=base, current=current, rows=metrics_log.rows,
                 wall_s=time.perf_counter() - started))
-            progress.round_done(round_id, f"{METRIC} {current[METRIC]:.3f}, {len(outcome.updates)}/{len(sampled)} "
+            progress.round_done(round_id, f"{METRIC} {current[METRIC]:.3f}, {len(outcome.accepted)}/{len(sampled)} "
                                           f"clients, {row['bytes_up'] / 1e6:.3f} MB up, "
                                           f"{round_bytes_down / 1e6:.3f} MB down"
                                           + (f", {len(outcome.failures) + len(outcome.rejections)} problem(s)"

@@ -60,6 +60,7 @@ DEFAULTS: dict[str, str | int | float | bool] = {
     "batch-size": 0,
     "precision": "auto",
     "device": "auto",
+    "quantization": "none",
     "partitioner": "dirichlet",
     "dirichlet-alpha": 1.0,
     "round-timeout-s": 3600.0,
@@ -197,7 +198,8 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
     for key in PRESET_KEYS:
         chosen = values.get(key)
         task_values[key] = preset[key] if chosen in (None, "", 0, 0.0) else chosen
-    for key in ("seed", "lora-dropout", "precision", "device", "partitioner", "dirichlet-alpha", "trainable"):
+    for key in ("seed", "lora-dropout", "precision", "device", "partitioner", "dirichlet-alpha", "trainable",
+                "quantization"):
         task_values[key] = values[key]
     if values["trainable"] == "full" and values["lr"] in (0, 0.0):
         task_values["lr"] = preset["full-lr"]  # full-parameter tuning wants a far smaller step than LoRA

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from client import messages
+from server.replies import stream_replies
 from server.run_config import RunConfig
 from strategies.secagg import audit, common
 from strategies.secagg.aggregator import Aggregator
@@ -81,15 +83,18 @@ def plan_round(cfg: RunConfig, round_id: int, parties: list[int], layout: dict[s
 
 
 def _exchange(grid: Grid, action: str, requests: dict[int, bytes], round_id: int, timeout: float,
-              clients: dict[int, dict[str, Any]], problems: list[str]) -> dict[int, bytes]:
-    """Send one stage's requests and return the replies that came back as bytes; count bytes both ways."""
+              clients: dict[int, dict[str, Any]], problems: list[str],
+              on_reply: Callable[[int, bytes], None] | None = None) -> dict[int, bytes]:
+    """Send one stage's requests and return the replies that came back as bytes; count bytes both ways.
+    With ``on_reply``, each reply is handed to it as it arrives and not kept (the returned dict is empty)."""
     out = []
     for node, data in requests.items():
         clients[node]["bytes_down"] += len(data)
         out.append(Message(content=RecordDict({messages.SECAGG: ConfigRecord({messages.SECAGG_INPUT: data})}),
                            dst_node_id=node, message_type=f"{MessageType.TRAIN}.{action}", group_id=str(round_id)))
     replies: dict[int, bytes] = {}
-    for reply in grid.send_and_receive(out, timeout=timeout):
+    answered: set[int] = set()
+    for reply in stream_replies(grid, out, timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             problems.append(f"node {node}: {action} failed: {reply.error.reason}")
@@ -103,8 +108,12 @@ def _exchange(grid: Grid, action: str, requests: dict[int, bytes], round_id: int
             problems.append(f"node {node}: {action} output is not bytes")
             continue
         clients[node]["bytes_up"] += len(data)
-        replies[node] = data
-    missing = sorted(set(requests) - set(replies))
+        answered.add(node)
+        if on_reply is None:
+            replies[node] = data
+        else:
+            on_reply(node, data)
+    missing = sorted(set(requests) - answered)
     if missing:
         problems.append(f"{action}: no usable reply from node(s) {missing}")
     return replies
@@ -118,7 +127,9 @@ def run_protocol(grid: Grid, plan: SecurePlan, keys: dict[int, bytes], round_id:
     try:
         requests = aggregator.collect_keys(keys)
         for action, method in STAGES:
-            replies = _exchange(grid, action, requests, round_id, timeout, clients, result.problems)
+            # Masked inputs (the size of an update each) go into the ring sum as they arrive; the rest are small.
+            streamed = aggregator.add_masked if method == "collect_masked" else None
+            replies = _exchange(grid, action, requests, round_id, timeout, clients, result.problems, streamed)
             if method == "finish":
                 sums = aggregator.finish(replies)
             else:

@@ -47,7 +47,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     byzantine = frozenset(int(p) for p in args.byzantine_partitions.split(",") if p.strip())
     summary = simulate(user_config, out_dir=Path(args.out), max_parallel=args.max_parallel,
                        fail_partitions=fail or frozenset(), byzantine_partitions=byzantine,
-                       byzantine_attack=args.byzantine_attack)
+                       byzantine_attack=args.byzantine_attack, client_gpus=args.client_gpus,
+                       ray_address=args.ray_address)
     keys = ("preset", "metric", "metric_base", "metric_final", "bytes_up_total", "bytes_up_dense_equivalent",
             "clients_failed_total", "wall_s")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=2 num-clients=4"')
     sim.add_argument("--max-parallel", type=int, default=0, help="clients training at once (default min(n, 3))")
     sim.add_argument("--fail-partitions", default="", help="comma-separated partition ids that fail on purpose")
+    sim.add_argument("--client-gpus", type=float, default=0.0,
+                     help="fraction of a GPU per client, e.g. 0.25 for four clients per GPU (default 0: CPU); "
+                          "above 0 the run's device defaults to cuda")
+    sim.add_argument("--ray-address", default="",
+                     help="join a running Ray cluster (auto on one of its nodes, or HOST:6379) instead of "
+                          "starting a local Ray")
     sim.set_defaults(func=_cmd_simulate)
 
     attack = sub.add_parser("attack", help="run the privacy attacks against every defence")

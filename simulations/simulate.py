@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
@@ -30,10 +32,38 @@ def preflight(cfg: RunConfig) -> None:
         raise ValueError(f"{len(train.dataset)} training examples cannot be split across {cfg.num_clients} clients")
 
 
+def backend_config(*, parallel: int, client_gpus: float = 0.0, ray_address: str = "") -> dict[str, Any]:
+    """The simulation engine's Ray backend config: one CPU and ``client_gpus`` of a GPU per client.
+
+    A local Ray gets ``parallel`` CPUs (so that many clients train at once) and finds the GPUs itself; with
+    ``ray_address`` (``auto`` on a node of a running cluster, or ``HOST:6379``) the run joins that cluster and uses
+    its CPUs and GPUs instead (Ray refuses CPU/GPU counts when joining). Raises ValueError for a negative or
+    non-finite GPU fraction, or a fraction above 1 that is not a whole number of GPUs (Ray's own rule).
+    """
+    if not (math.isfinite(client_gpus) and client_gpus >= 0):
+        raise ValueError(f"client GPUs must be a finite number >= 0, got {client_gpus}")
+    if client_gpus > 1 and not float(client_gpus).is_integer():
+        raise ValueError(f"client GPUs above 1 must be a whole number, got {client_gpus}")
+    if parallel < 1:
+        raise ValueError(f"parallel clients must be at least 1, got {parallel}")
+    init_args: dict[str, Any] = ({"address": ray_address} if ray_address
+                                 else {"num_cpus": parallel, "include_dashboard": False})
+    # Ray's local workers inherit this process's environment (FEDSQUEEZE_CLIENT_THREADS included).
+    return {"client_resources": {"num_cpus": 1, "num_gpus": float(client_gpus)}, "init_args": init_args}
+
+
+def with_gpu_device(user_config: dict[str, Any], client_gpus: float) -> dict[str, Any]:
+    """``user_config`` with ``device=cuda`` when clients get GPUs and the user chose no device: a client that
+    finds no GPU then fails with a clear error rather than training on the CPU."""
+    if client_gpus > 0 and "device" not in user_config:
+        return {**user_config, "device": "cuda"}
+    return dict(user_config)
+
+
 def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 0,
              fail_partitions: frozenset[int] = frozenset(), fail_at: str = "train",
-             byzantine_partitions: frozenset[int] = frozenset(), byzantine_attack: str = "sign-flip"
-             ) -> dict[str, Any]:
+             byzantine_partitions: frozenset[int] = frozenset(), byzantine_attack: str = "sign-flip",
+             client_gpus: float = 0.0, ray_address: str = "") -> dict[str, Any]:
     """Run a whole federation in-process and return its summary (also written to ``out_dir``).
 
     ``fail_partitions`` raise on messages of type ``fail_at`` (tests of failures and dropouts);
@@ -41,15 +71,22 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
     With ``resume=true`` in the run config the run continues after the last checkpointed round in ``out_dir``.
     ``max_parallel`` clients train at once (default: as many as there are clients, at most 3), each on one
     torch thread, the fastest layout measured on 2 CPU cores.
+    ``client_gpus`` is the fraction of a GPU Ray reserves for each client (0.25: four clients share one GPU); when
+    it is above 0 the run's ``device`` defaults to ``cuda``, so a client without a GPU fails loudly instead of
+    training on the CPU. ``ray_address`` joins a running Ray cluster (see ``backend_config``).
     """
     quiet_libraries()
-    cfg = resolve({**user_config, "out-dir": str(out_dir)})
+    if client_gpus > 0 and not ray_address and not torch.cuda.is_available():
+        raise ValueError(f"client GPUs {client_gpus} requested, but this machine has no CUDA GPU "
+                         "(drop --client-gpus, or join a GPU cluster with --ray-address)")
+    cfg = resolve({**with_gpu_device(user_config, client_gpus), "out-dir": str(out_dir)})
+    parallel = max_parallel or min(cfg.num_clients, 3)
+    backend = backend_config(parallel=parallel, client_gpus=client_gpus, ray_address=ray_address)
     preflight(cfg)
     resume_point(cfg, out_dir)  # a checkpoint of another run is refused here, before Ray starts
     if fail_partitions and byzantine_partitions:
         raise ValueError("choose failing or Byzantine partitions, not both")
     out_dir.mkdir(parents=True, exist_ok=True)
-    parallel = max_parallel or min(cfg.num_clients, 3)
     result: dict[str, Any] = {}
     server_app = ServerApp()
 
@@ -58,16 +95,11 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         result.update(run_federation(grid, cfg, out_dir))
 
     os.environ.setdefault("FEDSQUEEZE_CLIENT_THREADS", "1")
-    backend_config = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        # Ray's local workers inherit this process's environment (FEDSQUEEZE_CLIENT_THREADS included).
-        "init_args": {"num_cpus": parallel, "include_dashboard": False},
-    }
     app = client_app_with_failures(set(fail_partitions), fail_at) if fail_partitions else client_app
     if byzantine_partitions:
         app = client_app_with_byzantine(set(byzantine_partitions), byzantine_attack)
     run_simulation(server_app=server_app, client_app=app, num_supernodes=cfg.num_clients,
-                   backend_config=backend_config)
+                   backend_config=backend)
     if not result:
         raise RuntimeError("the simulation ended without a summary; see the log above")
     return result

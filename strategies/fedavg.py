@@ -2,36 +2,81 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from strategies.exact_sum import ExactSum
+
+
+class RunningMean:
+    """FedAvg folded one update at a time: the example-weighted mean of every update added so far.
+
+    The coordinator adds each client's decoded update as its reply arrives and drops it, so memory is one running
+    sum per tensor (O(model)), not one copy per client. Sums are exact and order-independent (ExactSum): the same
+    updates give the same bits whatever order their replies arrive in, which keeps resumed runs bit-identical.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, ExactSum] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        self.weights: list[float] = []
+
+    def add(self, update: dict[str, torch.Tensor], weight: float) -> None:
+        """Fold ``update`` in with ``weight`` (e.g. its examples). Checks everything before adding anything, so a
+        ValueError (other names or shapes than earlier updates, a negative or non-finite weight, a non-finite or
+        unsummably large entry) leaves the mean as it was."""
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weights must be non-negative and finite, got {weight}")
+        if not update:
+            raise ValueError("an update names no tensors")
+        if self.sums:
+            if set(update) != set(self.sums):
+                raise ValueError("updates name different tensors")
+            for name, tensor in update.items():
+                if tensor.shape != self.sums[name].shape:
+                    raise ValueError(f"tensor '{name}' has shape {tuple(tensor.shape)}, expected "
+                                     f"{tuple(self.sums[name].shape)}")
+        for name, tensor in update.items():
+            ExactSum.check(tensor, weight, name)
+        if not self.sums:
+            self.sums = {name: ExactSum(t.shape, t.device) for name, t in update.items()}
+            self.dtypes = {name: t.dtype for name, t in update.items()}
+        self.weights.append(float(weight))
+        if weight == 0:
+            return
+        for name, tensor in update.items():
+            self.sums[name].add(tensor, weight)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """The weighted mean in the first update's dtypes; ValueError when nothing (or only zero weight) was added."""
+        total = math.fsum(self.weights)
+        if not self.weights:
+            raise ValueError("no updates to aggregate")
+        if total <= 0:
+            raise ValueError(f"weights must be non-negative with a positive sum, got {self.weights}")
+        return {name: (acc.value() / total).to(self.dtypes[name]) for name, acc in self.sums.items()}
+
+    def nbytes(self) -> int:
+        """Bytes held by the running sums."""
+        return sum(acc.nbytes() for acc in self.sums.values())
 
 
 def weighted_mean(updates: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
-    """Mean of ``updates`` weighted by ``weights`` (e.g. examples), accumulated in fp64 on the tensors' device and
-    returned in their dtype (one client at a time, in list order: the same inputs give the same bits).
+    """Mean of ``updates`` weighted by ``weights`` (e.g. examples), summed exactly in fp64 on the tensors' device
+    and returned in their dtype; the result does not depend on the order of the list.
 
     Raises ValueError for no updates, mismatched names/shapes, or non-positive total weight.
     """
-    if not updates:
-        raise ValueError("no updates to aggregate")
     if len(updates) != len(weights):
         raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {weights}")
-    names = set(updates[0])
-    for update in updates[1:]:
-        if set(update) != names:
-            raise ValueError("updates name different tensors")
-    total = float(sum(weights))
-    mean: dict[str, torch.Tensor] = {}
-    for name in updates[0]:
-        first = updates[0][name]
-        acc = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
-        for update, weight in zip(updates, weights, strict=True):
-            if update[name].shape != acc.shape:
-                raise ValueError(f"tensor '{name}' has shape {tuple(update[name].shape)}, expected {tuple(acc.shape)}")
-            acc += update[name].to(torch.float64) * (weight / total)
-        mean[name] = acc.to(first.dtype)
-    return mean
+    mean = RunningMean()
+    for update, weight in zip(updates, weights, strict=True):
+        mean.add(update, weight)
+    return mean.result()
 
 
 def apply_update(state: dict[str, torch.Tensor], delta: dict[str, torch.Tensor], *, lr: float = 1.0

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client import messages
-from server.federation import _collect, read_reply
+from server.federation import collect_replies, read_reply
 from server.run_config import resolve
 from simulations.fuzzing import FUZZ_LAYOUT, FUZZ_ROUND, FUZZ_SEED, codec_targets, fuzz, fuzz_update, meets_layout
 from strategies.codecs import UpdateRejected, compeft, dense
@@ -124,7 +124,7 @@ def test_norm_bound_size_limit_and_duplicates_are_rejected_with_the_rest_of_the_
 
     good = dense.encode(_update(), round_id=ROUND)
     replies = [reply(1, good), reply(2, good), reply(2, good), reply(3, good[:-9])]
-    outcome = _collect(replies, {1: 0, 2: 0, 3: 0}, _accept, DIGEST)
+    outcome = collect_replies(replies, {1: 0, 2: 0, 3: 0}, _accept, DIGEST)
     assert outcome.accepted == [1, 2]
     assert any("duplicate" in r for r in outcome.rejections) and any("node 3" in r for r in outcome.rejections)
     assert outcome.clients[3]["status"] == "rejected" and outcome.clients[1]["status"] == "ok"

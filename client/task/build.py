@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
 from client.task.data import LabelledText, load_files, load_finefoods, load_fortunes, split_heldout
-from client.task.models import load_causal_lm, load_encoder_classifier, load_tokenizer, wrap_with_lora
+from client.task.models import Quantized, load_causal_lm, load_encoder_classifier, load_tokenizer, wrap_with_lora
 from client.task.spec import TaskSpec
 
 PROMPT_PREFIX = "Classify the topic of this quote as one of: {labels}.\nQuote: "
@@ -61,9 +62,12 @@ class Task:
         return {name: tensor.detach().to("cpu", torch.float32).clone()
                 for name, tensor in self._named_trainable().items()}
 
-    def trainable_delta(self, start: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """What trains now minus ``start`` (fp32, CPU), without an intermediate copy of the model."""
+    def trainable_delta(self, start: dict[str, torch.Tensor], *, on_device: bool = False) -> dict[str, torch.Tensor]:
+        """What trains now minus ``start`` (fp32), without an intermediate copy of the model: on the CPU, or with
+        ``on_device`` on the task's device, so that a codec can compress it there (the same bits either way)."""
         current = self._named_trainable()
+        if on_device:
+            return {name: current[name].detach().to(torch.float32) - start[name].to(self.device) for name in start}
         return {name: current[name].detach().to("cpu", torch.float32) - start[name] for name in start}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -128,6 +132,46 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
+def base_weight_dtype(spec: TaskSpec, device: torch.device) -> torch.dtype:
+    """The dtype the frozen base weights are kept in: bf16 for a LoRA task that trains on CUDA in bf16 (autocast
+    casts them to bf16 for every matmul anyway, so keeping them so halves their memory and traffic), else fp32.
+
+    What trains stays fp32 (and so do AdamW's state and the update). The CPU keeps fp32 weights: its bf16 path is
+    autocast alone, and the server and the clients on CPU must compute as before.
+    """
+    if spec.trainable == "lora" and device.type == "cuda" and resolve_precision(spec.precision, device) == "bf16":
+        return torch.bfloat16
+    return torch.float32
+
+
+def keep_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Cast the floating-point parameters that do not train to ``dtype`` and those that train to fp32, in place
+    (buffers such as rotary frequencies are left alone; quantised integer weights too). Returns how many
+    parameters changed dtype."""
+    changed = 0
+    for parameter in model.parameters():
+        if not parameter.is_floating_point():
+            continue
+        wanted = torch.float32 if parameter.requires_grad else dtype
+        if parameter.dtype != wanted:
+            parameter.data = parameter.data.to(wanted)
+            changed += 1
+    return changed
+
+
+def check_quantization(quantization: str, device: torch.device) -> None:
+    """Raise ValueError naming what is missing when ``quantization`` cannot run here: bitsandbytes quantises
+    only on CUDA and must be importable."""
+    if quantization == "none":
+        return
+    if device.type != "cuda":
+        raise ValueError(f"quantization '{quantization}' needs a CUDA device, but this task runs on '{device}' "
+                         "(set device=cuda or quantization=none)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"quantization '{quantization}' needs the bitsandbytes package, which is not installed "
+                         "(pip install bitsandbytes, or set quantization=none)")
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; an unavailable CUDA request is a clear error."""
     if name == "auto":
@@ -164,11 +208,18 @@ def _label_token_ids(tokenizer: PreTrainedTokenizerBase, label_names: tuple[str,
 
 
 def build_task(spec: TaskSpec, label_names: tuple[str, ...]) -> Task:
-    """Load the base model, add the seeded LoRA adapter (unless every parameter trains), set up batching."""
+    """Load the base model, add the seeded LoRA adapter (unless every parameter trains), set up batching.
+
+    On CUDA in bf16 the frozen base is kept in bf16 (or loaded 8/4-bit with ``spec.quantization``) while what
+    trains stays fp32; on the CPU every weight is fp32.
+    """
     device = resolve_device(spec.device)
+    check_quantization(spec.quantization, device)
+    frozen_dtype = base_weight_dtype(spec, device)
+    quantized = Quantized(spec.quantization, frozen_dtype, device) if spec.quantization != "none" else None
     tokenizer = load_tokenizer(spec.model)
     if spec.kind == "prompt-classification":
-        base = load_causal_lm(spec.model)
+        base = load_causal_lm(spec.model, quantized)
         model = wrap_with_lora(base, spec.lora, seed=spec.seed) if spec.trainable == "lora" else base
         encode = _prompt_encoder(tokenizer, label_names, spec.max_length)
         label_ids = torch.tensor(_label_token_ids(tokenizer, label_names), device=device)
@@ -177,7 +228,7 @@ def build_task(spec: TaskSpec, label_names: tuple[str, ...]) -> Task:
             out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
             return out.logits[:, -1, :].index_select(-1, label_ids).float()
     else:
-        base = load_encoder_classifier(spec.model, len(label_names), spec.seed)
+        base = load_encoder_classifier(spec.model, len(label_names), spec.seed, quantized)
         model = (wrap_with_lora(base, spec.lora, seed=spec.seed, modules_to_save=["head"])
                  if spec.trainable == "lora" else base)
 
@@ -188,7 +239,10 @@ def build_task(spec: TaskSpec, label_names: tuple[str, ...]) -> Task:
         def class_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
 
-    model.to(device)
+    if frozen_dtype != torch.float32 or quantized is not None:
+        keep_frozen_in(model, frozen_dtype)  # before the move: half the bytes cross to the device
+    if quantized is None:
+        model.to(device)  # a quantised base was loaded onto its device; bitsandbytes weights stay put
     return Task(spec, model, tokenizer, label_names, device, class_logits, encode)
 
 

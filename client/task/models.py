@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from client.task.model_sources import ModelSource, dequantised_cache_dir, resolve_model
 
@@ -73,10 +73,35 @@ def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_causal_lm(spec: str) -> nn.Module:
-    """An fp32 causal LM from a bundled name, a local directory or GGUF file, or a hub id."""
+@dataclass(frozen=True)
+class Quantized:
+    """How to load a base through bitsandbytes: ``8bit`` or ``4bit`` (NF4, double quantisation), the dtype of
+    the modules it leaves unquantised (and of 4-bit compute), and the CUDA device every weight goes to."""
+
+    bits: str
+    dtype: torch.dtype
+    device: torch.device
+
+    def loading_options(self) -> dict[str, object]:
+        """``from_pretrained`` keyword arguments: the BitsAndBytesConfig, the dtype and a one-device map."""
+        if self.bits == "8bit":
+            config = BitsAndBytesConfig(load_in_8bit=True)
+        elif self.bits == "4bit":
+            config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                        bnb_4bit_compute_dtype=self.dtype)
+        else:
+            raise ValueError(f"quantization '{self.bits}' is not one of 8bit, 4bit")
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        return {"quantization_config": config, "dtype": self.dtype, "device_map": {"": index}}
+
+
+def load_causal_lm(spec: str, quantized: Quantized | None = None) -> nn.Module:
+    """A causal LM from a bundled name, a local directory or GGUF file, or a hub id: fp32 on the CPU, or with
+    its linear layers quantised by bitsandbytes on ``quantized.device``."""
     source = resolve_model(spec)
     directory = _dequantise_to_cache(source) if source.gguf_file else source.directory
+    if quantized is not None:
+        return AutoModelForCausalLM.from_pretrained(str(directory), **quantized.loading_options())
     return AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32)
 
 
@@ -101,11 +126,20 @@ class MeanPoolClassifier(nn.Module):
         return self.head(pooled)
 
 
-def load_encoder_classifier(spec: str, num_labels: int, seed: int) -> MeanPoolClassifier:
-    """A mean-pooling classifier on an HF encoder; the head is seeded so every party builds the same one."""
+def load_encoder_classifier(spec: str, num_labels: int, seed: int, quantized: Quantized | None = None
+                            ) -> MeanPoolClassifier:
+    """A mean-pooling classifier on an HF encoder; the head is seeded so every party builds the same one.
+
+    With ``quantized`` the encoder's linear layers are quantised on its device; the fp32 head joins them there.
+    """
     source = resolve_model(spec)
     if source.gguf_file:
         raise ValueError(f"model '{spec}' is a GGUF causal LM, not an encoder")
+    if quantized is not None:
+        encoder = AutoModel.from_pretrained(str(source.directory), **quantized.loading_options())
+        classifier = MeanPoolClassifier(encoder, num_labels, seed)
+        classifier.head.to(quantized.device)
+        return classifier
     encoder = AutoModel.from_pretrained(str(source.directory), dtype=torch.float32)
     return MeanPoolClassifier(encoder, num_labels, seed)
 

@@ -9,6 +9,7 @@ from client.task.models import LoraSettings
 TASK_KINDS = ("prompt-classification", "encoder-classification")
 PRECISIONS = ("auto", "bf16", "fp32")
 TRAINABLE = ("lora", "full")
+QUANTIZATIONS = ("none", "8bit", "4bit")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class TaskSpec:
     partitioner / dirichlet_alpha: how the training set is split across clients.
     lr / local_steps / batch_size: the local optimiser recipe per round.
     trainable: ``lora`` (a PEFT LoRA adapter trains) or ``full`` (every parameter of the model trains).
+    quantization: ``none``, or ``8bit`` / ``4bit`` (NF4): the frozen base loaded through bitsandbytes, for LoRA on
+    CUDA only (the adapter and the update stay fp32).
     """
 
     kind: str
@@ -49,6 +52,7 @@ class TaskSpec:
     local_steps: int
     batch_size: int
     trainable: str = "lora"
+    quantization: str = "none"
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
@@ -57,6 +61,11 @@ class TaskSpec:
             raise ValueError(f"trainable '{self.trainable}' is not one of {', '.join(TRAINABLE)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization '{self.quantization}' is not one of {', '.join(QUANTIZATIONS)}")
+        if self.quantization != "none" and self.trainable != "lora":
+            raise ValueError(f"quantization '{self.quantization}' freezes the base: it needs trainable=lora, "
+                             f"not '{self.trainable}'")
         for name in ("lora_r", "lora_alpha", "max_length", "heldout", "local_steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

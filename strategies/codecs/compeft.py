@@ -9,7 +9,10 @@ magnitude.
 
 Wire: an EncodedUpdate (protos/fedsqueeze/v1/update.proto) whose codec_header is a CompeftHeader and whose tensor
 entries each carry a CompeftTensor (protos/fedsqueeze/v1/compeft.proto): positions Golomb–Rice coded or a bitmap,
-signs one bit each, alpha fp32. Tensors are processed one at a time, in chunks, with numpy.
+signs one bit each, alpha fp32. On the CPU tensors are processed one at a time, in chunks, with numpy; tensors on
+another device (CUDA) are measured and selected there with torch, and only the kept positions and signs come to the
+CPU to be packed. Both engines keep the same entries with the same signs; alpha agrees up to its fp32 rounding
+(the std is summed in another order).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from strategies.codecs.position_coding import (
 CODEC = "compeft"
 CODEC_VERSION = 1
 SCOPES = ("global", "tensor")
+ENGINES = ("auto", "numpy", "torch")
+_MAGNITUDE_MASK = 0x7FFFFFFF
 DEFAULT_MAX_ENTRIES = 1 << 33
 CHUNK_ENTRIES = 1 << 22
 _DTYPE_NAMES = {torch.float32: "", torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}
@@ -177,42 +182,123 @@ def _top_k(flats: list[_Flat], density: float, scratch: np.ndarray) -> tuple[lis
     return ms.select_top(candidates, k, bounds.ceiling), first.std(float(flats[0].values[0]))
 
 
-def _tensor_message(flat: _Flat, kept: np.ndarray, alpha: float | None) -> compeft_pb2.CompeftTensor:
-    coded = encode_positions(kept, flat.values.size)
+def _tensor_message(numel: int, kept: np.ndarray, negative: np.ndarray, alpha: float | None
+                    ) -> compeft_pb2.CompeftTensor:
+    coded = encode_positions(kept, numel)
     message = compeft_pb2.CompeftTensor(coding=_CODINGS[coded.coding], rice_bits=coded.rice_bits,
                                         positions=coded.positions, remainders=coded.remainders,
-                                        signs=np.packbits(np.signbit(flat.values[kept])).tobytes())
+                                        signs=np.packbits(negative).tobytes())
     if alpha is not None:
         message.alpha = alpha
     return message
 
 
+def _select_numpy(update: dict[str, torch.Tensor], density: float, scope: str
+                  ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[float]]:
+    """Kept (positions, negative) per tensor and the std of each scope group, with numpy on the CPU."""
+    flats = [_flatten(name, tensor) for name, tensor in update.items()]
+    scratch = np.empty(min(CHUNK_ENTRIES, max(flat.values.size for flat in flats)), dtype=np.float64)
+    groups = [flats] if scope == "global" else [[flat] for flat in flats]
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    stds: list[float] = []
+    for group in groups:
+        chosen, std = _top_k(group, density, scratch)
+        kept += [(positions, np.signbit(flat.values[positions]))
+                 for flat, positions in zip(group, chosen, strict=True)]
+        stds.append(std)
+    return kept, stds
+
+
+def _moments_torch(name: str, values: torch.Tensor) -> tuple[int, float, float]:
+    """Count, mean and M2 of a flat tensor on its device, two-pass in fp64 per chunk, chunks combined (Chan)."""
+    count, mean, m2 = 0, 0.0, 0.0
+    for start in range(0, values.numel(), CHUNK_ENTRIES):
+        chunk = values[start:start + CHUNK_ENTRIES].to(torch.float64)
+        chunk_mean = chunk.mean()
+        mean_b, m2_b = torch.stack([chunk_mean, (chunk - chunk_mean).square().sum()]).tolist()
+        if not (math.isfinite(mean_b) and math.isfinite(m2_b)):
+            raise ValueError(f"tensor '{name}' has NaN or Inf entries; refusing to encode")
+        n_b = chunk.numel()
+        n = count + n_b
+        shift = mean_b - mean
+        mean += shift * n_b / n
+        m2 += m2_b + shift * shift * count * n_b / n
+        count = n
+    return count, mean, m2
+
+
+def _top_k_torch(values: list[torch.Tensor], density: float) -> list[torch.Tensor]:
+    """Positions of the kept entries of flat fp32 ``values`` taken together, per tensor, on their device: the
+    ``kept_count`` largest magnitudes, ties to the earlier tensor then the lower index, zeros never."""
+    keys = torch.cat(values) if len(values) > 1 else values[0]
+    keys = keys.view(torch.int32) & _MAGNITUDE_MASK  # integer order = order of |x| (as magnitude_select)
+    k = kept_count(density, keys.numel())
+    if int(torch.count_nonzero(keys)) <= k:
+        mask = keys != 0
+    else:
+        threshold = torch.topk(keys, k, sorted=False).values.min()  # the k-th largest key, > 0
+        mask = keys > threshold
+        missing = k - int(torch.count_nonzero(mask))
+        if missing:
+            mask[torch.nonzero(keys == threshold).flatten()[:missing]] = True
+    positions, offset = [], 0
+    for tensor in values:
+        positions.append(torch.nonzero(mask[offset:offset + tensor.numel()]).flatten())
+        offset += tensor.numel()
+    return positions
+
+
+def _select_torch(update: dict[str, torch.Tensor], density: float, scope: str
+                  ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[float]]:
+    """As ``_select_numpy``, on the device of the update's first tensor; only positions and signs leave it."""
+    device = next(iter(update.values())).device
+    flats = {name: t.detach().to(device=device, dtype=torch.float32).reshape(-1).contiguous()
+             for name, t in update.items()}
+    groups = [list(flats)] if scope == "global" else [[name] for name in flats]
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    stds: list[float] = []
+    for group in groups:
+        count, mean, m2 = 0, 0.0, 0.0
+        for name in group:  # combine the tensors' moments (Chan et al.), as the numpy engine does by chunk
+            n_b, mean_b, m2_b = _moments_torch(name, flats[name])
+            n = count + n_b
+            shift = mean_b - mean
+            mean += shift * n_b / n
+            m2 += m2_b + shift * shift * count * n_b / n
+            count = n
+        stds.append(math.sqrt(m2 / (count - 1)) if count > 1 else abs(float(flats[group[0]][0])))
+        chosen = _top_k_torch([flats[name] for name in group], density)
+        kept += [(positions.cpu().numpy(), torch.signbit(flats[name][positions]).cpu().numpy())
+                 for name, positions in zip(group, chosen, strict=True)]
+    return kept, stds
+
+
 def encode(update: dict[str, torch.Tensor], *, density: float, alpha_scale: float = 1.0, scope: str = "global",
-           round_id: int = 0) -> bytes:
+           round_id: int = 0, engine: str = "auto") -> bytes:
     """Compress ``update`` ComPEFT-style into EncodedUpdate bytes (see the module docstring for the semantics).
 
+    ``engine``: ``numpy`` (on the CPU), ``torch`` (on the tensors' device), or ``auto``: torch when a tensor is
+    off the CPU (a CUDA update is then selected on the GPU, not copied whole to the CPU), else numpy.
     Raises ValueError for options out of range, an empty update or tensor, an unsupported dtype, or NaN/Inf.
     """
     check_options(density, alpha_scale, scope)
     check_update(update, codec=CODEC, dtypes=_DTYPE_NAMES)
-    flats = [_flatten(name, tensor) for name, tensor in update.items()]
-    scratch = np.empty(min(CHUNK_ENTRIES, max(flat.values.size for flat in flats)), dtype=np.float64)
+    if engine not in ENGINES:
+        raise ValueError(f"compeft engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    on_device = engine == "torch" or (engine == "auto" and any(t.device.type != "cpu" for t in update.values()))
+    kept, stds = (_select_torch if on_device else _select_numpy)(update, density, scope)
     header = compeft_pb2.CompeftHeader(scope=_SCOPES[scope], density=float(density))
-    tensors: list[compeft_pb2.CompeftTensor] = []
     if scope == "global":
-        kept, std = _top_k(flats, density, scratch)
-        header.alpha = alpha_scale * std
-        tensors = [_tensor_message(flat, chosen, alpha=None) for flat, chosen in zip(flats, kept, strict=True)]
+        header.alpha = alpha_scale * stds[0]
+        alphas: list[float | None] = [None] * len(update)
     else:
-        for flat in flats:
-            (chosen,), std = _top_k([flat], density, scratch)
-            tensors.append(_tensor_message(flat, chosen, alpha=alpha_scale * std))
+        alphas = [alpha_scale * std for std in stds]
     message = update_pb2.EncodedUpdate(format_version=FORMAT_VERSION, codec=CODEC, codec_version=CODEC_VERSION,
                                        round=round_id, codec_header=header.SerializeToString())
-    for flat, tensor in zip(flats, tensors, strict=True):
-        message.tensors.add(name=flat.name, shape=list(flat.shape), dtype=flat.dtype_name,
-                            data=tensor.SerializeToString())
-    pack_tensor_names(message, [flat.name for flat in flats])
+    for (name, tensor), (positions, negative), alpha in zip(update.items(), kept, alphas, strict=True):
+        data = _tensor_message(tensor.numel(), positions, negative, alpha).SerializeToString()
+        message.tensors.add(name=name, shape=list(tensor.shape), dtype=_DTYPE_NAMES[tensor.dtype], data=data)
+    pack_tensor_names(message, list(update))
     return seal(message)
 
 

@@ -27,7 +27,8 @@ class Aggregator:
         self.keys: dict[int, secagg_pb2.SecAggPublicKeys] = {}
         self.commitments: dict[int, bytes] = {}
         self.outbox: dict[int, list[secagg_pb2.SecAggCiphertext]] = {}
-        self.masked: dict[int, list[np.ndarray]] = {}
+        self.masked: set[int] = set()  # parties whose masked input is in ``masked_sum``
+        self.masked_sum = [np.zeros(length, dtype=ring.word_dtype(bits)) for length, bits in self.setup.segments]
         self.problems: list[str] = []
         self.survivors: list[int] = []
         self.dropped: list[int] = []
@@ -94,22 +95,33 @@ class Aggregator:
         return {party: secagg_pb2.SecAggShareBundle(round=self.setup.round, shares=items).SerializeToString()
                 for party, items in self.outbox.items()}
 
+    def add_masked(self, party: int, data: bytes) -> None:
+        """Stage 3, one reply: check a masked input and add it to the running ring sum, so the server holds one
+        sum however many parties send (ring addition wraps, so the order does not matter). A bad or repeated
+        input is refused (kept in ``problems``) and adds nothing."""
+        if not self._known({party: data}, set(self.outbox) - self.masked, "masked-input"):
+            return
+        try:
+            message = common.parse(secagg_pb2.SecAggMaskedInput, data, "masked input")
+            if (message.round, message.party) != (self.setup.round, party):
+                raise SecAggError("masked input names another round or party")
+            if len(message.segments) != len(self.setup.segments):
+                raise SecAggError(f"masked input has {len(message.segments)} segments, expected "
+                                  f"{len(self.setup.segments)}")
+            words = [ring.unpack(data, length, bits)
+                     for data, (length, bits) in zip(message.segments, self.setup.segments, strict=True)]
+        except (SecAggError, ValueError) as exc:
+            self.problems.append(f"party {party}: masked input rejected: {exc}")
+            return
+        for total, part in zip(self.masked_sum, words, strict=True):
+            total += part
+        self.masked.add(party)
+
     def collect_masked(self, replies: dict[int, bytes]) -> dict[int, bytes]:
-        """Stage 3 → 4: unpack the masked inputs; returns the unmask request for every party that sent one."""
-        for party, data in self._known(replies, set(self.outbox), "masked-input").items():
-            try:
-                message = common.parse(secagg_pb2.SecAggMaskedInput, data, "masked input")
-                if (message.round, message.party) != (self.setup.round, party):
-                    raise SecAggError("masked input names another round or party")
-                if len(message.segments) != len(self.setup.segments):
-                    raise SecAggError(f"masked input has {len(message.segments)} segments, expected "
-                                      f"{len(self.setup.segments)}")
-                words = [ring.unpack(data, length, bits)
-                         for data, (length, bits) in zip(message.segments, self.setup.segments, strict=True)]
-            except (SecAggError, ValueError) as exc:
-                self.problems.append(f"party {party}: masked input rejected: {exc}")
-                continue
-            self.masked[party] = words
+        """Stage 3 → 4: add the masked inputs not yet added (add_masked) and close the stage; returns the unmask
+        request for every party whose input is in the sum."""
+        for party, data in replies.items():
+            self.add_masked(party, data)
         self._need(len(self.masked), "masked input collection")
         self.survivors = sorted(self.masked)
         self.dropped = sorted(set(self.outbox) - set(self.masked))
@@ -152,10 +164,7 @@ class Aggregator:
             for share in message.shares:
                 (seed_points if share.self_mask else key_points)[share.owner].append((self.setup.x(party), share.share))
         self._need(responders, "unmasking")
-        totals = [np.zeros(length, dtype=ring.word_dtype(bits)) for length, bits in self.setup.segments]
-        for party in self.survivors:
-            for total, words in zip(totals, self.masked[party], strict=True):
-                total += words
+        totals = self.masked_sum
         for owner in self.survivors:
             seed = self._rebuild(owner, seed_points[owner], "self-mask seed")
             if hashlib.sha256(seed).digest() != self.commitments[owner]:
