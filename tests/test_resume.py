@@ -65,6 +65,12 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_by_name(tmp_path: Path) -> N
     with pytest.raises(checkpoint.CheckpointError, match="raise num-server-rounds"):
         resume_point(resolve({**RUN, "resume": True, "num-server-rounds": 1}), tmp_path)
     assert resume_point(resolve(RUN), tmp_path) is None  # resume off: start afresh
+    # A checkpoint written before a key existed ran with that key's default: it resumes, unless the key is now set.
+    saved.run_config.pop("quantization")
+    checkpoint.save(tmp_path, saved)
+    assert resume_point(cfg, tmp_path) is not None
+    with pytest.raises(checkpoint.CheckpointError, match="'quantization' was 'none'"):
+        resume_point(resolve({**RUN, "resume": True, "quantization": "4bit"}), tmp_path)
 
 
 def test_metrics_log_restarts_from_the_checkpointed_rows(tmp_path: Path) -> None:
