@@ -10,7 +10,7 @@ Grid: bin ``j`` counts multiples of ``2**unit(j)``, ``unit(j) = LOWEST_EXPONENT 
 left of a term below ``2**unit(j + 1)``; a term's bits below ``2**LOWEST_EXPONENT`` (about 2e-28) are rounded off,
 once per term, so that step does not depend on the order either. A bin value is at most ``2**BIN_BITS`` in
 magnitude, so an int64 bin takes ``MAX_TERMS`` terms without overflow. Memory: one int64 per entry per bin in use
-(two for terms below 0.5 in magnitude, e.g. fp32 deltas times example counts), plus the term being added.
+(two for terms below 0.5 in magnitude, e.g. fp32 deltas times example counts), plus the scratch of the Workspace.
 """
 
 from __future__ import annotations
@@ -35,6 +35,28 @@ def _bits(value: float) -> int:
     return struct.unpack("<q", struct.pack("<d", value))[0]
 
 
+class Workspace:
+    """Scratch buffers reused across terms (and across the sums of one update's tensors): fresh multi-megabyte
+    buffers per term cost page faults that took as long as the arithmetic. Holds three buffers the size of the
+    largest tensor added."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
+
+    def buffer(self, role: str, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` for ``role``, backed by a buffer kept for the next call."""
+        key = (role, dtype, device)
+        count = shape.numel()
+        held = self._buffers.get(key)
+        if held is None or held.numel() < count:
+            held = self._buffers[key] = torch.empty(count, dtype=dtype, device=device)
+        return held[:count].view(shape)
+
+    def nbytes(self) -> int:
+        """Bytes of the buffers kept."""
+        return sum(t.numel() * t.element_size() for t in self._buffers.values())
+
+
 class ExactSum:
     """The running sum of float tensors of one shape, exact on the grid above and independent of term order."""
 
@@ -53,8 +75,9 @@ class ExactSum:
         if not peak < LARGEST:  # also catches NaN and Inf
             raise ValueError(f"{name}: an entry of magnitude {peak:.3g} cannot be summed exactly (limit {LARGEST:.3g})")
 
-    def add(self, term: torch.Tensor, scale: float = 1.0) -> None:
-        """Add ``scale * term`` (the product taken in fp64: exact for fp32 terms and integer scales below 2**29).
+    def add(self, term: torch.Tensor, scale: float = 1.0, workspace: Workspace | None = None) -> None:
+        """Add ``scale * term`` (the product taken in fp64: exact for fp32 terms and integer scales below 2**29);
+        ``workspace`` lends scratch buffers.
 
         ValueError (and nothing added) for a wrong shape, a non-finite entry, or a magnitude the grid cannot hold."""
         if term.shape != self.shape:
@@ -64,14 +87,16 @@ class ExactSum:
         if term.numel() == 0:
             self.terms += 1
             return
-        rest = term.to(device=self.device, dtype=torch.float64, copy=True)
+        space = workspace or Workspace()
+        rest = space.buffer("rest", self.shape, torch.float64, self.device)
+        rest.copy_(term)
         if scale != 1.0:
             rest.mul_(scale)
-        peak = float(rest.abs().max())
+        peak = float(torch.linalg.vector_norm(rest, ord=float("inf")))
         if not peak < LARGEST:  # also catches NaN and Inf
             raise ValueError(f"an entry of magnitude {peak:.3g} cannot be summed exactly (limit {LARGEST:.3g})")
-        shifted = torch.empty_like(rest)
-        whole = torch.empty(self.shape, dtype=torch.int64, device=self.device)
+        shifted = space.buffer("shifted", self.shape, torch.float64, self.device)
+        whole = space.buffer("whole", self.shape, torch.int64, self.device)
         for j in reversed(range(BINS)):
             if j > 0 and peak < 2.0 ** _unit(j) / 2:
                 continue  # every entry rounds to 0 in this bin: adding nothing changes nothing

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from strategies.exact_sum import ExactSum
+from strategies.exact_sum import ExactSum, Workspace
 
 
 class RunningMean:
@@ -21,6 +21,7 @@ class RunningMean:
         self.sums: dict[str, ExactSum] = {}
         self.dtypes: dict[str, torch.dtype] = {}
         self.weights: list[float] = []
+        self.workspace = Workspace()
 
     def add(self, update: dict[str, torch.Tensor], weight: float) -> None:
         """Fold ``update`` in with ``weight`` (e.g. its examples). Checks everything before adding anything, so a
@@ -46,7 +47,7 @@ class RunningMean:
         if weight == 0:
             return
         for name, tensor in update.items():
-            self.sums[name].add(tensor, weight)
+            self.sums[name].add(tensor, weight, self.workspace)
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -61,8 +62,8 @@ class RunningMean:
         return {name: (acc.value() / total).to(self.dtypes[name]) for name, acc in self.sums.items()}
 
     def nbytes(self) -> int:
-        """Bytes held by the running sums."""
-        return sum(acc.nbytes() for acc in self.sums.values())
+        """Bytes held by the running sums and their scratch buffers."""
+        return sum(acc.nbytes() for acc in self.sums.values()) + self.workspace.nbytes()
 
 
 def weighted_mean(updates: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
