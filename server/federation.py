@@ -153,7 +153,8 @@ def read_reply(content: RecordDict, accept: Callable[[bytes], Any], digest: str,
 
 
 def collect_replies(replies: Iterable[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str,
-             payload_key: str = messages.ENCODED_UPDATE, sink: RoundAggregator | None = None) -> RoundOutcome:
+                    payload_key: str = messages.ENCODED_UPDATE, sink: RoundAggregator | None = None
+                    ) -> RoundOutcome:
     """Validate (and decode) each reply as it comes; ``sent`` maps each sampled node to the bytes sent down to it,
     and ``digest`` is the global state's, which every client must report having trained from. Accepted updates go
     to ``sink`` at once (and are dropped here), or, without one, into ``outcome.updates``."""

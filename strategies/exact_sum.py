@@ -67,17 +67,20 @@ class ExactSum:
         self.terms = 0
 
     @staticmethod
-    def check(term: torch.Tensor, scale: float = 1.0, name: str = "term") -> None:
-        """ValueError when ``scale * term`` has a non-finite entry or one too large for the grid."""
+    def check(term: torch.Tensor, scale: float = 1.0, name: str = "term") -> float:
+        """The largest magnitude in ``scale * term`` (as ``add`` computes it); ValueError when an entry is
+        non-finite or too large for the grid."""
         if term.numel() == 0:
-            return
-        peak = float(term.detach().abs().max()) * abs(scale)
+            return 0.0
+        peak = float(torch.linalg.vector_norm(term.detach(), ord=float("inf"))) * abs(scale)
         if not peak < LARGEST:  # also catches NaN and Inf
             raise ValueError(f"{name}: an entry of magnitude {peak:.3g} cannot be summed exactly (limit {LARGEST:.3g})")
+        return peak
 
-    def add(self, term: torch.Tensor, scale: float = 1.0, workspace: Workspace | None = None) -> None:
+    def add(self, term: torch.Tensor, scale: float = 1.0, workspace: Workspace | None = None,
+            peak: float | None = None) -> None:
         """Add ``scale * term`` (the product taken in fp64: exact for fp32 terms and integer scales below 2**29);
-        ``workspace`` lends scratch buffers.
+        ``workspace`` lends scratch buffers; ``peak``, when the caller already ran ``check``, is what it returned.
 
         ValueError (and nothing added) for a wrong shape, a non-finite entry, or a magnitude the grid cannot hold."""
         if term.shape != self.shape:
@@ -87,14 +90,13 @@ class ExactSum:
         if term.numel() == 0:
             self.terms += 1
             return
+        if peak is None:
+            peak = self.check(term, scale)
         space = workspace or Workspace()
         rest = space.buffer("rest", self.shape, torch.float64, self.device)
         rest.copy_(term)
         if scale != 1.0:
             rest.mul_(scale)
-        peak = float(torch.linalg.vector_norm(rest, ord=float("inf")))
-        if not peak < LARGEST:  # also catches NaN and Inf
-            raise ValueError(f"an entry of magnitude {peak:.3g} cannot be summed exactly (limit {LARGEST:.3g})")
         shifted = space.buffer("shifted", self.shape, torch.float64, self.device)
         whole = space.buffer("whole", self.shape, torch.int64, self.device)
         for j in reversed(range(BINS)):

@@ -38,8 +38,7 @@ class RunningMean:
                 if tensor.shape != self.sums[name].shape:
                     raise ValueError(f"tensor '{name}' has shape {tuple(tensor.shape)}, expected "
                                      f"{tuple(self.sums[name].shape)}")
-        for name, tensor in update.items():
-            ExactSum.check(tensor, weight, name)
+        peaks = {name: ExactSum.check(tensor, weight, name) for name, tensor in update.items()}
         if not self.sums:
             self.sums = {name: ExactSum(t.shape, t.device) for name, t in update.items()}
             self.dtypes = {name: t.dtype for name, t in update.items()}
@@ -47,7 +46,7 @@ class RunningMean:
         if weight == 0:
             return
         for name, tensor in update.items():
-            self.sums[name].add(tensor, weight, self.workspace)
+            self.sums[name].add(tensor, weight, self.workspace, peaks[name])
 
     def __len__(self) -> int:
         return len(self.weights)
