@@ -1,11 +1,15 @@
 """Quality against bytes sent: dense vs ComPEFT at several densities (with and without error feedback) vs Ferret
-(shared-randomness coefficients, over full parameters and over the LoRA adapter).
+(shared-randomness coefficients, over full parameters and over the LoRA adapter), beside a centralised run (the
+clients' data pooled on one party, the same total optimiser steps, nothing sent).
 
 Runs ``fedsqueeze simulate`` once per variant with the same preset, seed and rounds (one after the other, each in
-its own process), reads each run's summary.json, and writes ``accuracy_vs_bytes.json`` and
-``accuracy_vs_bytes.png`` to ``--out``; prints the JSON. Usage:
-python benchmarks/accuracy_vs_bytes.py --out runs/accuracy_vs_bytes [--preset fortunes] [--densities 0.05 0.1 0.2]
-[--no-ferret] [--reuse]
+its own process), reads each run's summary.json and metrics.jsonl, and writes ``accuracy_vs_bytes.json`` and
+``accuracy_vs_bytes.png`` to ``--out``; prints the JSON. Each row has the task's primary metric (response
+perplexity for the default SFT preset, accuracy for the classification presets), every other held-out metric of
+the final model (ROUGE-L ...), MB sent up, and ``bytes_to_target``: the bytes sent up until the first round whose
+global model reached dense FedAvg's final primary metric (None when it never did). Usage:
+python benchmarks/accuracy_vs_bytes.py --out runs/accuracy_vs_bytes [--preset sft] [--densities 0.05 0.1 0.2]
+[--no-ferret] [--no-centralised] [--reuse]
 """
 
 from __future__ import annotations
@@ -37,6 +41,23 @@ def variants(densities: list[float], alpha_scale: float, ferret: dict[str, objec
     return out
 
 
+def centralised(num_clients: int, local_steps: int) -> tuple[str, dict[str, object]]:
+    """The centralised reference: one party holding every client's data, ``num_clients`` times the local steps per
+    round (the federation's total optimiser steps; AdamW restarts each round, as on the clients). What it
+    "sends" to itself is not communication, so it gets no byte figures."""
+    return ("centralised", {"num-clients": 1, "min-train-clients": 0, "local-steps": num_clients * local_steps})
+
+
+def reached(rows: list[dict], metric: str, target: float, higher_is_better: bool) -> int | None:
+    """Bytes sent up until the first evaluated round whose ``metric`` is at least as good as ``target``."""
+    sent = 0
+    for row in rows:
+        sent += row["bytes_up"]
+        if metric in row and (row[metric] >= target if higher_is_better else row[metric] <= target):
+            return sent
+    return None
+
+
 def _run_config(values: dict[str, object]) -> str:
     return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items())
 
@@ -56,8 +77,13 @@ def run_variant(label: str, overrides: dict[str, object], base: dict[str, object
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         marker.write_text(run_config)
     summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    finals = {k.removesuffix("_final"): v for k, v in summary.items()
+              if k.endswith("_final") and not k.startswith(("metric", "examples", "response_tokens"))}
     return {"label": label, **overrides, "metric": summary["metric"], "metric_base": summary["metric_base"],
-            "metric_final": summary["metric_final"], "bytes_up_total": summary["bytes_up_total"],
+            "metric_final": summary["metric_final"], "higher_is_better": summary.get("higher_is_better", True),
+            "final": finals, "rounds_metric": [r.get(summary["metric"]) for r in rows],
+            "rounds_bytes_up": [r["bytes_up"] for r in rows], "bytes_up_total": summary["bytes_up_total"],
             "bytes_up_dense_equivalent": summary["bytes_up_dense_equivalent"],
             "compression_up": summary["compression_up"], "wall_s": summary["wall_s"], "run_dir": str(run_dir)}
 
@@ -70,6 +96,8 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    central = next((row for row in results if row["label"] == "centralised"), None)
+    results = [row for row in results if row["label"] != "centralised"]
     for row in results:
         marker = ("s" if row["label"] == "dense" else "^" if row["label"].startswith("ferret")
                   else "o" if "+EF" in row["label"] else "x")
@@ -77,6 +105,8 @@ def plot(results: list[dict], path: Path) -> None:
         ax.annotate(row["label"], (row["bytes_up_total"] / 1e6, row["metric_final"]), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")
     ax.axhline(results[0]["metric_base"], color="grey", linestyle=":", label="base model")
+    if central is not None:
+        ax.axhline(central["metric_final"], color="green", linestyle="-.", label="centralised (data pooled)")
     full = next((row for row in results if row.get("trainable") == "full"), None)
     if full is not None:
         ax.axvline(full["bytes_up_dense_equivalent"] / 1e6, color="grey", linestyle="--",
@@ -85,7 +115,7 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_xlabel("MB sent up by all clients (total, log scale)")
     ax.set_ylabel(f"held-out {results[0]['metric']} after the last round")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right" if results[0]["higher_is_better"] else "upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -95,7 +125,7 @@ def main() -> None:
     """Run every variant and write the comparison."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/accuracy_vs_bytes"))
-    parser.add_argument("--preset", default="fortunes")
+    parser.add_argument("--preset", default="sft")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--densities", type=float, nargs="+", default=[0.05, 0.1, 0.2])
     parser.add_argument("--alpha-scale", type=float, default=4.0)
@@ -105,6 +135,7 @@ def main() -> None:
     parser.add_argument("--ferret-block-size", type=int, default=65536)
     parser.add_argument("--ferret-full-lr", type=float, default=None,
                         help="lr for the full-parameter row (default: the preset's full-lr)")
+    parser.add_argument("--no-centralised", action="store_true", help="leave out the centralised row")
     parser.add_argument("--reuse", action="store_true",
                         help="reuse finished runs in --out whose run config is unchanged (add rows without rerunning)")
     args = parser.parse_args()
@@ -112,16 +143,30 @@ def main() -> None:
     base = {"preset": args.preset, "num-server-rounds": args.rounds, "seed": 0}
     ferret = None if args.no_ferret else {"full-dim": args.ferret_full_dim, "lora-dim": args.ferret_lora_dim,
                                           "block-size": args.ferret_block_size, "full-lr": args.ferret_full_lr}
-    results = [run_variant(label, overrides, base, args.out, reuse=args.reuse) for label, overrides in
-               variants(args.densities, args.alpha_scale, ferret)]
+    chosen = variants(args.densities, args.alpha_scale, ferret)
+    if not args.no_centralised:
+        from server.run_config import resolve
+
+        cfg = resolve(base)
+        chosen.append(centralised(cfg.num_clients, cfg.task.local_steps))
+    results = [run_variant(label, overrides, base, args.out, reuse=args.reuse) for label, overrides in chosen]
     dense = results[0]
     full = next((row for row in results if row.get("trainable") == "full"), None)
+    target = dense["metric_final"]
     for row in results:
         row["metric_gap_vs_dense"] = row["metric_final"] - dense["metric_final"]
+        if row["label"] == "centralised":
+            row["mb_up"] = None  # nothing is communicated
+            continue
+        row["mb_up"] = row["bytes_up_total"] / 1e6
+        rows = [{"bytes_up": b, **({row["metric"]: m} if m is not None else {})}
+                for b, m in zip(row["rounds_bytes_up"], row["rounds_metric"], strict=True)]
+        row["bytes_to_target"] = reached(rows, row["metric"], target, row["higher_is_better"])
         row["bytes_up_ratio_vs_dense"] = dense["bytes_up_total"] / row["bytes_up_total"]
         if full is not None:  # dense full-parameter FedAvg would send the full run's dense fp32 equivalent
             row["bytes_up_ratio_vs_dense_full_fedavg"] = full["bytes_up_dense_equivalent"] / row["bytes_up_total"]
     document = {"benchmark": "accuracy_vs_bytes", "preset": args.preset, "rounds": args.rounds, "seed": 0,
+                "target": {"metric": dense["metric"], "value": target, "from": "dense FedAvg's final round"},
                 "alpha_scale": args.alpha_scale, "ferret": ferret, "results": results}
     (args.out / "accuracy_vs_bytes.json").write_text(json.dumps(document, indent=2))
     plot(results, args.out / "accuracy_vs_bytes.png")

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from client.task.build import base_weight_dtype, batches, build_task, load_splits, resolve_precision
+from client.task.build import base_weight_dtype, build_task, load_splits, resolve_precision
 from client.task.loop import train_locally, training_order
 from server.run_config import resolve
 from strategies.codecs import compeft, ferret
@@ -74,11 +74,11 @@ def training_row(preset: str, device: str, precision: str, steps: int) -> dict[s
     """Tokens/s of ``steps`` timed local training steps of ``preset`` on ``device`` at ``precision``."""
     spec = resolve({"preset": preset, "device": device, "precision": precision}).task
     train, _ = load_splits(spec)
-    task = build_task(spec, train.label_names)
+    task = build_task(spec, train)
     data = train.dataset
     train_locally(task, data, steps=2, batch_size=spec.batch_size, lr=spec.lr, seed=1)  # warm-up
     order = training_order(len(data), steps * spec.batch_size, 2)  # the order train_locally draws with seed 2
-    encoded = [task.encode(texts) for texts, _ in batches(data, order, spec.batch_size)]
+    encoded = [task.head.encode(texts) for texts, _ in task.batches(data, order, spec.batch_size)]
     tokens = sum(int(batch["attention_mask"].sum()) for batch in encoded)
     padded = sum(batch["input_ids"].numel() for batch in encoded)
     if task.device.type == "cuda":

@@ -31,8 +31,8 @@ def local_round_s(config: dict) -> float:
     started = time.perf_counter()
     train, _ = load_splits(cfg.task)
     partition = client_partition(train.dataset, 0, 1, kind=cfg.task.partitioner, alpha=cfg.task.dirichlet_alpha,
-                                 seed=cfg.task.seed)
-    task = build_task(cfg.task, train.label_names)
+                                 seed=cfg.task.seed, by=train.partition_by)
+    task = build_task(cfg.task, train)
     received = task.trainable_state()
     train_locally(task, partition, steps=cfg.task.local_steps, batch_size=cfg.task.batch_size, lr=cfg.task.lr,
                   seed=1)

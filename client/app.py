@@ -55,8 +55,8 @@ def _load(spec: TaskSpec, partition_id: int, num_partitions: int) -> _Loaded:
         _CACHE.clear()
         train, _ = load_splits(spec)
         partition = client_partition(train.dataset, partition_id, num_partitions, kind=spec.partitioner,
-                                     alpha=spec.dirichlet_alpha, seed=spec.seed)
-        task = build_task(spec, train.label_names)
+                                     alpha=spec.dirichlet_alpha, seed=spec.seed, by=train.partition_by)
+        task = build_task(spec, train)
         _CACHE[key] = _Loaded(task, partition, task.trainable_state() if spec.trainable == "full" else None)
     return _CACHE[key]
 

@@ -7,7 +7,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,9 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from client import messages
-from client.task.build import Task, build_task, load_splits
-from client.task.loop import evaluate
-from client.task.spec import TaskSpec
 from server import checkpoint
 from server.aggregation import RoundAggregator, byte_limit, check_norm
+from server.evaluation import ModelHooks, SamplesLog
 from server.outputs import MetricsLog, plot_metrics, write_json_atomic
 from server.progress import RoundProgress
 from server.replies import stream_replies
@@ -33,7 +31,6 @@ from strategies.downlink import DownlinkPlanner, digest_prefix
 from strategies.privacy import PrivacyLedger
 
 log = logging.getLogger("fedsqueeze")
-METRIC = "accuracy"
 
 
 class TooFewClientsError(RuntimeError):
@@ -232,25 +229,9 @@ def _train_messages(node_ids: list[int], planner: DownlinkPlanner, cfg: RunConfi
     return out, bytes_down
 
 
-def _evaluate(task: Task, heldout: Any, adapter: dict[str, torch.Tensor]) -> dict[str, float]:
-    task.load_trainable_state(adapter)
-    result = evaluate(task, heldout)
-    return {"accuracy": result.accuracy, "loss": result.loss}
-
-
 def _checkpointed_config(cfg: RunConfig) -> dict[str, Any]:
     """The run-config keys a resumed run must share with the run it continues."""
     return {k: v for k, v in cfg.values.items() if k not in RESUMABLE_CHANGES}
-
-
-def _evaluation_spec(cfg: RunConfig) -> TaskSpec:
-    """The task the coordinator evaluates with: the clients', except that a base quantised by bitsandbytes (CUDA
-    only) is evaluated unquantised on a coordinator without CUDA, as a merged QLoRA adapter would be served."""
-    if cfg.task.quantization != "none" and not torch.cuda.is_available():
-        log.info("evaluating the %s-quantised task's adapter on an unquantised base (no CUDA here)",
-                 cfg.task.quantization)
-        return replace(cfg.task, quantization="none")
-    return cfg.task
 
 
 def resume_point(cfg: RunConfig, out_dir: Path) -> checkpoint.Checkpoint | None:
@@ -276,6 +257,11 @@ def resume_point(cfg: RunConfig, out_dir: Path) -> checkpoint.Checkpoint | None:
     return saved
 
 
+def _describe(metrics: dict[str, float]) -> str:
+    """``name value`` pairs of held-out metrics for a log line."""
+    return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+
+
 def _restore_planner(planner: DownlinkPlanner, saved: checkpoint.Checkpoint) -> None:
     """Put the checkpointed global state back. Which version each client holds is not restored: a resumed run is
     a new Flower run, so every client's node state starts empty and receives the full state first."""
@@ -288,26 +274,40 @@ def _restore_planner(planner: DownlinkPlanner, saved: checkpoint.Checkpoint) -> 
     planner.held = {}
 
 
-def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
-    """Run ``cfg.num_server_rounds`` rounds on ``grid``, write outputs to ``out_dir``, return the summary."""
+def _evaluated_in(cfg: RunConfig, round_id: int) -> bool:
+    """Whether the global model is scored after ``round_id``: every ``eval-every`` rounds, and after the last."""
+    return round_id % cfg.eval_every == 0 or round_id == cfg.num_server_rounds
+
+
+def summary_metrics(base: dict[str, float], final: dict[str, float]) -> dict[str, float]:
+    """Every held-out metric of the base and the final model as ``<name>_base`` / ``<name>_final``."""
+    return {**{f"{k}_base": v for k, v in base.items()}, **{f"{k}_final": v for k, v in final.items()}}
+
+
+def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks) -> dict[str, Any]:
+    """Run ``cfg.num_server_rounds`` rounds on ``grid``, write outputs to ``out_dir``, return the summary.
+
+    ``model`` (built by server/app.py) gives the initial global state, scores a state on the held-out data and
+    exports one; the loop reports ``model.metric`` by name."""
     started = time.perf_counter()
     progress = RoundProgress(cfg.num_server_rounds)
+    metric = model.metric
     try:
-        progress.status("loading model and held-out data")
-        train, heldout = load_splits(cfg.task)
-        task = build_task(_evaluation_spec(cfg), train.label_names)
-        planner = DownlinkPlanner(cfg.downlink, task.trainable_state(), known_base=cfg.task.trainable == "full")
+        planner = DownlinkPlanner(cfg.downlink, model.initial_state, known_base=cfg.task.trainable == "full")
         layout = {name: tuple(t.shape) for name, t in planner.state.items()}
         dense_bytes_per_client = dense_fp32_bytes(planner.state)
         resumed = resume_point(cfg, out_dir)
+        samples_log = SamplesLog(out_dir, keep_through_round=resumed.round if resumed is not None else None)
         if resumed is None:
             progress.status("evaluating the base model")
-            base = _evaluate(task, heldout.dataset, planner.state)
+            base_evaluation = model.evaluate_fn(planner.state)
+            base = base_evaluation.metrics
+            samples_log.append(0, base_evaluation.samples)
         else:
             base = resumed.base
             _restore_planner(planner, resumed)
             started -= resumed.wall_s
-        log.info("base model: held-out %s %.4f (%d examples)", METRIC, base[METRIC], len(heldout.dataset))
+        log.info("base model: held-out %s", _describe(base))
         metrics_log = MetricsLog(out_dir, rows=resumed.rows if resumed is not None else None)
         progress.status(f"waiting for {cfg.num_clients} client nodes")
         node_ids = wait_for_nodes(grid, cfg.num_clients, cfg.wait_for_clients_s)
@@ -374,9 +374,12 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             if applied and ledger is not None:
                 epsilon = ledger.step()
             round_s = time.perf_counter() - round_started
-            if applied:
-                current = _evaluate(task, heldout.dataset, planner.state)
-            else:
+            evaluated = applied and _evaluated_in(cfg, round_id)
+            if evaluated:
+                evaluation = model.evaluate_fn(planner.state)
+                current = evaluation.metrics
+                samples_log.append(round_id, evaluation.samples)
+            if not applied:
                 log.warning("round %d skipped: %d usable updates, %d needed%s; global adapter unchanged",
                             round_id, len(outcome.accepted), min_clients,
                             f" (secure aggregation aborted: {secure_result.aborted})"
@@ -392,8 +395,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             totals["bytes_down_dense_equivalent"] += sum(c["dense_fp32_bytes_down"] for c in clients)
             row = {
                 "round": round_id,
-                "accuracy": current["accuracy"],
-                "loss": current["loss"],
+                **(current if evaluated else {}),
+                "evaluated": evaluated,
                 "train_loss": sum(outcome.train_losses) / len(outcome.train_losses) if outcome.train_losses else None,
                 "clients_sampled": len(sampled),
                 "clients_ok": len(outcome.accepted),
@@ -420,15 +423,14 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
                 sampler_state=sampler.getstate(), dp_rounds=ledger.rounds if ledger is not None else 0,
                 totals=dict(totals), base=base, current=current, rows=metrics_log.rows,
                 wall_s=time.perf_counter() - started))
-            progress.round_done(round_id, f"{METRIC} {current[METRIC]:.3f}, {len(outcome.accepted)}/{len(sampled)} "
+            progress.round_done(round_id, f"{metric} {current[metric]:.3f}, {len(outcome.accepted)}/{len(sampled)} "
                                           f"clients, {row['bytes_up'] / 1e6:.3f} MB up, "
                                           f"{round_bytes_down / 1e6:.3f} MB down"
                                           + (f", {len(outcome.failures) + len(outcome.rejections)} problem(s)"
                                              if outcome.failures or outcome.rejections else ""))
         progress.status("writing adapter, summary and plots")
-        task.load_trainable_state(planner.state)
-        task.save(out_dir)
-        plot_metrics(metrics_log.rows, METRIC, base[METRIC], out_dir)
+        model.export_fn(planner.state, out_dir)
+        plot_metrics(metrics_log.rows, [metric, *(k for k in base if k != metric)], base, out_dir)
         summary = {
             "preset": cfg.preset,
             "model": cfg.task.model,
@@ -437,11 +439,11 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict[str, Any]:
             "rounds": cfg.num_server_rounds,
             "codec": cfg.codec,
             "codec_options": cfg.codec_options(),
-            "metric": METRIC,
-            "metric_base": base[METRIC],
-            "metric_final": current[METRIC],
-            "loss_base": base["loss"],
-            "loss_final": current["loss"],
+            "metric": metric,
+            "higher_is_better": model.higher_is_better,
+            "metric_base": base[metric],
+            "metric_final": current[metric],
+            **summary_metrics(base, current),
             **totals,
             "compression_up": (totals["bytes_up_dense_equivalent"] / totals["bytes_up_total"]
                                if totals["bytes_up_total"] else None),

@@ -37,8 +37,14 @@ class MetricsLog:
             out.write(json.dumps(row, sort_keys=True) + "\n")
 
 
-def plot_metrics(rows: list[dict[str, Any]], metric: str, base_value: float, out_dir: Path) -> list[Path]:
-    """PNG plots of ``metric`` against round and against cumulative bytes sent up; returns the paths."""
+COUNTS = ("examples", "response_tokens")  # held-out sizes, not scores: not plotted
+
+
+def plot_metrics(rows: list[dict[str, Any]], metrics: list[str], base: dict[str, float], out_dir: Path
+                 ) -> list[Path]:
+    """PNG plots of each held-out metric in ``metrics`` against round and against cumulative bytes sent up
+    (``<metric>_vs_round.png``, ``<metric>_vs_bytes.png``), from the rounds that were evaluated; returns the
+    paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,22 +52,25 @@ def plot_metrics(rows: list[dict[str, Any]], metric: str, base_value: float, out
 
     plots_dir = out_dir / "plots"
     plots_dir.mkdir(parents=True, exist_ok=True)
-    rounds = [0] + [row["round"] for row in rows]
-    values = [base_value] + [row[metric] for row in rows]
-    cumulative, total = [0.0], 0.0
+    cumulative_mb, total = {0: 0.0}, 0.0
     for row in rows:
         total += row["bytes_up"]
-        cumulative.append(total / 1e6)
+        cumulative_mb[row["round"]] = total / 1e6
     paths = []
-    for name, xs, label in (("round", rounds, "round"), ("bytes", cumulative, "MB sent by clients (cumulative)")):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(xs, values, marker="o")
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"held-out {metric}")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = plots_dir / f"{metric}_vs_{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+    for metric in (m for m in metrics if m not in COUNTS and m in base):
+        scored = [(0, base[metric])] + [(row["round"], row[metric]) for row in rows if metric in row]
+        rounds = [r for r, _ in scored]
+        values = [v for _, v in scored]
+        for name, xs, label in (("round", rounds, "round"),
+                                ("bytes", [cumulative_mb[r] for r in rounds], "MB sent by clients (cumulative)")):
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            ax.plot(xs, values, marker="o")
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"held-out {metric}")
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = plots_dir / f"{metric}_vs_{name}.png"
+            fig.savefig(path, dpi=100)
+            plt.close(fig)
+            paths.append(path)
     return paths

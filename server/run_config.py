@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.task.partition import PARTITIONERS
 from client.task.presets import PRESETS
 from client.task.spec import TaskSpec
 from strategies.codecs.compeft import SCOPES
@@ -19,7 +20,7 @@ from strategies.robust import AGGREGATION_RULES
 from strategies.secagg import graph
 
 DEFAULTS: dict[str, str | int | float | bool] = {
-    "preset": "fortunes",
+    "preset": "sft",
     "num-server-rounds": 3,
     "num-clients": 3,
     "fraction-train": 1.0,
@@ -61,7 +62,7 @@ DEFAULTS: dict[str, str | int | float | bool] = {
     "precision": "auto",
     "device": "auto",
     "quantization": "none",
-    "partitioner": "dirichlet",
+    "partitioner": "",
     "dirichlet-alpha": 1.0,
     "round-timeout-s": 3600.0,
     "wait-for-clients-s": 300.0,
@@ -74,6 +75,10 @@ DEFAULTS: dict[str, str | int | float | bool] = {
     "aggregation-norm-bound": 0.0,
     "max-update-norm": 0.0,
     "max-update-bytes": 0,
+    "eval-every": 1,
+    "eval-samples": 0,
+    "max-new-tokens": 0,
+    "data-columns": "",
 }
 
 # Keys a resumed run may change: where it writes, how long it waits, and how many rounds it runs in all.
@@ -81,7 +86,7 @@ RESUMABLE_CHANGES = ("out-dir", "resume", "num-server-rounds", "round-timeout-s"
 
 # Keys whose "" / 0 default means "the preset decides".
 PRESET_KEYS = ("kind", "model", "dataset", "topics", "per-topic", "heldout", "max-length", "lora-r", "lora-alpha",
-               "lora-targets", "lr", "local-steps", "batch-size")
+               "lora-targets", "lr", "local-steps", "batch-size", "partitioner", "eval-samples", "max-new-tokens")
 
 
 class ConfigError(ValueError):
@@ -145,6 +150,7 @@ class RunConfig:
     dp: DPSettings
     dp_delta: float
     resume: bool = False
+    eval_every: int = 1
     aggregation: AggregationSettings = field(default_factory=lambda: AggregationSettings())
     limits: UpdateLimits = field(default_factory=lambda: UpdateLimits())
     values: Mapping[str, object] = field(default_factory=dict)  # every key as resolved: what a checkpoint keeps
@@ -198,8 +204,8 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
     for key in PRESET_KEYS:
         chosen = values.get(key)
         task_values[key] = preset[key] if chosen in (None, "", 0, 0.0) else chosen
-    for key in ("seed", "lora-dropout", "precision", "device", "partitioner", "dirichlet-alpha", "trainable",
-                "quantization"):
+    for key in ("seed", "lora-dropout", "precision", "device", "dirichlet-alpha", "trainable", "quantization",
+                "data-columns"):
         task_values[key] = values[key]
     if values["trainable"] == "full" and values["lr"] in (0, 0.0):
         task_values["lr"] = preset["full-lr"]  # full-parameter tuning wants a far smaller step than LoRA
@@ -231,8 +237,10 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
             compeft_alpha_scale=float(values["compeft-alpha-scale"]), compeft_scope=str(values["compeft-scope"]))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    if values["partitioner"] not in ("iid", "dirichlet"):
-        raise ConfigError(f"partitioner '{values['partitioner']}' is not one of iid, dirichlet")
+    if task_values["partitioner"] not in PARTITIONERS:
+        raise ConfigError(f"partitioner '{task_values['partitioner']}' is not one of {', '.join(PARTITIONERS)}")
+    if int(values["eval-every"]) < 1:
+        raise ConfigError(f"eval-every must be at least 1, got {values['eval-every']}")
     if not float(values["dirichlet-alpha"]) > 0:
         raise ConfigError("dirichlet-alpha must be positive")
     if int(values["num-server-rounds"]) < 1:
@@ -276,6 +284,7 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         dp=dp,
         dp_delta=float(values["dp-delta"]),
         resume=bool(values["resume"]),
+        eval_every=int(values["eval-every"]),
         aggregation=aggregation,
         limits=UpdateLimits(float(values["max-update-norm"]), int(values["max-update-bytes"])),
         values=dict(values),

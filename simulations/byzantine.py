@@ -53,7 +53,7 @@ def run(setup: ByzantineSetup) -> ByzantineResult:
     """Train the federation of ``setup`` and evaluate its final global model."""
     cfg = resolve({"preset": "encoder", "seed": setup.seed, "partitioner": "iid"})
     train, heldout = load_splits(cfg.task)
-    task = build_task(cfg.task, train.label_names)
+    task = build_task(cfg.task, train)
     spec = task.spec
     partitions = [client_partition(train.dataset, client, setup.clients, kind="iid", alpha=1.0, seed=setup.seed)
                   for client in range(setup.clients)]
@@ -77,9 +77,9 @@ def run(setup: ByzantineSetup) -> ByzantineResult:
     for part in partitions:
         rows.append(list(range(offset, offset + len(part))))
         offset += len(part)
-    base = evaluate(task, heldout.dataset).accuracy
+    base = evaluate(task, heldout.dataset).metrics["accuracy"]
     result = run_federation(task, joined, rows, heldout.dataset, rounds=setup.rounds, steps=setup.local_steps,
                             batch_size=spec.batch_size, lr=spec.lr, defence=coordinator, seed=setup.seed)
     task.load_trainable_state(result.state)
-    final = evaluate(task, heldout.dataset)
-    return ByzantineResult(final.accuracy, base, final.loss)
+    final = evaluate(task, heldout.dataset).metrics
+    return ByzantineResult(final["accuracy"], base, final["loss"])

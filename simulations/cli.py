@@ -51,7 +51,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                        ray_address=args.ray_address)
     keys = ("preset", "metric", "metric_base", "metric_final", "bytes_up_total", "bytes_up_dense_equivalent",
             "clients_failed_total", "wall_s")
-    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    scores = {k: v for k, v in summary.items() if k.endswith(("_base", "_final")) and not k.startswith(
+        ("metric_", "examples_", "response_tokens_"))}
+    print(json.dumps({**{k: summary[k] for k in keys}, **scores}, indent=2))
     print(f"outputs in {Path(args.out).resolve()}", file=sys.stderr)
     return 0
 
@@ -70,6 +72,23 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from client.quiet import quiet_libraries
+    from client.task.exported import answer, load_adapter
+
+    quiet_libraries()
+    prompts = list(args.prompt) or [line.strip() for line in sys.stdin if line.strip()]
+    if not prompts:
+        raise ValueError("generate needs --prompt TEXT (repeatable) or prompts on standard input, one per line")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    model, tokenizer = load_adapter(Path(args.adapter), args.model)
+    for prompt, text in zip(prompts, answer(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens,
+                                            system=args.system), strict=True):
+        print(json.dumps({"prompt": prompt, "generation": text}) if args.json else text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``fedsqueeze`` subcommand."""
     parser = argparse.ArgumentParser(prog="fedsqueeze", description=__doc__)
@@ -83,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--byzantine-partitions", default="",
                      help="comma-separated partition ids whose updates are replaced by an attack (robustness tests)")
     sim.add_argument("--byzantine-attack", default="sign-flip", help="sign-flip, scale (x100) or random")
-    sim.add_argument("--preset", default="", help="task preset: fortunes (default) or encoder")
+    sim.add_argument("--preset", default="", help="task preset: sft (default), fortunes or encoder")
     sim.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=2 num-clients=4"')
     sim.add_argument("--max-parallel", type=int, default=0, help="clients training at once (default min(n, 3))")
     sim.add_argument("--fail-partitions", default="", help="comma-separated partition ids that fail on purpose")
@@ -102,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--quick", action="store_true", help="a two-minute version (few batches, main defences)")
     attack.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     attack.set_defaults(func=_cmd_attack)
+
+    generate = sub.add_parser("generate", help="answer prompts with a run's exported adapter (greedy)")
+    generate.add_argument("--adapter", required=True, help="the adapter directory a run wrote (OUT/adapter)")
+    generate.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable; default: stdin lines)")
+    generate.add_argument("--model", default="", help="the base model (default: the adapter config's base)")
+    generate.add_argument("--system", default="", help="a system turn before each prompt")
+    generate.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer at most (default 64)")
+    generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    generate.set_defaults(func=_cmd_generate)
 
     from simulations.deploy_cli import add_deploy_commands
 

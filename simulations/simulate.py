@@ -17,6 +17,8 @@ from client.app import app as client_app
 from client.quiet import quiet_libraries
 from client.task.build import load_splits
 from client.task.model_sources import resolve_model
+from client.task.partition import client_partition
+from server.app import model_hooks
 from server.federation import resume_point, run_federation
 from server.run_config import RunConfig, resolve
 from simulations.faults import client_app_with_byzantine, client_app_with_failures
@@ -25,11 +27,15 @@ log = logging.getLogger("fedsqueeze")
 
 
 def preflight(cfg: RunConfig) -> None:
-    """Fail fast, before Ray starts, on a missing model or data set (errors name the problem)."""
+    """Fail fast, before Ray starts, on a missing model or data set, or data the partitioner cannot split (errors
+    name the problem)."""
     resolve_model(cfg.task.model)
     train, _ = load_splits(cfg.task)
     if len(train.dataset) < cfg.num_clients:
         raise ValueError(f"{len(train.dataset)} training examples cannot be split across {cfg.num_clients} clients")
+    # The partitioner's own checks (a category column to split by, enough domains for the clients).
+    client_partition(train.dataset, 0, cfg.num_clients, kind=cfg.task.partitioner, alpha=cfg.task.dirichlet_alpha,
+                     seed=cfg.task.seed, by=train.partition_by)
 
 
 def backend_config(*, parallel: int, client_gpus: float = 0.0, ray_address: str = "") -> dict[str, Any]:
@@ -92,7 +98,7 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
 
     @server_app.main()
     def _main(grid: Grid, context: Context) -> None:
-        result.update(run_federation(grid, cfg, out_dir))
+        result.update(run_federation(grid, cfg, out_dir, model_hooks(cfg)))
 
     os.environ.setdefault("FEDSQUEEZE_CLIENT_THREADS", "1")
     app = client_app_with_failures(set(fail_partitions), fail_at) if fail_partitions else client_app

@@ -134,7 +134,7 @@ def test_keep_frozen_in_casts_only_what_does_not_train_and_the_adapter_still_lea
 def encoder_task():
     spec = _spec(device="cpu")
     train, _ = load_splits(spec)
-    return build_task(spec, train.label_names), train.dataset.select(range(32))
+    return build_task(spec, train), train.dataset.select(range(32))
 
 
 def test_cpu_task_keeps_every_weight_fp32_and_the_device_delta_equals_the_cpu_delta(encoder_task) -> None:
@@ -236,7 +236,7 @@ def test_client_gpus_without_cuda_fail_before_ray_starts(tmp_path: Path, capsys:
 def test_cuda_task_trains_with_a_bf16_base_and_fp32_adapter() -> None:
     spec = _spec(device="cuda", precision="bf16")
     train, _ = load_splits(spec)
-    task = build_task(spec, train.label_names)
+    task = build_task(spec, train)
     frozen = [p for p in task.model.parameters() if not p.requires_grad]
     trained = [p for p in task.model.parameters() if p.requires_grad]
     assert all(p.device.type == "cuda" for p in task.model.parameters())
@@ -259,7 +259,7 @@ def test_cuda_task_trains_with_a_bf16_base_and_fp32_adapter() -> None:
 def test_cuda_task_trains_on_a_4bit_base() -> None:
     spec = _spec(device="cuda", precision="bf16", quantization="4bit")
     train, _ = load_splits(spec)
-    task = build_task(spec, train.label_names)
+    task = build_task(spec, train)
     assert any(type(m).__name__ == "Linear4bit" for m in task.model.modules())
     assert all(p.dtype == torch.float32 for p in task.model.parameters() if p.requires_grad)
     start = task.trainable_state()

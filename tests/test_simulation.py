@@ -38,9 +38,9 @@ def test_simulation_survives_a_failing_client_and_exports_a_loadable_adapter(tmp
     spec = resolve(config).task
     train, heldout = load_splits(spec)
     base = load_encoder_classifier(spec.model, len(train.label_names), spec.seed)
-    task = build_task(spec, train.label_names)
+    task = build_task(spec, train)
     task.model = PeftModel.from_pretrained(base, tmp_path / "adapter")
-    assert evaluate(task, heldout.dataset).accuracy == pytest.approx(summary["metric_final"])
+    assert evaluate(task, heldout.dataset).metrics["accuracy"] == pytest.approx(summary["metric_final"])
 
 
 def test_compeft_with_error_feedback_and_compressed_downlink(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def encoder_spec():
 
 def test_training_is_deterministic_and_moves_only_the_adapter(encoder_spec) -> None:
     train, heldout = load_splits(encoder_spec)
-    task = build_task(encoder_spec, train.label_names)
+    task = build_task(encoder_spec, train)
     start = task.trainable_state()
     frozen_before = task.model.base_model.model.encoder.embeddings.word_embeddings.weight.clone()
     small = train.dataset.select(range(64))
@@ -36,12 +36,12 @@ def test_training_is_deterministic_and_moves_only_the_adapter(encoder_spec) -> N
     assert any("head" in k for k in start), "the classification head must travel with the adapter"
     assert torch.equal(frozen_before, task.model.base_model.model.encoder.embeddings.word_embeddings.weight)
     result = evaluate(task, heldout.dataset.select(range(32)))
-    assert result.num_examples == 32 and 0.0 <= result.accuracy <= 1.0
+    assert result.metrics["examples"] == 32 and 0.0 <= result.metrics["accuracy"] <= 1.0
 
 
 def test_adapter_state_refuses_wrong_names_and_shapes(encoder_spec) -> None:
     train, _ = load_splits(encoder_spec)
-    task = build_task(encoder_spec, train.label_names)
+    task = build_task(encoder_spec, train)
     state = task.trainable_state()
     name = next(iter(state))
     with pytest.raises(ValueError, match="mismatch"):
@@ -53,7 +53,7 @@ def test_adapter_state_refuses_wrong_names_and_shapes(encoder_spec) -> None:
 def test_full_parameter_task_trains_and_saves_every_parameter(tmp_path: Path) -> None:
     spec = resolve({"preset": "encoder", "precision": "fp32", "trainable": "full"}).task
     train, _ = load_splits(spec)
-    task = build_task(spec, train.label_names)
+    task = build_task(spec, train)
     start = task.trainable_state()
     assert set(start) == {name for name, _ in task.model.named_parameters()}
     assert sum(t.numel() for t in start.values()) > 20_000_000, "every MiniLM parameter trains, not an adapter"
@@ -83,3 +83,33 @@ def test_precision_auto_uses_bf16_only_where_the_device_has_it() -> None:
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
     assert resolve({}).task.precision == "auto"
+
+
+# Figures of the classification kinds before they moved behind the task interface (commit ac865b7, same seeds,
+# one torch thread): the move must not change a number.
+PRE_INTERFACE = {
+    "encoder": {"train_loss": 0.6574960549672445, "accuracy": 0.625, "loss": 0.6537857254346212,
+                "state_sum": 1162.687951819942},
+    "fortunes": {"train_loss": 1.0863101879755657, "accuracy": 0.6875, "loss": 0.8635287682215372,
+                 "state_sum": 12841.782375780254},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRE_INTERFACE))
+def test_classification_kinds_reproduce_their_figures_from_before_the_task_interface(preset: str) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec = resolve({"preset": preset, "precision": "fp32"}).task
+        train, heldout = load_splits(spec)
+        task = build_task(spec, train)
+        trained = train_locally(task, train.dataset.select(range(64)), steps=3, batch_size=8, lr=spec.lr, seed=7)
+        scores = evaluate(task, heldout.dataset.select(range(48))).metrics
+        state_sum = float(sum(t.double().abs().sum() for t in task.trainable_state().values()))
+    finally:
+        torch.set_num_threads(threads)
+    expected = PRE_INTERFACE[preset]
+    assert trained.train_loss == pytest.approx(expected["train_loss"], rel=1e-6)
+    assert scores["accuracy"] == expected["accuracy"]
+    assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert state_sum == pytest.approx(expected["state_sum"], rel=1e-6)

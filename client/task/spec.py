@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass, fields
 
 from client.task.models import LoraSettings
 
-TASK_KINDS = ("prompt-classification", "encoder-classification")
 PRECISIONS = ("auto", "bf16", "fp32")
 TRAINABLE = ("lora", "full")
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -16,11 +15,16 @@ QUANTIZATIONS = ("none", "8bit", "4bit")
 class TaskSpec:
     """The learning task, sent from the coordinator to every client in each training message.
 
-    kind: ``prompt-classification`` (causal LM scores one label token after a prompt) or
-    ``encoder-classification`` (mean-pooled encoder + linear head).
+    kind: ``sft`` (instruction tuning of a causal LM, loss on the responses), ``prompt-classification`` (causal
+    LM scores one label token after a prompt) or ``encoder-classification`` (mean-pooled encoder + linear head);
+    see client/task/kinds/.
     model: bundled model name, local HF directory / GGUF file, or hub id.
-    dataset: ``fortunes``, ``finefoods`` or a path to csv/json/jsonl/parquet files with text and label columns.
-    topics: fortune topic files used as labels (fortunes only). per_topic: cap per topic (0 = all).
+    dataset: ``wordnet`` (sft), ``fortunes``, ``finefoods``, or a path to csv/json/jsonl/parquet files (or a
+    ``save_to_disk`` directory, or a hub id): instruction data for sft, text and label columns otherwise.
+    topics: WordNet domains (sft) or fortune topic files used as labels. per_topic: cap per topic (0 = all).
+    data_columns: for sft, ``ROLE=COLUMN`` pairs naming the user's columns (roles: instruction, input, output,
+    messages, prompt, completion, category). eval_samples / max_new_tokens: held-out prompts answered greedily at
+    each sft evaluation, and the tokens each answer may have.
     heldout: examples kept back for the coordinator's evaluation. max_length: tokens per example.
     lora_*: LoRA rank, alpha, dropout and target modules. seed: seeds adapter init, splits and sampling.
     precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 where the device computes it natively).
@@ -53,10 +57,14 @@ class TaskSpec:
     batch_size: int
     trainable: str = "lora"
     quantization: str = "none"
+    data_columns: str = ""
+    eval_samples: int = 24
+    max_new_tokens: int = 24
 
     def __post_init__(self) -> None:
-        if self.kind not in TASK_KINDS:
-            raise ValueError(f"task kind '{self.kind}' is not one of {', '.join(TASK_KINDS)}")
+        from client.task.kinds.registry import kind_of
+
+        kind_of(self.kind)  # ValueError naming the known kinds
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable '{self.trainable}' is not one of {', '.join(TRAINABLE)}")
         if self.precision not in PRECISIONS:
@@ -66,9 +74,11 @@ class TaskSpec:
         if self.quantization != "none" and self.trainable != "lora":
             raise ValueError(f"quantization '{self.quantization}' freezes the base: it needs trainable=lora, "
                              f"not '{self.trainable}'")
-        for name in ("lora_r", "lora_alpha", "max_length", "heldout", "local_steps", "batch_size"):
+        for name in ("lora_r", "lora_alpha", "max_length", "heldout", "local_steps", "batch_size", "max_new_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.eval_samples < 0:
+            raise ValueError(f"eval-samples must be >= 0, got {self.eval_samples}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.lora_dropout < 1.0:

@@ -58,6 +58,6 @@ def run_federation(task: Task, train: Dataset, partitions: list[list[int]], held
         sent.append(nbytes)
         state = apply_update(state, mean)
     task.load_trainable_state(state)
-    accuracy = evaluate(task, heldout).accuracy
+    accuracy = evaluate(task, heldout).metrics["accuracy"]
     task.load_trainable_state(start)
     return FederatedResult(state, sorted(members), accuracy, sum(sent) / len(sent), first)

@@ -210,7 +210,7 @@ def token_rows(config: AttackConfig) -> list[Row]:
 def _encoder_task(config: AttackConfig, trainable: str = "lora") -> tuple[Task, Any, Any]:
     spec = resolve({"preset": "encoder", "seed": config.seed, "trainable": trainable}).task
     train, heldout = load_splits(spec)
-    return build_task(spec, train.label_names), train, heldout
+    return build_task(spec, train), train, heldout
 
 
 def reconstruction_rows(config: AttackConfig) -> list[Row]:

@@ -12,7 +12,8 @@ from datasets import Dataset
 from scipy.stats import norm
 from torch.nn import functional
 
-from client.task.build import Task, batches
+from client.task.build import Task
+from client.task.kinds.classification import batches
 from client.task.loop import train_locally
 from simulations.attacks import metrics
 
@@ -24,8 +25,9 @@ def confidences(task: Task, data: Dataset, state: dict[str, torch.Tensor]) -> tu
     task.model.eval()
     losses, scaled = [], []
     for texts, labels in batches(data, list(range(len(data))), 32):
-        batch = {k: v.to(task.device) for k, v in task.encode(texts).items()}
-        logits = task.logits(batch).float().cpu()
+        head = task.head  # a classification task's head: encode and class_logits
+        batch = {k: v.to(task.device) for k, v in head.encode(texts).items()}  # type: ignore[attr-defined]
+        logits = head.class_logits(task.model, batch).float().cpu()  # type: ignore[attr-defined]
         log_p = functional.log_softmax(logits, dim=-1).gather(1, labels[:, None])[:, 0].double()
         losses.append((-log_p).numpy())
         log_rest = torch.log1p(-log_p.exp().clamp(max=1 - 1e-12))

@@ -70,4 +70,6 @@ def local_update(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
 def task_update(task: Task, batch: dict[str, torch.Tensor], labels: torch.Tensor, training: LocalTraining
                 ) -> dict[str, torch.Tensor]:
     """The victim's update after ``training`` on one batch with the task's own loss (class cross-entropy)."""
-    return _update_after(task.model, lambda: functional.cross_entropy(task.logits(batch).float(), labels), training)
+    logits = task.head.class_logits  # type: ignore[attr-defined]  # a classification task's head
+    return _update_after(task.model, lambda: functional.cross_entropy(logits(task.model, batch).float(), labels),
+                         training)

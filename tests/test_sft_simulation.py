@@ -1,0 +1,90 @@
+"""End to end, kind=sft in Flower's simulation engine: a tiny causal LM made from a config (with SmolLM2's
+tokenizer and chat template) fine-tuned on WordNet definitions split by domain, with ComPEFT and with secure
+aggregation; the exported adapter, reloaded by PEFT in a fresh process, reproduces the reported NLL and samples."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulations.simulate import simulate
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_sft(model: str, **overrides) -> dict:
+    return {"preset": "sft", "model": model, "per-topic": 20, "heldout": 16, "max-length": 64, "local-steps": 4,
+            "batch-size": 4, "lr": 1e-2, "eval-samples": 4, "max-new-tokens": 6, "num-clients": 3,
+            "num-server-rounds": 2, **overrides}
+
+
+def _rows(out: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (out / name).read_text().splitlines()]
+
+
+RELOAD = """
+import json, sys
+from pathlib import Path
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from client.task.build import Task, load_splits
+from client.task.kinds.registry import kind_of
+from client.task.spec import TaskSpec
+
+out = Path(sys.argv[1])
+spec = TaskSpec.from_record(json.loads((out / "summary.json").read_text())["task"])
+_, heldout = load_splits(spec)
+base = AutoModelForCausalLM.from_pretrained(spec.model, dtype=torch.float32)
+model = PeftModel.from_pretrained(base, out / "adapter")
+tokenizer = AutoTokenizer.from_pretrained(out / "adapter")  # saved beside the adapter, chat template and all
+kind = kind_of(spec.kind)
+task = Task(spec, model, tokenizer, torch.device("cpu"), kind, kind.make_head(spec, tokenizer, heldout,
+                                                                              torch.device("cpu")))
+result = task.evaluate(heldout.dataset)
+print(json.dumps({"metrics": result.metrics, "generations": [s["generation"] for s in result.samples]}))
+"""
+
+
+def test_sft_with_compeft_learns_and_its_adapter_reloads_in_a_fresh_process(tmp_path: Path, tiny_causal_lm: str
+                                                                             ) -> None:
+    config = _tiny_sft(tiny_causal_lm, codec="compeft", **{"compeft-density": 0.2, "error-feedback": True})
+    summary = simulate(config, out_dir=tmp_path, max_parallel=3)
+
+    assert summary["metric"] == "perplexity" and summary["higher_is_better"] is False
+    assert summary["perplexity_final"] < summary["perplexity_base"]
+    for key in ("nll", "rouge_l", "exact_match"):
+        assert f"{key}_base" in summary and f"{key}_final" in summary
+    rows = _rows(tmp_path, "metrics.jsonl")
+    assert all(r["applied"] and r["clients_ok"] == 3 and r["evaluated"] and "perplexity" in r for r in rows)
+    assert all(0 < c["bytes_up"] < c["dense_fp32_bytes_up"] / 3 for r in rows for c in r["clients"])
+    samples = _rows(tmp_path, "samples.jsonl")
+    assert [s["round"] for s in samples] == [0] * 4 + [1] * 4 + [2] * 4
+    assert all(s["prompt"].endswith("<|im_start|>assistant\n") and s["reference"] for s in samples)
+    assert (tmp_path / "plots" / "perplexity_vs_round.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "rouge_l_vs_bytes.png").stat().st_size > 0
+
+    reloaded = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path)], capture_output=True, text=True,
+                              cwd=ROOT, timeout=300)
+    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+    again = json.loads(reloaded.stdout.strip().splitlines()[-1])
+    assert again["metrics"]["nll"] == pytest.approx(summary["nll_final"], rel=1e-5)
+    assert again["generations"] == [s["generation"] for s in samples if s["round"] == 2]
+
+    answered = subprocess.run([sys.executable, "-m", "simulations.cli", "generate", "--adapter",
+                               str(tmp_path / "adapter"), "--prompt", "Define the word 'dog'.", "--json",
+                               "--max-new-tokens", "4"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert answered.returncode == 0, answered.stderr[-3000:]
+    assert json.loads(answered.stdout.strip().splitlines()[-1])["prompt"] == "Define the word 'dog'."
+
+
+def test_sft_under_secure_aggregation(tmp_path: Path, tiny_causal_lm: str) -> None:
+    summary = simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1}), out_dir=tmp_path,
+                       max_parallel=3)
+
+    row = _rows(tmp_path, "metrics.jsonl")[0]
+    assert row["applied"] and row["secagg"]["aborted"] is None and len(row["secagg"]["survivors"]) == 3
+    assert summary["secagg"] and summary["perplexity_final"] < summary["perplexity_base"]
