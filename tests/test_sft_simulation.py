@@ -88,3 +88,22 @@ def test_sft_under_secure_aggregation(tmp_path: Path, tiny_causal_lm: str) -> No
     row = _rows(tmp_path, "metrics.jsonl")[0]
     assert row["applied"] and row["secagg"]["aborted"] is None and len(row["secagg"]["survivors"]) == 3
     assert summary["secagg"] and summary["perplexity_final"] < summary["perplexity_base"]
+
+
+def test_sft_resumed_after_a_round_ends_bit_identical_to_the_uninterrupted_run(tmp_path: Path,
+                                                                               tiny_causal_lm: str) -> None:
+    from safetensors.torch import load_file
+
+    config = _tiny_sft(tiny_causal_lm, codec="compeft", **{"compeft-density": 0.3, "error-feedback": False,
+                                                           "local-steps": 2, "eval-samples": 2})
+    whole = simulate(config, out_dir=tmp_path / "whole", max_parallel=3)
+    simulate({**config, "num-server-rounds": 1}, out_dir=tmp_path / "cut", max_parallel=3)
+    with (tmp_path / "cut" / "samples.jsonl").open("a") as out:  # a line of a round that never checkpointed
+        out.write('{"round": 2, "generation": "lost"}\n')
+    resumed = simulate({**config, "resume": True}, out_dir=tmp_path / "cut", max_parallel=3)
+
+    assert resumed["nll_final"] == whole["nll_final"] and resumed["rouge_l_base"] == whole["rouge_l_base"]
+    expected = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    got = load_file(tmp_path / "cut" / "adapter" / "adapter_model.safetensors")
+    assert expected.keys() == got.keys() and all((expected[k] == got[k]).all() for k in expected)
+    assert _rows(tmp_path / "cut", "samples.jsonl") == _rows(tmp_path / "whole", "samples.jsonl")
