@@ -27,6 +27,10 @@ def test_preset_values_fill_unset_task_keys_and_overrides_win() -> None:
 @pytest.mark.parametrize(("config", "message"), [
     ({"learning-rate": 0.1}, "unknown run-config key 'learning-rate'"),
     ({"preset": "nope"}, "unknown preset 'nope'"),
+    ({"partitioner": "by-hand"}, "partitioner 'by-hand' is not one of iid, dirichlet, domain"),
+    ({"eval-every": 0}, "eval-every must be at least 1"),
+    ({"eval-samples": -1}, "eval-samples must be >= 0"),
+    ({"data-columns": "answer=output"}, "data-columns role 'answer'"),
     ({"num-clients": "three"}, "'num-clients' expects int"),
     ({"num-server-rounds": 0}, "num-server-rounds must be at least 1"),
     ({"codec": "zip"}, "unknown codec 'zip'"),

@@ -62,9 +62,10 @@ class TaskSpec:
     max_new_tokens: int = 24
 
     def __post_init__(self) -> None:
+        from client.task.data import parse_columns
         from client.task.kinds.registry import kind_of
 
-        kind_of(self.kind)  # ValueError naming the known kinds
+        parse_columns(self.data_columns, kind_of(self.kind).column_roles)  # ValueError naming a bad kind or role
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable '{self.trainable}' is not one of {', '.join(TRAINABLE)}")
         if self.precision not in PRECISIONS:

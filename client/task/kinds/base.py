@@ -69,6 +69,7 @@ class TaskKind(Protocol):
     name: ClassVar[str]
     primary_metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
+    column_roles: ClassVar[tuple[str, ...]]  # the roles ``data-columns`` may map to the user's column names
 
     def load_splits(self, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase | None) -> tuple[TaskData, TaskData]:
         """The (train, held-out) split every party derives identically from ``spec``; a kind that prepares its

@@ -32,7 +32,7 @@ def load_labelled_splits(spec: TaskSpec) -> tuple[TaskData, TaskData]:
     elif spec.dataset == "finefoods":
         data = load_finefoods()
     else:
-        columns = {"text": "text", "label": "label"} | parse_columns(spec.data_columns, ("text", "label"))
+        columns = {"text": "text", "label": "label"} | parse_columns(spec.data_columns, LabelledTextKind.column_roles)
         data = load_files(spec.dataset, columns["text"], columns["label"])
     return split_heldout(data, spec.heldout, spec.seed)
 
@@ -90,6 +90,7 @@ class LabelledTextKind:
 
     primary_metric: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
+    column_roles: ClassVar[tuple[str, ...]] = ("text", "label")
 
     def load_splits(self, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase | None = None
                     ) -> tuple[TaskData, TaskData]:

@@ -21,7 +21,7 @@ from client.task.data import split_heldout
 from client.task.generation_scores import exact_match, rouge_l
 from client.task.kinds.base import Evaluation, TaskData
 from client.task.models import load_causal_lm, load_tokenizer
-from client.task.sft_data import user_conversations, wordnet_conversations
+from client.task.sft_data import COLUMN_ROLES, user_conversations, wordnet_conversations
 
 if TYPE_CHECKING:
     from client.task.build import Task
@@ -163,6 +163,7 @@ class SFT:
     name: ClassVar[str] = "sft"
     primary_metric: ClassVar[str] = "perplexity"
     higher_is_better: ClassVar[bool] = False
+    column_roles: ClassVar[tuple[str, ...]] = COLUMN_ROLES
 
     def load_splits(self, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase | None = None
                     ) -> tuple[TaskData, TaskData]:
