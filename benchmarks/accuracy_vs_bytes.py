@@ -89,33 +89,40 @@ def run_variant(label: str, overrides: dict[str, object], base: dict[str, object
 
 
 def plot(results: list[dict], path: Path) -> None:
-    """Final metric against total bytes up (log scale), one point per variant."""
+    """Final primary metric (and, where the task has it, ROUGE-L) against total bytes up (log scale), one marker
+    per variant named in the legend; the base model and the centralised run as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     central = next((row for row in results if row["label"] == "centralised"), None)
-    results = [row for row in results if row["label"] != "centralised"]
-    for row in results:
-        marker = ("s" if row["label"] == "dense" else "^" if row["label"].startswith("ferret")
-                  else "o" if "+EF" in row["label"] else "x")
-        ax.scatter(row["bytes_up_total"] / 1e6, row["metric_final"], marker=marker, s=50)
-        ax.annotate(row["label"], (row["bytes_up_total"] / 1e6, row["metric_final"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
-    ax.axhline(results[0]["metric_base"], color="grey", linestyle=":", label="base model")
-    if central is not None:
-        ax.axhline(central["metric_final"], color="green", linestyle="-.", label="centralised (data pooled)")
-    full = next((row for row in results if row.get("trainable") == "full"), None)
-    if full is not None:
-        ax.axvline(full["bytes_up_dense_equivalent"] / 1e6, color="grey", linestyle="--",
-                   label="dense full-parameter FedAvg would send")
-    ax.set_xscale("log")
-    ax.set_xlabel("MB sent up by all clients (total, log scale)")
-    ax.set_ylabel(f"held-out {results[0]['metric']} after the last round")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right" if results[0]["higher_is_better"] else "upper right", fontsize=8)
+    sent = [row for row in results if row["label"] != "centralised"]
+    panels = [(sent[0]["metric"], "metric_base", "metric_final")]
+    if "rouge_l" in sent[0]["final"]:
+        panels.append(("rouge_l", None, None))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.4), squeeze=False)
+    full = next((row for row in sent if row.get("trainable") == "full"), None)
+    for ax, (name, base_key, final_key) in zip(axes[0], panels, strict=True):
+        def value(row: dict, name: str = name, final_key: str | None = final_key) -> float:
+            return row[final_key] if final_key else row["final"][name]
+
+        for row in sent:
+            marker = ("s" if row["label"] == "dense" else "^" if row["label"].startswith("ferret")
+                      else "o" if "+EF" in row["label"] else "x")
+            ax.scatter(row["bytes_up_total"] / 1e6, value(row), marker=marker, s=55, label=row["label"])
+        if base_key:
+            ax.set_title(f"base model: {sent[0][base_key]:.4g}", fontsize=9)
+        if central is not None:
+            ax.axhline(value(central), color="green", linestyle="-.", label="centralised (data pooled)")
+        if full is not None:
+            ax.axvline(full["bytes_up_dense_equivalent"] / 1e6, color="grey", linestyle="--",
+                       label="dense full-parameter FedAvg would send")
+        ax.set_xscale("log")
+        ax.set_xlabel("MB sent up by all clients (total, log scale)")
+        ax.set_ylabel(f"held-out {name} after the last round")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

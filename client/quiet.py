@@ -17,3 +17,5 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", message=".*gguf.*", category=UserWarning)
+    # PEFT 0.21 asks transformers 5.23 a deprecated question on every adapter it wraps or loads.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
