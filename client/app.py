@@ -16,12 +16,12 @@ from flwr.clientapp import ClientApp
 from client import messages, node_state, secure
 from client.quiet import quiet_libraries
 from client.task.build import Task, build_task, load_splits
-from client.task.loop import train_locally
+from client.task.loop import client_training_seed, train_locally
 from client.task.partition import client_partition
 from client.task.spec import TaskSpec
 from strategies import downlink
 from strategies.codecs import CodecSettings, decode_update, encode_update
-from strategies.fedavg import apply_update, subtract
+from strategies.fedavg import apply_update, l2_norm, subtract
 from strategies.privacy import DPSettings, privatize
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSetting
     encoded, sent = encode(delta)  # the codec works on delta's device; what it sent decodes on the CPU
     residual = subtract(_on_cpu(delta), sent)
     node_state.save_tensors(context.state, node_state.RESIDUAL, residual)
-    norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in residual.values())))
-    return encoded, {"residual-norm": norm, "residual-carried": float(carried)}
+    return encoded, {"residual-norm": l2_norm(residual), "residual-carried": float(carried)}
 
 
 def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -146,7 +145,7 @@ def train(msg: Message, context: Context) -> Message:
     loaded.task.load_trainable_state(received)
     started = time.perf_counter()
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
-                           lr=spec.lr, seed=spec.seed * 1_000_003 + round_id * 1009 + partition_id)
+                           lr=spec.lr, seed=client_training_seed(spec.seed, round_id, partition_id))
     delta = loaded.task.trainable_delta(received, on_device=True)  # DP and the codec run where training ran
     del received
     seed = int(config["ferret-seed"]) if "ferret-seed" in config else None

@@ -3,7 +3,6 @@ updates, for decoded tensors and for Ferret coefficients alike, and the per-upda
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ def update_norm(update: dict[str, torch.Tensor] | ferret.FerretPayload) -> float
     """L2 norm of a decoded update, or of a parsed Ferret payload's coefficient vector."""
     if isinstance(update, ferret.FerretPayload):
         return float(np.linalg.norm(update.coefficients.astype(np.float64)))
-    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.values()))
+    return fedavg.l2_norm(update)
 
 
 def check_norm(cfg: RunConfig, update: dict[str, torch.Tensor] | ferret.FerretPayload) -> None:

@@ -9,7 +9,6 @@ get past the checksum and the protobuf parser into each codec's own parsing.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ import torch
 
 from protos.fedsqueeze.v1 import update_pb2
 from strategies.codecs import compeft, dense, ferret
-from strategies.codecs.envelope import seal
+from strategies.codecs.envelope import seal, seal_body
 
 _CHECKSUM_TAG = bytes([(8 << 3) | 5])
 
@@ -33,10 +32,6 @@ class FuzzReport:
     rejected: int = 0
     accepted: int = 0
     failures: list[str] = field(default_factory=list)
-
-
-def _reseal(body: bytes) -> bytes:
-    return body + _CHECKSUM_TAG + zlib.crc32(body).to_bytes(4, "little")
 
 
 def _body(payload: bytes) -> bytes:
@@ -113,7 +108,7 @@ def mutate(payload: bytes, rng: np.random.Generator) -> bytes:
         if structured is not None:
             return structured
     mutated = _mutate_bytes(_body(payload), rng)
-    return _reseal(mutated) if kind <= 6 else _mutate_bytes(payload, rng)
+    return seal_body(mutated) if kind <= 6 else _mutate_bytes(payload, rng)
 
 
 def fuzz(target: str, decode: Callable[[bytes], object], seeds: list[bytes], cases: int, seed: int = 0,

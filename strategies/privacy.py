@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from opacus.accountants import RDPAccountant
 
+from strategies.fedavg import l2_norm
+
 
 @dataclass(frozen=True)
 class DPSettings:
@@ -45,11 +47,6 @@ class DPSettings:
         """Each client's per-entry noise standard deviation."""
         full = self.noise_multiplier * self.clip
         return full / math.sqrt(clients_per_round) if secure else full
-
-
-def l2_norm(update: Mapping[str, torch.Tensor]) -> float:
-    """The L2 norm of an update taken as one vector."""
-    return math.sqrt(sum(float((t.detach().double() ** 2).sum()) for t in update.values()))
 
 
 def privatize(update: Mapping[str, torch.Tensor], settings: DPSettings, clients_per_round: int, secure: bool,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies.fedavg import weighted_mean
+from strategies.fedavg import l2_norm, weighted_mean
 
 Update = dict[str, torch.Tensor]
 
@@ -209,8 +209,7 @@ def _check_bound(bound: float | None) -> None:
 def _clip(updates: Sequence[Update], bound: float | None) -> tuple[list[Update], list[float]]:
     norms = []
     for update in updates:
-        squares = sum(torch.linalg.vector_norm(tensor, dtype=torch.float64).square() for tensor in update.values())
-        norms.append(float(torch.as_tensor(squares).sqrt()))
+        norms.append(l2_norm(update))
     if bound is None:
         bound = statistics.median(norms)
     clipped = []

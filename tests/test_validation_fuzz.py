@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import struct
-import zlib
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from server.federation import collect_replies, read_reply
 from server.run_config import resolve
 from simulations.fuzzing import FUZZ_LAYOUT, FUZZ_ROUND, FUZZ_SEED, codec_targets, fuzz, fuzz_update, meets_layout
 from strategies.codecs import UpdateRejected, compeft, dense
+from strategies.codecs.envelope import seal_body
 from strategies.codecs.registry import decode_update
 from strategies.downlink import digest_prefix
 
@@ -58,10 +58,6 @@ def _accept(payload: bytes) -> dict[str, torch.Tensor]:
 DIGEST = "ab" * 32
 
 
-def _reseal(body: bytes) -> bytes:
-    return body + bytes([(8 << 3) | 5]) + zlib.crc32(body).to_bytes(4, "little")
-
-
 def test_the_reply_handler_names_each_hand_made_bad_payload() -> None:
     good = dense.encode(_update(), round_id=ROUND)
     update, weight, loss = read_reply(_reply_content(good, DIGEST), _accept, DIGEST, {})
@@ -70,7 +66,7 @@ def test_the_reply_handler_names_each_hand_made_bad_payload() -> None:
     marked = dense.encode({**_update(), "head.bias": torch.tensor([0.0, 12345.0, 1.0])}, round_id=ROUND)
     marker = struct.pack("<f", 12345.0)
     assert marked[:-5].count(marker) == 1  # a client's encoder refuses NaN: forge one into a sealed payload
-    nan = _reseal(marked[:-5].replace(marker, struct.pack("<f", math.nan)))
+    nan = seal_body(marked[:-5].replace(marker, struct.pack("<f", math.nan)))
     out_of_range = compeft.encode(_update(), density=0.05, round_id=ROUND)
     cases = {
         "wrong shape": (wrong_shape, {}, "shape"),

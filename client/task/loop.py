@@ -20,6 +20,12 @@ class TrainResult:
     steps: int
 
 
+def client_training_seed(run_seed: int, round_id: int, partition_id: int) -> int:
+    """The seed of one client's local training in one round: distinct per (run, round, partition), the same in
+    every run of the same config."""
+    return run_seed * 1_000_003 + round_id * 1009 + partition_id
+
+
 def training_order(size: int, count: int, seed: int) -> list[int]:
     """``count`` row indices drawn as seeded passes over a shuffled ``range(size)``."""
     if size <= 0:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from strategies.codecs import compeft, dense, ferret
+from strategies.fedavg import l2_norm
 from strategies.privacy import DPSettings, privatize
 from strategies.secagg.ring import Quantizer, ring_bits
 
@@ -121,4 +122,4 @@ def observe(name: str, victim: Update, others_sum: dict[int, Update], *, round_i
 
 def typical_norm(updates: list[Update]) -> float:
     """The median L2 norm of some updates: the DP clipping bound the harness uses."""
-    return float(np.median([math.sqrt(sum(float((t.double() ** 2).sum()) for t in u.values())) for u in updates]))
+    return float(np.median([l2_norm(u) for u in updates]))

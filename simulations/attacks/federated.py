@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 
 from client.task.build import Task
-from client.task.loop import evaluate, train_locally, training_order
+from client.task.loop import client_training_seed, evaluate, train_locally, training_order
 from strategies.fedavg import apply_update
 
 Defence = Callable[[list[dict[str, torch.Tensor]], int], tuple[dict[str, torch.Tensor], int]]
@@ -44,7 +44,7 @@ def run_federation(task: Task, train: Dataset, partitions: list[list[int]], held
     for round_id in range(1, rounds + 1):
         updates = []
         for client, rows in enumerate(partitions):
-            client_seed = seed * 1_000_003 + round_id * 1009 + client
+            client_seed = client_training_seed(seed, round_id, client)
             members.update(rows[i] for i in training_order(len(rows), steps * batch_size, client_seed))
             if round_id == 1 and first_round_updates:
                 updates.append(first_round_updates[client])

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from simulations.attacks.federated import run_federation
 from simulations.attacks.reconstruction import ReconstructionSettings, random_tokens, reconstruct
 from simulations.attacks.victim import LocalTraining, local_update, task_update
 from strategies.codecs import dense
+from strategies.fedavg import l2_norm
 from strategies.privacy import DPSettings, privatize
 from strategies.secagg.ring import Quantizer
 from strategies.secagg.updates import SecureEncoding, encode_input, mean_update
@@ -352,7 +352,7 @@ def membership_rows(config: AttackConfig) -> list[Row]:
                   seed=config.seed)
     probe = task.trainable_delta(start)
     task.load_trainable_state(start)
-    clip = config.dp_clip_factor * math.sqrt(sum(float((t.double() ** 2).sum()) for t in probe.values()))
+    clip = config.dp_clip_factor * l2_norm(probe)
     rows = []
     first_round: list[dict[str, torch.Tensor]] | None = None
     for name in config.defences:

@@ -87,6 +87,20 @@ class _Flat:
                 for start in range(0, self.values.size, CHUNK_ENTRIES)]
 
 
+def merge_moments(count: int, mean: float, m2: float, n_b: int, mean_b: float, m2_b: float
+                  ) -> tuple[int, float, float]:
+    """Count, mean and M2 of two groups of entries taken together, from each group's own (Chan et al. 1979), so
+    that moments computed chunk by chunk or tensor by tensor combine exactly as one pass would."""
+    n = count + n_b
+    shift = mean_b - mean
+    return n, mean + shift * n_b / n, m2 + (m2_b + shift * shift * count * n_b / n)
+
+
+def unbiased_std(count: int, m2: float, lone_value: float) -> float:
+    """The unbiased std from count and M2; for a single entry (undefined) its magnitude ``lone_value``."""
+    return math.sqrt(m2 / (count - 1)) if count > 1 else abs(lone_value)
+
+
 @dataclass
 class _FirstPass:
     """Pass-one figures of some entries: count, mean and M2 (combined per chunk, Chan et al.) and a strided
@@ -105,19 +119,14 @@ class _FirstPass:
             mean_b, m2_b = _chunk_moments(chunk, sampled, scratch)
             if not (math.isfinite(mean_b) and math.isfinite(m2_b)):
                 raise ValueError(f"tensor '{flat.name}' has NaN or Inf entries; refusing to encode")
-            n_b = chunk.size
-            n = self.count + n_b
-            shift = mean_b - self.mean
-            self.mean += shift * n_b / n
-            self.m2 += m2_b + shift * shift * self.count * n_b / n
-            self.count = n
+            self.count, self.mean, self.m2 = merge_moments(self.count, self.mean, self.m2, chunk.size, mean_b, m2_b)
             sample = ms.magnitude_keys(sampled)
             self.sample_size += sample.size
             self.samples.append(sample[sample != 0])
 
     def std(self, lone_value: float) -> float:
         """Unbiased std; for a single entry (undefined) its magnitude ``lone_value``."""
-        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else abs(lone_value)
+        return unbiased_std(self.count, self.m2, lone_value)
 
 
 _ROW = 1024  # fp32 partial sums over rows this long stay accurate to ~1e-8 relative
@@ -218,12 +227,7 @@ def _moments_torch(name: str, values: torch.Tensor) -> tuple[int, float, float]:
         mean_b, m2_b = torch.stack([chunk_mean, (chunk - chunk_mean).square().sum()]).tolist()
         if not (math.isfinite(mean_b) and math.isfinite(m2_b)):
             raise ValueError(f"tensor '{name}' has NaN or Inf entries; refusing to encode")
-        n_b = chunk.numel()
-        n = count + n_b
-        shift = mean_b - mean
-        mean += shift * n_b / n
-        m2 += m2_b + shift * shift * count * n_b / n
-        count = n
+        count, mean, m2 = merge_moments(count, mean, m2, chunk.numel(), mean_b, m2_b)
     return count, mean, m2
 
 
@@ -260,13 +264,8 @@ def _select_torch(update: dict[str, torch.Tensor], density: float, scope: str
     for group in groups:
         count, mean, m2 = 0, 0.0, 0.0
         for name in group:  # combine the tensors' moments (Chan et al.), as the numpy engine does by chunk
-            n_b, mean_b, m2_b = _moments_torch(name, flats[name])
-            n = count + n_b
-            shift = mean_b - mean
-            mean += shift * n_b / n
-            m2 += m2_b + shift * shift * count * n_b / n
-            count = n
-        stds.append(math.sqrt(m2 / (count - 1)) if count > 1 else abs(float(flats[group[0]][0])))
+            count, mean, m2 = merge_moments(count, mean, m2, *_moments_torch(name, flats[name]))
+        stds.append(unbiased_std(count, m2, float(flats[group[0]][0])))
         chosen = _top_k_torch([flats[name] for name in group], density)
         kept += [(positions.cpu().numpy(), torch.signbit(flats[name][positions]).cpu().numpy())
                  for name, positions in zip(group, chosen, strict=True)]

@@ -35,11 +35,15 @@ def check_update(update: Mapping[str, object], *, codec: str, dtypes: Collection
             raise ValueError(f"tensor '{name}' is empty")
 
 
+def seal_body(body: bytes) -> bytes:
+    """``body`` (a serialised EncodedUpdate without checksum) with its CRC-32 appended as the final field."""
+    return body + _CHECKSUM_TAG + zlib.crc32(body).to_bytes(4, "little")
+
+
 def seal(message: update_pb2.EncodedUpdate) -> bytes:
     """Serialise ``message`` and append its CRC-32 as the final field (see update.proto, ``checksum``)."""
     message.ClearField("checksum")
-    body = message.SerializeToString()
-    return body + _CHECKSUM_TAG + zlib.crc32(body).to_bytes(4, "little")
+    return seal_body(message.SerializeToString())
 
 
 def _check_seal(payload: bytes) -> None:
