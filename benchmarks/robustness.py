@@ -57,11 +57,11 @@ def byzantine_rows(base: ByzantineSetup) -> list[dict]:
 def fuzz_rows(cases: int) -> list[dict]:
     """Fuzz every decoder and the reply handler; counts of cases, clean rejections, accepted, failures."""
     from server.federation import read_reply
-    from tests.test_validation_fuzz import DIGEST, _accept, _reply_content
+    from simulations.fuzzing import FUZZ_DIGEST, accept_dense, reply_content
 
     targets = dict(codec_targets())
     seeds = targets["dense-fp32"][0]
-    targets["reply-handler"] = (seeds, lambda p: read_reply(_reply_content(p, DIGEST), _accept, DIGEST, {})[0])
+    targets["reply-handler"] = (seeds, lambda p: read_reply(reply_content(p), accept_dense, FUZZ_DIGEST, {})[0])
     rows = []
     for index, (name, (seed_payloads, decode)) in enumerate(sorted(targets.items())):
         report = fuzz(name, decode, seed_payloads, cases=cases, seed=100 + index, check=meets_layout)
@@ -73,21 +73,28 @@ def fuzz_rows(cases: int) -> list[dict]:
 
 def resume_row() -> dict:
     """Kill a simulation after its first checkpoint, resume it, compare with an uninterrupted run."""
-    from tests.test_resume import RUN, _adapter, _env, _run_config_text, _simulate_command, kill_after_checkpoint
+    from simulations.crash_resume import (
+        RESUME_RUN,
+        adapter_tensors,
+        child_env,
+        kill_after_checkpoint,
+        run_config_text,
+        simulate_command,
+    )
 
     with tempfile.TemporaryDirectory(prefix="fedsqueeze-resume-") as tmp:
         reference, killed = Path(tmp) / "reference", Path(tmp) / "killed"
-        subprocess.run(_simulate_command("--out", str(reference), "--run-config", _run_config_text(RUN)),
-                       env=_env(), check=True, capture_output=True, cwd=ROOT)
-        proc = subprocess.Popen(_simulate_command("--out", str(killed), "--run-config", _run_config_text(RUN)),
-                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        subprocess.run(simulate_command("--out", str(reference), "--run-config", run_config_text(RESUME_RUN)),
+                       env=child_env(), check=True, capture_output=True, cwd=ROOT)
+        proc = subprocess.Popen(simulate_command("--out", str(killed), "--run-config", run_config_text(RESUME_RUN)),
+                                env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True, cwd=ROOT)
         reached = kill_after_checkpoint(proc, killed, 1, timeout_s=900)
-        subprocess.run(_simulate_command("--resume", str(killed)), env=_env(), check=True, capture_output=True,
+        subprocess.run(simulate_command("--resume", str(killed)), env=child_env(), check=True, capture_output=True,
                        cwd=ROOT)
         rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-        want, got = _adapter(reference), _adapter(killed)
-        expected = list(range(1, int(RUN["num-server-rounds"]) + 1))
+        want, got = adapter_tensors(reference), adapter_tensors(killed)
+        expected = list(range(1, int(RESUME_RUN["num-server-rounds"]) + 1))
         return {"killed_after_round": reached, "rounds": rounds,
                 "rounds_lost": len(set(expected) - set(rounds)), "rounds_repeated": len(rounds) - len(set(rounds)),
                 "adapter_equal": set(want) == set(got) and all(torch.equal(want[n], got[n]) for n in want)}

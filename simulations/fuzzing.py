@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from client import messages
 from protos.fedsqueeze.v1 import update_pb2
 from strategies.codecs import compeft, dense, ferret
 from strategies.codecs.envelope import seal, seal_body
+from strategies.codecs.registry import decode_update
+from strategies.downlink import digest_prefix
 
 _CHECKSUM_TAG = bytes([(8 << 3) | 5])
 
@@ -173,3 +177,20 @@ def codec_targets() -> dict[str, tuple[list[bytes], Callable[[bytes], object]]]:
         "ferret": ([ferret.encode(update, seed=FUZZ_SEED, dim=8, block_size=64, round_id=FUZZ_ROUND)],
                    lambda p: ferret.decode(p, like=like, expected_seed=FUZZ_SEED, expected_round=FUZZ_ROUND)),
     }
+
+
+FUZZ_DIGEST = "ab" * 32  # the global state's digest a fuzzed reply claims to have trained from
+
+
+def reply_content(payload: bytes, digest: str = FUZZ_DIGEST, **metrics: float) -> RecordDict:
+    """A client's reply as the coordinator receives it: ``payload`` as the encoded update, plausible metrics
+    (``metrics`` override them) and ``digest``'s prefix; for fuzzing and testing the reply handler."""
+    values = {"num-examples": 32, "train-loss": 0.5, "partition-id": 1, "state-digest-48": digest_prefix(digest),
+              **metrics}
+    return RecordDict({messages.UPDATE: ConfigRecord({messages.ENCODED_UPDATE: payload}),
+                       messages.METRICS: MetricRecord(values)})
+
+
+def accept_dense(payload: bytes) -> dict[str, torch.Tensor]:
+    """The reply handler's acceptor for dense payloads of the fuzz layout and round."""
+    return decode_update("dense", payload, expected_round=FUZZ_ROUND, expected_layout=FUZZ_LAYOUT)

@@ -7,22 +7,24 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from server import checkpoint
 from server.federation import resume_point
 from server.outputs import MetricsLog
 from server.run_config import resolve
-
-RUN = {"preset": "encoder", "num-clients": 2, "num-server-rounds": 3, "local-steps": 4, "partitioner": "iid",
-       "codec": "compeft", "compeft-density": 0.2, "error-feedback": False, "downlink-codec": "compeft",
-       "downlink-density": 0.5}
+from simulations.crash_resume import (
+    RESUME_RUN,
+    adapter_tensors,
+    child_env,
+    kill_after_checkpoint,
+    run_config_text,
+    simulate_command,
+)
 
 
 def _checkpoint(round_id: int) -> checkpoint.Checkpoint:
@@ -54,23 +56,23 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_by_name(tmp_path: Path) -> N
     tensors.write_bytes(bytes(data))
     with pytest.raises(checkpoint.CheckpointError, match="damaged"):
         checkpoint.load(tmp_path)
-    cfg = resolve({**RUN, "resume": True})
+    cfg = resolve({**RESUME_RUN, "resume": True})
     saved = _checkpoint(1)
     saved.run_config = {k: v for k, v in cfg.values.items() if k not in ("out-dir", "resume", "num-server-rounds",
                                                                           "round-timeout-s", "wait-for-clients-s")}
     checkpoint.save(tmp_path, saved)
     assert resume_point(cfg, tmp_path) is not None
     with pytest.raises(checkpoint.CheckpointError, match="'codec' was 'compeft'"):
-        resume_point(resolve({**RUN, "resume": True, "codec": "dense"}), tmp_path)
+        resume_point(resolve({**RESUME_RUN, "resume": True, "codec": "dense"}), tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="raise num-server-rounds"):
-        resume_point(resolve({**RUN, "resume": True, "num-server-rounds": 1}), tmp_path)
-    assert resume_point(resolve(RUN), tmp_path) is None  # resume off: start afresh
+        resume_point(resolve({**RESUME_RUN, "resume": True, "num-server-rounds": 1}), tmp_path)
+    assert resume_point(resolve(RESUME_RUN), tmp_path) is None  # resume off: start afresh
     # A checkpoint written before a key existed ran with that key's default: it resumes, unless the key is now set.
     saved.run_config.pop("quantization")
     checkpoint.save(tmp_path, saved)
     assert resume_point(cfg, tmp_path) is not None
     with pytest.raises(checkpoint.CheckpointError, match="'quantization' was 'none'"):
-        resume_point(resolve({**RUN, "resume": True, "quantization": "4bit"}), tmp_path)
+        resume_point(resolve({**RESUME_RUN, "resume": True, "quantization": "4bit"}), tmp_path)
 
 
 def test_metrics_log_restarts_from_the_checkpointed_rows(tmp_path: Path) -> None:
@@ -81,47 +83,12 @@ def test_metrics_log_restarts_from_the_checkpointed_rows(tmp_path: Path) -> None
     assert rows == [{"round": 1}, {"round": 2}, {"round": 3, "again": True}]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
-
-
-def _simulate_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "simulations.cli", "simulate", "--max-parallel", "2", *args]
-
-
-def _run_config_text(config: dict[str, object]) -> str:
-    return " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower()}" for k, v in config.items())
-
-
-def _adapter(out_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(out_dir / "adapter" / "adapter_model.safetensors"))
-
-
-def kill_after_checkpoint(proc: subprocess.Popen, out_dir: Path, round_id: int, timeout_s: float) -> int:
-    """SIGKILL ``proc``'s process group once the checkpoint of ``round_id`` is on disk; returns the round it had
-    reached. Fails if the run ends first."""
-    deadline = time.monotonic() + timeout_s
-    manifest = out_dir / checkpoint.DIRECTORY / checkpoint.MANIFEST
-    while time.monotonic() < deadline:
-        if manifest.exists():
-            reached = json.loads(manifest.read_text())["round"]
-            if reached >= round_id:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-                return int(reached)
-        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before it could be killed"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise TimeoutError(f"no checkpoint of round {round_id} after {timeout_s} s")
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run (a simulation) both resume tests must reproduce."""
     out = tmp_path_factory.mktemp("reference")
-    done = subprocess.run(_simulate_command("--out", str(out), "--run-config", _run_config_text(RUN)),
-                          env=_env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(simulate_command("--out", str(out), "--run-config", run_config_text(RESUME_RUN)),
+                          env=child_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -129,7 +96,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _assert_same_run(reference: Path, resumed: Path) -> None:
     rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]  # no round lost or repeated
-    want, got = _adapter(reference), _adapter(resumed)
+    want, got = adapter_tensors(reference), adapter_tensors(resumed)
     assert set(want) == set(got)
     for name in want:
         assert torch.equal(want[name], got[name]), name
@@ -142,11 +109,11 @@ def _assert_same_run(reference: Path, resumed: Path) -> None:
 def test_a_simulation_killed_mid_run_resumes_to_the_uninterrupted_adapter(tmp_path: Path, reference: Path) -> None:
     killed = tmp_path / "killed"
     log = (tmp_path / "killed.log").open("w")
-    proc = subprocess.Popen(_simulate_command("--out", str(killed), "--run-config", _run_config_text(RUN)),
-                            env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(simulate_command("--out", str(killed), "--run-config", run_config_text(RESUME_RUN)),
+                            env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     reached = kill_after_checkpoint(proc, killed, 1, timeout_s=600)
-    assert reached < RUN["num-server-rounds"] and not (killed / "summary.json").exists()
-    resumed = subprocess.run(_simulate_command("--resume", str(killed)), env=_env(), capture_output=True, text=True,
+    assert reached < RESUME_RUN["num-server-rounds"] and not (killed / "summary.json").exists()
+    resumed = subprocess.run(simulate_command("--resume", str(killed)), env=child_env(), capture_output=True, text=True,
                              timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming after round {reached}" in resumed.stderr
@@ -179,7 +146,7 @@ def test_a_deployed_serverapp_killed_mid_run_resumes_over_grpc(tmp_path: Path, r
     env = deployment_env(tmp_path)
     processes: dict[str, subprocess.Popen] = {}
     out_dir = tmp_path / "run"
-    run_config = _run_config_text({**RUN, "out-dir": str(out_dir), "wait-for-clients-s": 120.0})
+    run_config = run_config_text({**RESUME_RUN, "out-dir": str(out_dir), "wait-for-clients-s": 120.0})
     try:
         start_tls_federation(tmp_path, logs=tmp_path, env=env, processes=processes)
         first = start_process("submit-1", submit_command(run_config), logs=tmp_path, env=env, processes=processes)
@@ -190,7 +157,7 @@ def test_a_deployed_serverapp_killed_mid_run_resumes_over_grpc(tmp_path: Path, r
             time.sleep(0.2)
         assert _kill_serverapp() >= 1 and not (out_dir / "summary.json").exists()
         reached = json.loads(manifest.read_text())["round"]
-        assert reached < RUN["num-server-rounds"]
+        assert reached < RESUME_RUN["num-server-rounds"]
         if first.poll() is None:  # `flwr run --stream` only follows the logs of the run that died
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=30)

@@ -8,18 +8,28 @@ import struct
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client import messages
 from server.federation import collect_replies, read_reply
 from server.run_config import resolve
-from simulations.fuzzing import FUZZ_LAYOUT, FUZZ_ROUND, FUZZ_SEED, codec_targets, fuzz, fuzz_update, meets_layout
+from simulations.fuzzing import (
+    FUZZ_DIGEST,
+    FUZZ_LAYOUT,
+    FUZZ_ROUND,
+    FUZZ_SEED,
+    accept_dense,
+    codec_targets,
+    fuzz,
+    fuzz_update,
+    meets_layout,
+    reply_content,
+)
 from strategies.codecs import UpdateRejected, compeft, dense
 from strategies.codecs.envelope import seal_body
 from strategies.codecs.registry import decode_update
-from strategies.downlink import digest_prefix
 
 LAYOUT, ROUND, SEED = FUZZ_LAYOUT, FUZZ_ROUND, FUZZ_SEED
 CASES = 1500  # per decoder; benchmarks/robustness.py runs more
@@ -44,18 +54,7 @@ def test_random_bytes_are_rejected_by_every_codec(codec: str, data: bytes) -> No
         decode_update(codec, data, expected_round=ROUND, expected_layout=LAYOUT, expected_seed=SEED)
 
 
-def _reply_content(payload: bytes, digest: str, **metrics: float) -> RecordDict:
-    values = {"num-examples": 32, "train-loss": 0.5, "partition-id": 1, "state-digest-48": digest_prefix(digest),
-              **metrics}
-    return RecordDict({messages.UPDATE: ConfigRecord({messages.ENCODED_UPDATE: payload}),
-                       messages.METRICS: MetricRecord(values)})
-
-
-def _accept(payload: bytes) -> dict[str, torch.Tensor]:
-    return decode_update("dense", payload, expected_round=ROUND, expected_layout=LAYOUT)
-
-
-DIGEST = "ab" * 32
+_reply_content, _accept, DIGEST = reply_content, accept_dense, FUZZ_DIGEST
 
 
 def test_the_reply_handler_names_each_hand_made_bad_payload() -> None:
