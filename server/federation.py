@@ -423,7 +423,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks)
                 sampler_state=sampler.getstate(), dp_rounds=ledger.rounds if ledger is not None else 0,
                 totals=dict(totals), base=base, current=current, rows=metrics_log.rows,
                 wall_s=time.perf_counter() - started))
-            progress.round_done(round_id, f"{metric} {current[metric]:.3f}, {len(outcome.accepted)}/{len(sampled)} "
+            scored = f"{metric} {current[metric]:.3f}" if evaluated else "not evaluated this round"
+            progress.round_done(round_id, f"{scored}, {len(outcome.accepted)}/{len(sampled)} "
                                           f"clients, {row['bytes_up'] / 1e6:.3f} MB up, "
                                           f"{round_bytes_down / 1e6:.3f} MB down"
                                           + (f", {len(outcome.failures) + len(outcome.rejections)} problem(s)"

@@ -36,10 +36,10 @@ def load_adapter(adapter_dir: Path, model: str = "") -> tuple[PeftModel, PreTrai
 def answer(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
            max_new_tokens: int = 64, system: str = "") -> list[str]:
     """Greedy answers to each prompt as one user turn (after ``system`` when given), through the chat template."""
-    answers_ids = []
+    prompt_ids = []
     for prompt in prompts:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        answers_ids.append(tokenizer(text, add_special_tokens=False).input_ids)
+        prompt_ids.append(tokenizer(text, add_special_tokens=False).input_ids)
     device = next(model.parameters()).device
-    return greedy_generate(model, tokenizer, answers_ids, max_new_tokens, device)
+    return greedy_generate(model, tokenizer, prompt_ids, max_new_tokens, device)

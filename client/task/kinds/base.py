@@ -28,14 +28,12 @@ class TaskData:
     """One split of a task's data.
 
     dataset: the rows. partition_by: the column the non-IID partitioners split by ("" when there is none).
-    label_names: the class names of a classification task (empty otherwise). dropped: examples left out of
-    ``dataset`` because they cannot be trained on (an SFT response that does not fit ``max-length``).
+    label_names: the class names of a classification task (empty otherwise).
     """
 
     dataset: Dataset
     label_names: tuple[str, ...] = ()
     partition_by: str = "label"
-    dropped: int = 0
 
 
 @dataclass(frozen=True)

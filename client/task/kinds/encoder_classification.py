@@ -21,6 +21,7 @@ class EncoderClassification(LabelledTextKind):
     """Mean-pooled encoder states through a seeded linear head are the class logits."""
 
     name: ClassVar[str] = "encoder-classification"
+
     def load_base(self, spec: TaskSpec, train: TaskData, quantized: Quantized | None) -> nn.Module:
         """The encoder with its classification head (seeded, so every party builds the same one)."""
         return load_encoder_classifier(spec.model, len(train.label_names), spec.seed, quantized)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -20,7 +21,8 @@ PROMPT_PREFIX = "Classify the topic of this quote as one of: {labels}.\nQuote: "
 PROMPT_SUFFIX = "\nTopic:"
 
 
-def prompt_encoder(tokenizer: PreTrainedTokenizerBase, label_names: tuple[str, ...], max_length: int):
+def prompt_encoder(tokenizer: PreTrainedTokenizerBase, label_names: tuple[str, ...], max_length: int
+                   ) -> Callable[[list[str]], Batch]:
     """Texts to left-padded prompts: the instruction, the quote cut to fit ``max_length``, the "Topic:" cue."""
     prefix = tokenizer(PROMPT_PREFIX.format(labels=", ".join(label_names)), add_special_tokens=False).input_ids
     suffix = tokenizer(PROMPT_SUFFIX, add_special_tokens=False).input_ids
@@ -50,6 +52,7 @@ class PromptClassification(LabelledTextKind):
     """The causal LM's next-token logits over the label tokens are the class logits."""
 
     name: ClassVar[str] = "prompt-classification"
+
     def load_base(self, spec: TaskSpec, train: TaskData, quantized: Quantized | None) -> nn.Module:
         """The causal LM."""
         return load_causal_lm(spec.model, quantized)

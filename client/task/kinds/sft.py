@@ -41,7 +41,7 @@ def conversations(spec: TaskSpec) -> Dataset:
 
 def tokenized(data: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: int, split: str) -> TaskData:
     """``data`` with ``input_ids`` and ``labels`` columns; conversations whose last response cannot fit
-    ``max_length`` are dropped and counted (never trained on cut)."""
+    ``max_length`` are dropped and their count logged (never trained on cut)."""
     ids, labels, keep = [], [], []
     for index, messages in enumerate(data.dataset["messages"]):
         encoded = encode_conversation(tokenizer, messages, max_length)
@@ -56,7 +56,7 @@ def tokenized(data: TaskData, tokenizer: PreTrainedTokenizerBase, max_length: in
     if not keep:
         raise ValueError(f"no {split} conversation fits max-length={max_length}: raise max-length")
     rows = data.dataset.select(keep).add_column("input_ids", ids).add_column("labels", labels)
-    return replace(data, dataset=rows, dropped=dropped)
+    return replace(data, dataset=rows)
 
 
 def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
