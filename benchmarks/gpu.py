@@ -131,46 +131,62 @@ def _update(entries: int, tensors: int = 20) -> dict[str, torch.Tensor]:
     return {f"layers.{i}.weight": torch.randn(size, generator=generator) * 1e-3 for i in range(tensors)}
 
 
+def _compeft_figures(update: dict[str, torch.Tensor], layout: dict[str, tuple[int, ...]], device: torch.device,
+                     repeats: int) -> dict[str, Any]:
+    """ComPEFT encode/decode medians on ``device`` (decode runs on the CPU, then copies to the device)."""
+    def encode(u: dict[str, torch.Tensor] = update) -> bytes:
+        return compeft.encode(u, density=COMPEFT_DENSITY)
+    payload = encode()
+
+    def decode(p: bytes = payload) -> dict[str, torch.Tensor]:
+        return {n: t.to(device) for n, t in compeft.decode(p, expected_layout=layout).items()}
+    figures = {"encode_s": _median_seconds(encode, device, repeats),
+               "decode_s": _median_seconds(decode, device, repeats), "payload_bytes": len(payload)}
+    if device.type == "cpu":  # the engine a CUDA update uses, here on the CPU
+        figures["encode_torch_engine_s"] = _median_seconds(
+            lambda u=update: compeft.encode(u, density=COMPEFT_DENSITY, engine="torch"), device, repeats)
+    return figures
+
+
+def _ferret_figures(update: dict[str, torch.Tensor], layout: dict[str, tuple[int, ...]], device: torch.device,
+                    repeats: int) -> dict[str, Any]:
+    """Ferret encode/decode medians on ``device`` (both run where the update is)."""
+    def encode(u: dict[str, torch.Tensor] = update) -> bytes:
+        return ferret.encode(u, **FERRET)
+    payload = encode()
+
+    def decode(p: bytes = payload, u: dict[str, torch.Tensor] = update) -> dict[str, torch.Tensor]:
+        return ferret.decode(p, like=u)
+    return {"encode_s": _median_seconds(encode, device, repeats),
+            "decode_s": _median_seconds(decode, device, repeats), "payload_bytes": len(payload)}
+
+
+# codec name, its options as measured, how to time it, and a note for the row.
+CODEC_BENCHES = (
+    ("compeft", {"density": COMPEFT_DENSITY, "scope": "global"}, _compeft_figures,
+     "compeft decodes on the CPU (numpy); its CUDA decode_s includes the copy to the GPU"),
+    ("ferret", {"dim": FERRET["dim"], "block_size": FERRET["block_size"]}, _ferret_figures, None),
+)
+
+
 def codec_rows(entries: int, repeats: int, cuda: bool) -> list[dict[str, Any]]:
     """Median encode/decode seconds of compeft and ferret on CPU and CUDA, and CUDA speed-ups."""
     update = _update(entries)
     layout = {name: tuple(t.shape) for name, t in update.items()}
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if cuda else [])
     rows = []
-    for codec in ("compeft", "ferret"):
+    for codec, options, figures, note in CODEC_BENCHES:
         row: dict[str, Any] = {"codec": codec, "entries": sum(t.numel() for t in update.values()),
-                               "tensors": len(update), "repeats": repeats}
-        row["options"] = ({"density": COMPEFT_DENSITY, "scope": "global"} if codec == "compeft"
-                          else {"dim": FERRET["dim"], "block_size": FERRET["block_size"]})
+                               "tensors": len(update), "repeats": repeats, "options": options}
         for device in devices:
-            on_device = {name: t.to(device) for name, t in update.items()}
-            if codec == "compeft":
-                def encode(u: dict[str, torch.Tensor] = on_device) -> bytes:
-                    return compeft.encode(u, density=COMPEFT_DENSITY)
-                payload = encode()
-
-                def decode(p: bytes = payload, d: torch.device = device) -> dict[str, torch.Tensor]:
-                    return {n: t.to(d) for n, t in compeft.decode(p, expected_layout=layout).items()}
-            else:
-                def encode(u: dict[str, torch.Tensor] = on_device) -> bytes:
-                    return ferret.encode(u, **FERRET)
-                payload = encode()
-
-                def decode(p: bytes = payload, u: dict[str, torch.Tensor] = on_device) -> dict[str, torch.Tensor]:
-                    return ferret.decode(p, like=u)
-            figures = {"encode_s": _median_seconds(encode, device, repeats),
-                       "decode_s": _median_seconds(decode, device, repeats), "payload_bytes": len(payload)}
-            if codec == "compeft" and device.type == "cpu":  # the engine a CUDA update uses, here on the CPU
-                figures["encode_torch_engine_s"] = _median_seconds(
-                    lambda u=on_device: compeft.encode(u, density=COMPEFT_DENSITY, engine="torch"), device, repeats)
-            row[device.type] = figures
+            row[device.type] = figures({name: t.to(device) for name, t in update.items()}, layout, device, repeats)
         if cuda:
             row["encode_speedup_cuda_vs_cpu"] = row["cpu"]["encode_s"] / row["cuda"]["encode_s"]
             row["decode_speedup_cuda_vs_cpu"] = row["cpu"]["decode_s"] / row["cuda"]["decode_s"]
         else:
             row["cuda"] = None
-        if codec == "compeft":
-            row["note"] = "compeft decodes on the CPU (numpy); its CUDA decode_s includes the copy to the GPU"
+        if note:
+            row["note"] = note
         rows.append(row)
     return rows
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulations.byzantine import ByzantineSetup, run  # noqa: E402
 from simulations.fuzzing import codec_targets, fuzz, meets_layout  # noqa: E402
+from strategies.codecs.registry import codec_settings  # noqa: E402
 
 DENSE_RULES = ("fedavg", "median", "trimmed-mean", "multi-krum", "norm-bound")
 TERNARY_RULES = ("fedavg", "sign-majority")
@@ -37,14 +38,15 @@ ATTACKS = ("sign-flip", "scale", "random")
 def byzantine_rows(base: ByzantineSetup) -> list[dict]:
     """Every attack x rule, beside the clean run of the same codec."""
     rows = []
-    for codec, rules in (("dense", DENSE_RULES), ("compeft", TERNARY_RULES)):
+    for codec, rules in ((codec_settings("dense"), DENSE_RULES),
+                         (codec_settings("compeft", density=0.2, alpha_scale=4.0), TERNARY_RULES)):
         clean_run = run(replace(base, codec=codec))
         clean = clean_run.accuracy
         for attack in ATTACKS:
             for rule in rules:
                 started = time.perf_counter()
                 result = run(replace(base, codec=codec, attack=attack, rule=rule))
-                rows.append({"codec": codec, "attack": attack, "rule": rule, "accuracy": result.accuracy,
+                rows.append({"codec": codec.codec, "attack": attack, "rule": rule, "accuracy": result.accuracy,
                              "clean_accuracy": clean, "base_accuracy": result.base_accuracy,
                              "loss": result.loss, "clean_loss": clean_run.loss,
                              "drop_points": 100 * (clean - result.accuracy),

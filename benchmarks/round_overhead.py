@@ -21,7 +21,7 @@ from client.task.loop import train_locally
 from client.task.partition import client_partition
 from server.run_config import resolve
 from simulations.simulate import simulate
-from strategies.codecs import encode_update
+from strategies.codecs.registry import encode_update
 from strategies.fedavg import subtract
 
 

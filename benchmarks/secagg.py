@@ -31,6 +31,7 @@ from itertools import count
 import numpy as np
 import torch
 
+from strategies.codecs.registry import CodecSettings
 from strategies.secagg import common, graph
 from strategies.secagg.aggregator import Aggregator
 from strategies.secagg.party import Party
@@ -51,7 +52,8 @@ def run_ours(updates: list[np.ndarray]) -> dict[str, float]:
     """One fedsqueeze SecAgg+ round; returns timings, bytes and the error of the mean."""
     n, size = len(updates), updates[0].size
     layout = {"update": (size,)}
-    encoding = SecureEncoding(codec="dense", quantizer=Quantizer(CLIP, PRECISION_BITS), parties=n, layout=layout)
+    encoding = SecureEncoding(settings=CodecSettings(), quantizer=Quantizer(CLIP, PRECISION_BITS), parties=n,
+                              layout=layout)
     parties = list(range(1, n + 1))
     k = graph.default_neighbours(n)
     setup = common.make_setup(1, parties, encoding.segments(), neighbours=k)

@@ -20,7 +20,7 @@ from client.task.loop import client_training_seed, train_locally
 from client.task.partition import client_partition
 from client.task.spec import TaskSpec
 from strategies import downlink
-from strategies.codecs import CodecSettings, decode_update, encode_update
+from strategies.codecs.registry import SEED_KEY, CodecSettings
 from strategies.fedavg import apply_update, l2_norm, subtract
 from strategies.privacy import DPSettings, privatize
 
@@ -69,7 +69,7 @@ def _receive_global(msg: Message, context: Context, settings: CodecSettings, lay
     message = messages.downlink_from_record(msg.content[messages.DOWNLINK])
     held, held_version = node_state.load_global(context.state)
     received = downlink.receive(message, settings.codec, held, held_version, layout=layout, base=base)
-    if settings.codec != "dense":
+    if settings.impl.keeps_state_on_clients:
         node_state.save_global(context.state, received, message.version)
     else:
         node_state.drop(context.state, node_state.GLOBAL_STATE, node_state.GLOBAL_VERSION)
@@ -108,9 +108,9 @@ def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _codec_encoder(settings: CodecSettings, round_id: int, seed: int | None
                    ) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
     def encode(delta: dict[str, torch.Tensor]) -> tuple[bytes, Sent]:
-        payload = encode_update(settings, delta, round_id=round_id, seed=seed)
+        payload = settings.encode(delta, round_id=round_id, seed=seed)
         layout = {name: tuple(t.shape) for name, t in delta.items()}
-        return payload, decode_update(settings.codec, payload, expected_round=round_id, expected_layout=layout)
+        return payload, settings.impl.decode(payload, expected_round=round_id, expected_layout=layout)
     return encode
 
 
@@ -148,7 +148,7 @@ def train(msg: Message, context: Context) -> Message:
                            lr=spec.lr, seed=client_training_seed(spec.seed, round_id, partition_id))
     delta = loaded.task.trainable_delta(received, on_device=True)  # DP and the codec run where training ran
     del received
-    seed = int(config["ferret-seed"]) if "ferret-seed" in config else None
+    seed = int(config[SEED_KEY]) if SEED_KEY in config else None
     secure_round = bool(config.get("secagg", False))
     extra: dict[str, float] = {}
     dp = DPSettings(float(config.get("dp-noise-multiplier", 0.0)), float(config.get("dp-clip", 0.0)))

@@ -13,11 +13,11 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client import messages
-from strategies.codecs import CodecSettings
+from strategies.codecs.registry import SEED_KEY, CodecSettings
 from strategies.secagg import audit, common
 from strategies.secagg.party import Party
 from strategies.secagg.ring import Quantizer
-from strategies.secagg.updates import PartyInput, SecureEncoding, encode_input, support_from_bytes
+from strategies.secagg.updates import PartyInput, SecureEncoding, encode_input
 
 PARTY_STATE = "secagg-party"
 STAGES = {"secagg_share": "share_keys", "secagg_mask": "masked_input", "secagg_unmask": "unmask"}
@@ -27,12 +27,10 @@ def encoding_for(config: dict, settings: CodecSettings, layout: dict[str, tuple[
                  ) -> SecureEncoding:
     """The round's SecureEncoding from the train config (the coordinator builds the same one)."""
     entries = sum(math.prod(shape) for shape in layout.values())
-    support = support_from_bytes(config["secagg-support"], entries) if settings.codec == "compeft" else None
-    return SecureEncoding(codec=settings.codec, quantizer=Quantizer(float(config["secagg-clip"]),
-                                                                    int(config["secagg-precision-bits"])),
-                          parties=parties, layout=layout, ferret_seed=int(config.get("ferret-seed", 0)),
-                          ferret_dim=settings.ferret_dim, ferret_block_size=settings.ferret_block_size,
-                          compeft_alpha_scale=settings.compeft_alpha_scale, support=support)
+    return SecureEncoding(settings=settings, quantizer=Quantizer(float(config["secagg-clip"]),
+                                                                 int(config["secagg-precision-bits"])),
+                          parties=parties, layout=layout, seed=int(config.get(SEED_KEY, 0)),
+                          support=settings.impl.secure_round_parameter(config, entries))
 
 
 def start(config: dict, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]],

@@ -24,9 +24,9 @@ from server.progress import RoundProgress
 from server.replies import stream_replies
 from server.run_config import DEFAULTS, RESUMABLE_CHANGES, RunConfig
 from server.secure_round import SecurePlan, SecureResult, plan_round, run_protocol
-from strategies.codecs import UpdateRejected, decode_update, ferret
+from strategies.codecs import UpdateRejected
 from strategies.codecs.dense import dense_fp32_bytes
-from strategies.codecs.registry import round_seed
+from strategies.codecs.registry import SEED_KEY, shared_seed
 from strategies.downlink import DownlinkPlanner, digest_prefix
 from strategies.privacy import PrivacyLedger
 
@@ -65,36 +65,22 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
 
 
 def acceptor(cfg: RunConfig, round_id: int, layout: dict[str, tuple[int, ...]]) -> Callable[[bytes], Any]:
-    """How this run checks one client's payload and turns it into something to aggregate.
-
-    Dense and ComPEFT payloads are decoded to tensors; a ferret payload is checked (round, seed, layout, sizes,
-    finite coefficients) and kept as coefficients, since the aggregate of coefficients is itself a payload.
-    """
+    """How this run checks one client's payload and turns it into what the round aggregates (the codec's
+    ``accept``: decoded tensors, or checked Ferret coefficients), within the run's size and norm bounds."""
     max_bytes = byte_limit(cfg, layout)
-    if cfg.codec == "ferret":
-        seed = round_seed(cfg.seed, round_id)
+    codec = cfg.uplink.impl
+    seed = shared_seed(codec, cfg.seed, round_id)
 
-        def check(payload: bytes) -> bytes:
-            check_norm(cfg, ferret.parse(payload, expected_seed=seed, expected_round=round_id,
-                                         expected_layout=layout, max_bytes=max_bytes))
-            return payload
-        return check
-
-    def decode(payload: bytes) -> dict[str, torch.Tensor]:
-        update = decode_update(cfg.codec, payload, expected_round=round_id, expected_layout=layout,
-                               max_bytes=max_bytes)
-        check_norm(cfg, update)
-        return update
-    return decode
+    def accept(payload: bytes) -> Any:
+        contribution = codec.accept(payload, round_id=round_id, layout=layout, max_bytes=max_bytes, seed=seed)
+        check_norm(cfg, contribution, codec)
+        return contribution
+    return accept
 
 
 def _aggregate_and_apply(planner: DownlinkPlanner, aggregator: RoundAggregator) -> None:
     """Finish the round's aggregate (tensors, or Ferret coefficients) by the run's rule; advance the global state."""
-    result = aggregator.result()
-    if isinstance(result, bytes):
-        planner.advance_encoded(result)
-    else:
-        planner.advance(result)
+    aggregator.result().apply_to(planner)
 
 
 def _secure_aggregate(grid: Grid, cfg: RunConfig, plan: SecurePlan, outcome: RoundOutcome, round_id: int
@@ -211,7 +197,8 @@ def _order_key(node: int, client: dict[str, Any]) -> tuple[bool, int, int]:
 def _train_messages(node_ids: list[int], planner: DownlinkPlanner, cfg: RunConfig, round_id: int,
                     secure: SecurePlan | None = None) -> tuple[list[Message], dict[int, int]]:
     """One train message per node (with the downlink that node needs) and the exact bytes sent down to each."""
-    seed = {"ferret-seed": round_seed(cfg.seed, round_id)} if cfg.codec == "ferret" else {}
+    shared = shared_seed(cfg.uplink.impl, cfg.seed, round_id)
+    seed = {SEED_KEY: shared} if shared is not None else {}
     extra = secure.train_config if secure is not None else {}
     train_config = ConfigRecord({**cfg.task.to_record(), **cfg.codec_options(), "round": round_id, **seed,
                                  "clients-per-round": len(node_ids), **extra})
@@ -334,14 +321,14 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks)
             round_started = time.perf_counter()
             sampled = sorted(sampler.sample(node_ids, per_round))
             progress.status(f"round {round_id}: training on {len(sampled)} clients")
-            secure = (plan_round(cfg, round_id, sampled, layout,
-                                 round_seed(cfg.seed, round_id) if cfg.codec == "ferret" else None, previous_update)
+            secure = (plan_round(cfg, round_id, sampled, layout, shared_seed(cfg.uplink.impl, cfg.seed, round_id),
+                                 previous_update)
                       if cfg.secure.enabled else None)
             train_messages, bytes_down = _train_messages(sampled, planner, cfg, round_id, secure)
             sent_digest = planner.digest()
             replies = stream_replies(grid, train_messages, cfg.round_timeout_s)
             del train_messages
-            aggregator = RoundAggregator(cfg.aggregation, planner.version + 1)
+            aggregator = RoundAggregator(cfg.aggregation, planner.version + 1, cfg.uplink.impl)
             if secure is None:
                 outcome = collect_replies(replies, bytes_down, acceptor(cfg, round_id, layout), sent_digest,
                                           sink=aggregator)
@@ -359,11 +346,9 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks)
             for problem in outcome.failures + outcome.rejections:
                 log.warning("round %d: %s", round_id, problem)
             if applied and secure_result is not None:
-                if isinstance(secure_result.update, bytes):
-                    planner.advance_encoded(secure_result.update)
-                else:
-                    planner.advance(secure_result.update)
-                    previous_update = secure_result.update
+                assert secure_result.update is not None
+                secure_result.update.apply_to(planner)
+                previous_update = secure_result.update.delta
             elif applied:
                 try:
                     _aggregate_and_apply(planner, aggregator)

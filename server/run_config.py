@@ -13,8 +13,7 @@ from pathlib import Path
 from client.task.partition import PARTITIONERS
 from client.task.presets import PRESETS
 from client.task.spec import TaskSpec
-from strategies.codecs.compeft import SCOPES
-from strategies.codecs.registry import CODEC_NAMES, CodecSettings
+from strategies.codecs.registry import CODEC_NAMES, CODECS, CodecSettings, CompeftOptions, get_codec
 from strategies.privacy import DPSettings
 from strategies.robust import AGGREGATION_RULES
 from strategies.secagg import graph
@@ -209,34 +208,7 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         task_values[key] = values[key]
     if values["trainable"] == "full" and values["lr"] in (0, 0.0):
         task_values["lr"] = preset["full-lr"]  # full-parameter tuning wants a far smaller step than LoRA
-    for key in ("codec", "downlink-codec"):
-        if values[key] not in CODEC_NAMES:
-            raise ConfigError(f"unknown {key} '{values[key]}' (choose from {', '.join(CODEC_NAMES)})")
-    ferret_up, ferret_down = values["codec"] == "ferret", values["downlink-codec"] == "ferret"
-    if ferret_down and not ferret_up:
-        raise ConfigError("downlink-codec 'ferret' needs codec 'ferret' (the downlink carries aggregated coefficients)")
-    if ferret_up and values["downlink-codec"] not in ("dense", "ferret"):
-        raise ConfigError("with codec 'ferret' the downlink is the aggregated coefficients: leave downlink-codec at "
-                          f"'dense' (or 'ferret'), not '{values['downlink-codec']}'")
-    for key in ("compeft-density", "downlink-density"):
-        if not 0.0 < float(values[key]) <= 1.0:
-            raise ConfigError(f"{key} must be in (0, 1], got {values[key]}")
-    if not 0.0 < float(values["compeft-alpha-scale"]) < float("inf"):
-        raise ConfigError(f"compeft-alpha-scale must be positive, got {values['compeft-alpha-scale']}")
-    if values["compeft-scope"] not in SCOPES:
-        raise ConfigError(f"compeft-scope '{values['compeft-scope']}' is not one of {', '.join(SCOPES)}")
-    try:
-        uplink = CodecSettings(codec=str(values["codec"]), dense_dtype=str(values["dense-dtype"]),
-                               compeft_density=float(values["compeft-density"]),
-                               compeft_alpha_scale=float(values["compeft-alpha-scale"]),
-                               compeft_scope=str(values["compeft-scope"]), ferret_dim=int(values["ferret-dim"]),
-                               ferret_block_size=int(values["ferret-block-size"]))
-        downlink = uplink if ferret_up else CodecSettings(
-            codec=str(values["downlink-codec"]), dense_dtype="fp32",
-            compeft_density=float(values["downlink-density"]),
-            compeft_alpha_scale=float(values["compeft-alpha-scale"]), compeft_scope=str(values["compeft-scope"]))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    uplink, downlink = _codec_settings(values)
     if task_values["partitioner"] not in PARTITIONERS:
         raise ConfigError(f"partitioner '{task_values['partitioner']}' is not one of {', '.join(PARTITIONERS)}")
     if int(values["eval-every"]) < 1:
@@ -291,6 +263,29 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
     )
 
 
+def _codec_settings(values: Mapping[str, object]) -> tuple[CodecSettings, CodecSettings]:
+    """The uplink and downlink codecs with their options; a codec whose aggregate is a payload (Ferret) is its
+    own downlink."""
+    for key in ("codec", "downlink-codec"):
+        if values[key] not in CODEC_NAMES:
+            raise ConfigError(f"unknown {key} '{values[key]}' (choose from {', '.join(CODEC_NAMES)})")
+    up, down = get_codec(str(values["codec"])), get_codec(str(values["downlink-codec"]))
+    if not 0.0 < float(values["downlink-density"]) <= 1.0:  # type: ignore[arg-type]
+        raise ConfigError(f"downlink-density must be in (0, 1], got {values['downlink-density']}")
+    try:
+        up.check_downlink(down)
+        for codec in CODECS.values():  # every codec's keys are checked, chosen or not
+            codec.options_type.from_record(values)
+        uplink = CodecSettings(up.name, up.options_type.from_record(values))
+        if up.aggregate_is_payload:
+            return uplink, uplink
+        options = (CompeftOptions.from_record({**values, "compeft-density": values["downlink-density"]})
+                   if down.options_type is CompeftOptions else down.options_type())
+        return uplink, CodecSettings(down.name, options)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def _aggregation_settings(values: Mapping[str, object], secure: bool) -> AggregationSettings:
     """Check the aggregation keys: a known rule, sane options, and no robust rule where no single update is seen."""
     rule = str(values["aggregation"])
@@ -299,7 +294,7 @@ def _aggregation_settings(values: Mapping[str, object], secure: bool) -> Aggrega
     if rule != "fedavg" and secure:
         raise ConfigError(f"aggregation={rule} needs each client's update, which secure aggregation hides: "
                           "use aggregation=fedavg with secagg=true (bound updates with secagg-clip and DP instead)")
-    if rule == "sign-majority" and values["codec"] != "compeft":
+    if rule == "sign-majority" and not get_codec(str(values["codec"])).ternary:
         raise ConfigError("aggregation=sign-majority votes on ternary ComPEFT updates: it needs codec=compeft")
     trim = float(values["aggregation-trim"])  # type: ignore[arg-type]
     if not 0.0 <= trim < 0.5:
@@ -321,11 +316,11 @@ def _secure_settings(values: Mapping[str, object], task: TaskSpec, per_round: in
         raise ConfigError("compeft-support=shared is the secure-aggregation mode of compeft: it needs secagg=true")
     if not enabled:
         return SecureSettings()
-    if values["codec"] == "compeft" and support != "shared":
-        raise ConfigError("codec=compeft with secagg=true needs compeft-support=shared: with per-client supports "
-                          "the coordinator would see every client's kept positions")
-    if values["codec"] == "dense" and values["dense-dtype"] != "fp32":
-        raise ConfigError("with secagg=true updates are quantised into the ring: leave dense-dtype at fp32")
+    uplink = _codec_settings(values)[0]
+    try:
+        uplink.impl.check_secure(uplink.options, shared_support=support == "shared")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if per_round < 2:
         raise ConfigError(f"secagg=true needs at least 2 clients per round, this run samples {per_round}")
     neighbours = int(values["secagg-neighbours"]) or graph.default_neighbours(per_round)  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ messages, and return only the survivors' mean update."""
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,18 +16,12 @@ from flwr.serverapp import Grid
 from client import messages
 from server.replies import stream_replies
 from server.run_config import RunConfig
+from strategies.codecs.kinds.base import Aggregate
 from strategies.secagg import audit, common
 from strategies.secagg.aggregator import Aggregator
 from strategies.secagg.errors import SecAggAbort
 from strategies.secagg.ring import Quantizer
-from strategies.secagg.updates import (
-    SecureEncoding,
-    choose_support,
-    flatten,
-    mean_coefficients,
-    mean_update,
-    support_to_bytes,
-)
+from strategies.secagg.updates import SecureEncoding, mean_update
 
 log = logging.getLogger("fedsqueeze")
 STAGES = (("secagg_share", "route_shares"), ("secagg_mask", "collect_masked"), ("secagg_unmask", "finish"))
@@ -50,9 +43,9 @@ class SecurePlan:
 
 @dataclass
 class SecureResult:
-    """What the protocol gave: the mean update (tensors, or a ferret payload), survivors and dropouts."""
+    """What the protocol gave: the survivors' mean as the codec's aggregate, survivors and dropouts."""
 
-    update: dict[str, torch.Tensor] | bytes | None = None
+    update: Aggregate | None = None
     survivors: list[int] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -60,21 +53,13 @@ class SecureResult:
 
 
 def plan_round(cfg: RunConfig, round_id: int, parties: list[int], layout: dict[str, tuple[int, ...]],
-               ferret_seed: int | None, previous_update: dict[str, torch.Tensor] | None) -> SecurePlan:
+               shared_seed: int | None, previous_update: dict[str, torch.Tensor] | None) -> SecurePlan:
     """The round's SecAggSetup over ``parties`` and the encoding every party must use."""
-    settings = cfg.uplink
-    entries = sum(math.prod(shape) for shape in layout.values())
-    support = None
-    extra: dict[str, Any] = {}
-    if settings.codec == "compeft":
-        previous = flatten(previous_update, layout) if previous_update is not None else None
-        support = choose_support(previous, settings.compeft_density, entries,
-                                 f"fedsqueeze-support:{cfg.seed}:{round_id}".encode())
-        extra["secagg-support"] = support_to_bytes(support, entries)
-    encoding = SecureEncoding(codec=settings.codec, quantizer=Quantizer(cfg.secure.clip, cfg.secure.precision_bits),
-                              parties=len(parties), layout=dict(layout), ferret_seed=ferret_seed or 0,
-                              ferret_dim=settings.ferret_dim, ferret_block_size=settings.ferret_block_size,
-                              compeft_alpha_scale=settings.compeft_alpha_scale, support=support)
+    codec = cfg.uplink.impl
+    tag = f"fedsqueeze-support:{cfg.seed}:{round_id}".encode()
+    support, extra = codec.secure_round_config(cfg.uplink.options, layout, previous_update, tag)
+    encoding = SecureEncoding(settings=cfg.uplink, quantizer=Quantizer(cfg.secure.clip, cfg.secure.precision_bits),
+                              parties=len(parties), layout=dict(layout), seed=shared_seed or 0, support=support)
     # The run config checked neighbours and threshold against this many clients per round.
     setup = common.make_setup(round_id, parties, encoding.segments(), neighbours=cfg.secure.neighbours,
                               threshold=cfg.secure.threshold)
@@ -142,9 +127,6 @@ def run_protocol(grid: Grid, plan: SecurePlan, keys: dict[int, bytes], round_id:
     result.survivors, result.dropped = aggregator.survivors, aggregator.dropped
     audit.record(f"round{round_id}-sum", sums, survivors=np.array(aggregator.survivors, dtype=np.uint64))
     count = len(aggregator.survivors)
-    if plan.encoding.codec == "ferret":
-        result.update = mean_coefficients(plan.encoding, sums, count, round_id)
-    else:
-        result.update = mean_update(plan.encoding, sums, count)
+    result.update = mean_update(plan.encoding, sums, count, round_id)
     return result
 

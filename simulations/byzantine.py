@@ -10,7 +10,7 @@ attacks and rules fits in a benchmark.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from datasets import concatenate_datasets
@@ -22,7 +22,7 @@ from server.aggregation import aggregate
 from server.run_config import AggregationSettings, resolve
 from simulations.attacks.federated import run_federation
 from simulations.faults import attacked_tensor
-from strategies.codecs import compeft
+from strategies.codecs.registry import CodecSettings
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,8 @@ class ByzantineSetup:
     rule: str = "fedavg"
     rounds: int = 3
     local_steps: int = 5
-    codec: str = "dense"  # or "compeft" (ternary updates: what sign-majority votes on)
-    compeft_density: float = 0.2
+    # The codec every update passes through (ComPEFT's ternary updates are what sign-majority votes on).
+    codec: CodecSettings = field(default_factory=CodecSettings)
     seed: int = 0
 
 
@@ -66,9 +66,8 @@ def run(setup: ByzantineSetup) -> ByzantineResult:
         for client, update in enumerate(updates):
             if client in setup.byzantine and setup.attack != "none":
                 update = {n: attacked_tensor(t, setup.attack, generator) for n, t in update.items()}
-            if setup.codec == "compeft":
-                payload = compeft.encode(update, density=setup.compeft_density, alpha_scale=4.0, round_id=round_id)
-                update = {n: t.float() for n, t in compeft.decode(payload, expected_round=round_id).items()}
+            payload = setup.codec.encode(update, round_id=round_id)
+            update = setup.codec.impl.decode(payload, expected_round=round_id, expected_layout=None)
             seen.append(update)
         return aggregate(rule, seen, weights, round_id=round_id), 0
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from client import messages
 from client.app import secagg_mask, secagg_share, secagg_unmask, train
-from strategies.codecs import ferret
-from strategies.codecs.registry import CodecSettings, decode_update, encode_update
+from strategies.codecs.registry import CodecSettings
 
 BYZANTINE_ATTACKS = ("sign-flip", "scale", "random")
 SCALE = 100.0
@@ -59,16 +57,10 @@ def byzantine_payload(payload: bytes, config: dict, attack: str, seed: int) -> b
     if attack not in BYZANTINE_ATTACKS:
         raise ValueError(f"unknown byzantine attack '{attack}' (choose from {', '.join(BYZANTINE_ATTACKS)})")
     settings = CodecSettings.from_record(config)
-    round_id = int(config["round"])
     generator = torch.Generator().manual_seed(seed)
-    if settings.codec == "ferret":
-        parsed = ferret.parse(payload)
-        lied = attacked_tensor(torch.from_numpy(parsed.coefficients.copy()), attack, generator).numpy()
-        return ferret.pack(np.asarray(lied, dtype=np.float32), seed=parsed.seed, plan=parsed.plan,
-                           layout_sha256=parsed.layout_sha256, round_id=parsed.round_id)
-    update = decode_update(settings.codec, payload, expected_round=round_id, expected_layout=None)  # type: ignore[arg-type]
-    return encode_update(settings, {n: attacked_tensor(t, attack, generator) for n, t in update.items()},
-                         round_id=round_id)
+    return settings.impl.map_values(payload, settings.options,
+                                    lambda values: attacked_tensor(values, attack, generator),
+                                    round_id=int(config["round"]))
 
 
 def client_app_with_byzantine(partitions: set[int], attack: str) -> ClientApp:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from strategies.codecs import CodecSettings, decode_update, dense, encode_update
+from strategies.codecs import dense
 from strategies.codecs.envelope import Layout
+from strategies.codecs.registry import CodecSettings, get_codec
 from strategies.fedavg import apply_update, subtract
 
 FULL = "full"
@@ -79,7 +80,7 @@ class DownlinkPlanner:
     @property
     def compressed(self) -> bool:
         """Whether clients keep the state between rounds and receive compressed aggregates."""
-        return self.settings.codec != "dense"
+        return self.settings.impl.keeps_state_on_clients
 
     def full_payload(self) -> bytes:
         """The whole current state as a dense fp32 payload (cached per version)."""
@@ -115,16 +116,16 @@ class DownlinkPlanner:
 
     def advance(self, delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Apply this round's aggregate ``delta``; returns what was applied (the decoded compressed delta)."""
-        if self.settings.codec == "ferret":
-            raise ValueError("a ferret aggregate is a payload: use advance_encoded")
+        if self.settings.impl.aggregate_is_payload:
+            raise ValueError(f"a {self.settings.codec} aggregate is a payload: use advance_encoded")
         self.version += 1
         if not self.compressed:
             self.state = apply_update(self.state, delta)
             return delta
         target = delta if self.residual is None else apply_update(delta, self.residual)
-        payload = encode_update(self.settings, target, round_id=self.version)
+        payload = self.settings.encode(target, round_id=self.version)
         layout = {name: tuple(t.shape) for name, t in self.state.items()}
-        applied = decode_update(self.settings.codec, payload, expected_round=self.version, expected_layout=layout)
+        applied = self.settings.impl.decode(payload, expected_round=self.version, expected_layout=layout)
         self.residual = subtract(target, applied)
         self._record(payload)
         self.state = apply_update(self.state, applied)
@@ -134,7 +135,7 @@ class DownlinkPlanner:
         """Apply an aggregate that is already a payload (ferret: combined coefficients); returns its decode."""
         self.version += 1
         layout = {name: tuple(t.shape) for name, t in self.state.items()}
-        applied = decode_update(self.settings.codec, payload, expected_round=self.version, expected_layout=layout)
+        applied = self.settings.impl.decode(payload, expected_round=self.version, expected_layout=layout)
         self._record(payload)
         self.state = apply_update(self.state, applied)
         return applied
@@ -168,9 +169,9 @@ def receive(message: DownlinkMessage, codec: str, held: dict[str, torch.Tensor] 
                             f"{'nothing' if held is None else f'version {held_version}'}")
         state = held
         shapes = {name: tuple(t.shape) for name, t in held.items()}
+        decoder = get_codec(codec)
         for offset, payload in enumerate(message.payloads, start=1):
-            delta = decode_update(codec, payload, expected_round=message.base_version + offset,
-                                  expected_layout=shapes)
+            delta = decoder.decode(payload, expected_round=message.base_version + offset, expected_layout=shapes)
             state = apply_update(state, delta)
         if message.base_version + len(message.payloads) != message.version:
             raise OutOfSync(f"{len(message.payloads)} payloads from version {message.base_version} do not reach "

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strategies.codecs import CodecSettings, UpdateRejected, ferret
+from strategies.codecs import UpdateRejected, ferret
+from strategies.codecs.registry import CodecSettings, codec_settings
 from strategies.downlink import DELTAS, FULL, DownlinkMessage, DownlinkPlanner, OutOfSync, receive, state_digest
 
-COMPEFT = CodecSettings(codec="compeft", compeft_density=0.1)
+COMPEFT = codec_settings("compeft", density=0.1)
 
 
 def _state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -98,7 +99,7 @@ def test_client_refuses_what_it_cannot_apply() -> None:
     assert state_digest(receive(message, "compeft", start, 0)) == message.digest
 
 
-FERRET = CodecSettings(codec="ferret", ferret_dim=16, ferret_block_size=128)
+FERRET = codec_settings("ferret", dim=16, block_size=128)
 
 
 def _ferret_aggregate(round_id: int, state: dict[str, torch.Tensor]) -> bytes:

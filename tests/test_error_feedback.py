@@ -7,9 +7,9 @@ from flwr.app import Context, RecordDict
 
 from client import node_state
 from client.app import _codec_encoder, _encode_with_feedback
-from strategies.codecs import CodecSettings, decode_update
+from strategies.codecs.registry import CodecSettings, codec_settings, decode_update
 
-SETTINGS = CodecSettings(codec="compeft", compeft_density=0.05)
+SETTINGS = codec_settings("compeft", density=0.05)
 
 
 def _context() -> Context:

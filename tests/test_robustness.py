@@ -12,7 +12,8 @@ from server.run_config import AggregationSettings, ConfigError, resolve
 from simulations.byzantine import ByzantineSetup, run
 from simulations.faults import SCALE, byzantine_payload
 from strategies.codecs import compeft, dense, ferret
-from strategies.codecs.registry import CodecSettings
+from strategies.codecs.kinds.ferret import FERRET
+from strategies.codecs.registry import CodecSettings, codec_settings
 
 
 def test_aggregation_keys_are_checked() -> None:
@@ -37,7 +38,7 @@ def test_byzantine_payloads_are_well_formed_lies_of_the_same_codec() -> None:
     assert torch.equal(flipped["a"], -update["a"])
     scaled = dense.decode(byzantine_payload(dense.encode(update, round_id=4), config, "scale", 1), expected_round=4)
     torch.testing.assert_close(scaled["b"], update["b"] * SCALE)
-    config = {"round": 4, **CodecSettings(codec="compeft", compeft_density=0.5).to_record()}
+    config = {"round": 4, **codec_settings("compeft", density=0.5).to_record()}
     honest = compeft.encode(update, density=0.5, round_id=4)
     lied = compeft.decode(byzantine_payload(honest, config, "sign-flip", 1), expected_round=4)
     assert torch.equal(torch.sign(lied["a"]), -torch.sign(compeft.decode(honest)["a"]))
@@ -55,11 +56,11 @@ def test_robust_rules_run_on_ferret_coefficients_and_return_a_payload() -> None:
     generator = torch.Generator().manual_seed(1)
     payloads = [ferret.encode({"w": torch.randn(40, generator=generator)}, seed=3, dim=4, block_size=16,
                               round_id=2) for _ in range(5)]
-    median = aggregate(AggregationSettings("median"), payloads, [1.0] * 5, round_id=2)
+    median = aggregate(AggregationSettings("median"), payloads, [1.0] * 5, round_id=2, codec=FERRET)
     want = torch.stack([torch.from_numpy(ferret.parse(p).coefficients) for p in payloads]).median(dim=0).values
     torch.testing.assert_close(torch.from_numpy(ferret.parse(median).coefficients), want)
     with pytest.raises(ValueError, match="n"):
-        aggregate(AggregationSettings("krum", byzantine=2), payloads, [1.0] * 5, round_id=2)
+        aggregate(AggregationSettings("krum", byzantine=2), payloads, [1.0] * 5, round_id=2, codec=FERRET)
 
 
 SMALL = {"clients": 5, "byzantine": (0,), "rounds": 2, "local_steps": 4}

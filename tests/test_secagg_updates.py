@@ -10,6 +10,7 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from strategies.codecs import ferret
+from strategies.codecs.registry import codec_settings
 from strategies.privacy import DPSettings, PrivacyLedger, privatize
 from strategies.secagg import common
 from strategies.secagg.ring import Quantizer
@@ -35,8 +36,9 @@ def _updates(parties: list[int], seed: int = 0) -> dict[int, dict[str, torch.Ten
 
 
 def _encoding(codec: str, parties: int, support: np.ndarray | None = None) -> SecureEncoding:
-    return SecureEncoding(codec=codec, quantizer=Quantizer(0.02, 16), parties=parties, layout=dict(LAYOUT),
-                          ferret_seed=12345, ferret_dim=16, ferret_block_size=128, support=support)
+    options = {"ferret": {"dim": 16, "block_size": 128}}.get(codec, {})
+    return SecureEncoding(settings=codec_settings(codec, **options), quantizer=Quantizer(0.02, 16), parties=parties,
+                          layout=dict(LAYOUT), seed=12345, support=support)
 
 
 def _secure_sum(encoding: SecureEncoding, updates: dict[int, dict[str, torch.Tensor]], drops: Dropouts | None = None

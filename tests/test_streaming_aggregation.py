@@ -18,6 +18,7 @@ from server.replies import stream_replies
 from server.run_config import AggregationSettings
 from strategies import robust
 from strategies.codecs import dense, ferret
+from strategies.codecs.kinds.ferret import FERRET
 from strategies.codecs.registry import decode_update
 from strategies.downlink import digest_prefix
 from strategies.exact_sum import LARGEST, ExactSum
@@ -137,12 +138,13 @@ def test_ferret_payloads_are_held_and_combined_in_partition_order() -> None:
                 for _ in range(3)]
     results = []
     for order in ((0, 1, 2), (2, 0, 1)):
-        agg = RoundAggregator(AggregationSettings(rule="fedavg"), ROUND)
+        agg = RoundAggregator(AggregationSettings(rule="fedavg"), ROUND, FERRET)
         for i in order:
             agg.add((False, i, 100 + i), payloads[i], float(i + 1))
         results.append(agg.result())
     assert isinstance(results[0], bytes) and results[0] == results[1]
-    assert results[0] == aggregate(AggregationSettings(), payloads, [1.0, 2.0, 3.0], round_id=ROUND)
+    assert results[0] == aggregate(AggregationSettings(), payloads, [1.0, 2.0, 3.0], round_id=ROUND,
+                                    codec=FERRET)
     assert ferret.decode(results[0], like=layout)["w"].shape == (300,)
 
 

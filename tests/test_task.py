@@ -111,5 +111,7 @@ def test_classification_kinds_reproduce_their_figures_from_before_the_task_inter
     expected = PRE_INTERFACE[preset]
     assert trained.train_loss == pytest.approx(expected["train_loss"], rel=1e-6)
     assert scores["accuracy"] == expected["accuracy"]
-    assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    # rel 1e-5: the same code at the recording commit gives a held-out loss 1.4e-6 (relative) apart on another
+    # x86 CPU's float kernels (fortunes preset; accuracy and the rest agree).
+    assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert state_sum == pytest.approx(expected["state_sum"], rel=1e-6)

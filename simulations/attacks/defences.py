@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from strategies.codecs import compeft, dense, ferret
+from strategies.codecs import dense
+from strategies.codecs.registry import CodecSettings, codec_settings
 from strategies.fedavg import l2_norm
 from strategies.privacy import DPSettings, privatize
 from strategies.secagg.ring import Quantizer, ring_bits
@@ -25,6 +26,12 @@ from strategies.secagg.ring import Quantizer, ring_bits
 DEFAULT_DEFENCES = ("none", "compeft-0.2", "compeft-0.05", "compeft-0.01", "ferret-64", "ferret-1024",
                     "secagg-2", "secagg-8", "secagg-32", "dp-0.1", "dp-1", "ferret-64+secagg-8", "dp-1+secagg-8")
 Update = dict[str, torch.Tensor]
+# Codec defences by the name a defence uses, and the codec settings its parameter gives (ComPEFT per tensor, so
+# that each tensor keeps its own top-k; Ferret with the default block size).
+CODEC_DEFENCES = {
+    "compeft": lambda value: codec_settings("compeft", density=value, scope="tensor"),
+    "ferret": lambda value: codec_settings("ferret", dim=int(value)),
+}
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,7 @@ class Step:
         if text == "none":
             return cls("none", 0.0)
         kind, _, value = text.partition("-")
-        if kind not in ("compeft", "ferret", "secagg", "dp") or not value:
+        if kind not in (*CODEC_DEFENCES, "secagg", "dp") or not value:
             raise ValueError(f"unknown defence '{text}' (none, compeft-<density>, ferret-<dim>, secagg-<n>, "
                              "dp-<noise multiplier>, joined with '+')")
         return cls(kind, float(value))
@@ -81,8 +88,13 @@ def observe(name: str, victim: Update, others_sum: dict[int, Update], *, round_i
     """
     steps = parse(name)
     secure = next((int(s.value) for s in steps if s.kind == "secagg"), 0)
-    if secure and any(s.kind == "compeft" for s in steps):
-        raise ValueError("compeft with per-client supports cannot be securely aggregated")
+    for step in steps:
+        if secure and step.kind in CODEC_DEFENCES:
+            codec = codec_settings_for(step)
+            try:  # ComPEFT: per-client supports would be seen
+                codec.impl.check_secure(codec.options, shared_support=False)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {step.kind} cannot be securely aggregated ({exc})") from exc
     mine = dict(victim)
     rest = others_sum.get(secure - 1) if secure > 1 else None
     if secure > 1 and rest is None:
@@ -99,18 +111,15 @@ def observe(name: str, victim: Update, others_sum: dict[int, Update], *, round_i
             if rest is not None:
                 std = settings.noise_std(secure, True) * math.sqrt(secure - 1)
                 rest = {n: t + torch.randn(t.shape, generator=generator) * std for n, t in rest.items()}
-        elif step.kind == "compeft":
-            payload = compeft.encode(mine, density=step.value, scope="tensor")
-            nbytes = len(payload)
-            mine = {n: t.float() for n, t in compeft.decode(payload).items()}
-        elif step.kind == "ferret":
-            seed, dim = 1_000 + round_id, int(step.value)
-            if rest is not None:  # linear: the projection of the round's sum is the sum of the projections
+        elif step.kind in CODEC_DEFENCES:
+            codec = codec_settings_for(step)
+            if rest is not None and codec.impl.aggregate_is_payload:
+                # linear: the projection of the round's sum is the sum of the projections
                 mine, rest = {n: mine[n] + rest[n] for n in victim}, None
                 summed = True
-            payload = ferret.encode(mine, seed=seed, dim=dim, block_size=65536)
+            payload = codec.encode(mine, round_id=0, seed=1_000 + round_id)
             nbytes = len(payload)
-            mine = ferret.decode(payload, like=victim)
+            mine = codec.impl.decode(payload, expected_round=0, expected_layout={n: t.shape for n, t in victim.items()})
         elif step.kind == "secagg":
             nbytes = nbytes * ring_bits(secure, Quantizer(1.0, 16).levels) // 32  # b-bit words for fp32 ones
             if rest is not None:
@@ -118,6 +127,11 @@ def observe(name: str, victim: Update, others_sum: dict[int, Update], *, round_i
             if rest is not None or summed:
                 mine = {n: mine[n] / secure for n in victim}
     return mine, int(nbytes)
+
+
+def codec_settings_for(step: Step) -> CodecSettings:
+    """The codec settings of a codec defence step (``compeft-0.05``, ``ferret-64``)."""
+    return CODEC_DEFENCES[step.kind](step.value)
 
 
 def typical_norm(updates: list[Update]) -> float:

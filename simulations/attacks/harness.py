@@ -34,6 +34,7 @@ from simulations.attacks.federated import run_federation
 from simulations.attacks.reconstruction import ReconstructionSettings, random_tokens, reconstruct
 from simulations.attacks.victim import LocalTraining, local_update, task_update
 from strategies.codecs import dense
+from strategies.codecs.registry import CodecSettings
 from strategies.fedavg import l2_norm
 from strategies.privacy import DPSettings, privatize
 from strategies.secagg.ring import Quantizer
@@ -315,14 +316,14 @@ def _federated_defence(name: str, clip: float, secagg_clip: float, generator: to
             for step in steps:
                 if step.kind == "dp":
                     view = privatize(view, DPSettings(step.value, clip), len(updates), secure, generator)[0]
-                elif step.kind in ("compeft", "ferret"):
+                elif step.kind in defences.CODEC_DEFENCES:
                     view, nbytes = defences.observe(f"{step.kind}-{step.value:g}", view, {}, round_id=round_id,
                                                     dp_clip=clip, generator=generator)
             views.append(view)
         if not secure:
             return {n: sum(v[n] for v in views) / len(views) for n in views[0]}, nbytes
         layout = {n: tuple(t.shape) for n, t in views[0].items()}
-        encoding = SecureEncoding(codec="dense", quantizer=Quantizer(secagg_clip, 16), parties=len(views),
+        encoding = SecureEncoding(settings=CodecSettings(), quantizer=Quantizer(secagg_clip, 16), parties=len(views),
                                   layout=layout)
         rng = np.random.default_rng(round_id)
         total = sum(encode_input(encoding, v, rng).words[0] for v in views)

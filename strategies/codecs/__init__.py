@@ -1,6 +1,9 @@
-"""Codecs turn an update (named tensors) into wire bytes (protos fedsqueeze.v1.EncodedUpdate) and back."""
+"""Codecs turn an update (named tensors) into wire bytes (protos fedsqueeze.v1.EncodedUpdate) and back.
+
+The wire formats live in ``dense``, ``compeft`` and ``ferret``; each codec's behaviour in the system in
+``kinds/``; ``registry`` maps names to codecs.
+"""
 
 from strategies.codecs.errors import UpdateRejected
-from strategies.codecs.registry import CODEC_NAMES, CodecSettings, decode_update, encode_update
 
-__all__ = ["CODEC_NAMES", "CodecSettings", "UpdateRejected", "decode_update", "encode_update"]
+__all__ = ["UpdateRejected"]

@@ -19,6 +19,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,7 +31,10 @@ from strategies.codecs.position_coding import BITMAP, RICE, CodedPositions, deco
 from strategies.random_basis import BlockPlan
 from strategies.secagg.ring import Quantizer, ring_bits
 
-SECURE_CODECS = ("dense", "ferret", "compeft")
+if TYPE_CHECKING:
+    from strategies.codecs.kinds.base import Aggregate, Codec
+    from strategies.codecs.registry import CodecSettings
+
 _CODINGS = {BITMAP: compeft_pb2.CompeftTensor.POSITION_CODING_BITMAP,
             RICE: compeft_pb2.CompeftTensor.POSITION_CODING_RICE_GAPS}
 Layout = Mapping[str, Sequence[int]]
@@ -38,17 +42,25 @@ Layout = Mapping[str, Sequence[int]]
 
 @dataclass(frozen=True)
 class SecureEncoding:
-    """How one round turns updates into ring words: codec, quantiser, and the codec's round parameters."""
+    """How one round turns updates into ring words: the codec and its options (which decide what is summed),
+    the quantiser, and the round's codec parameters (the shared seed, the shared support)."""
 
-    codec: str
+    settings: CodecSettings
     quantizer: Quantizer
     parties: int
     layout: dict[str, tuple[int, ...]]
-    ferret_seed: int = 0
-    ferret_dim: int = 64
-    ferret_block_size: int = 65536
-    compeft_alpha_scale: float = 1.0
+    seed: int = 0  # ferret: the round's shared seed
     support: np.ndarray | None = None  # compeft: sorted flat positions, layout order
+
+    @property
+    def codec(self) -> Codec:
+        """The codec object."""
+        return self.settings.impl
+
+    @property
+    def options(self) -> Any:
+        """The codec's options."""
+        return self.settings.options
 
     @property
     def entries(self) -> int:
@@ -58,25 +70,15 @@ class SecureEncoding:
     @property
     def plan(self) -> BlockPlan:
         """Ferret's block plan for this layout."""
-        return BlockPlan(self.entries, self.ferret_dim, self.ferret_block_size)
+        return BlockPlan(self.entries, self.options.dim, self.options.block_size)
 
     def value_quantizer(self) -> Quantizer:
-        """The quantiser of the summed values (ferret coefficients get a range scaled to what they add up)."""
-        if self.codec == "ferret":
-            per_direction = min(self.entries, self.ferret_block_size) / self.ferret_dim
-            return Quantizer(self.quantizer.clip * math.sqrt(max(1.0, per_direction)), self.quantizer.precision_bits)
-        return self.quantizer
+        """The quantiser of the summed values (the codec's: ferret scales its range to what coefficients add)."""
+        return self.codec.secure_value_quantizer(self)
 
     def segments(self) -> list[tuple[int, int]]:
         """(words, ring bits) per segment: bits chosen so the sum over every party cannot overflow."""
-        value_bits = ring_bits(self.parties, self.quantizer.levels)
-        if self.codec == "dense":
-            return [(self.entries, value_bits)]
-        if self.codec == "ferret":
-            return [(self.plan.coefficients, value_bits)]
-        if self.support is None or not self.support.size:
-            raise ValueError("the compeft secure mode needs a non-empty support")
-        return [(self.support.size, ring_bits(self.parties, 2)), (1, value_bits)]
+        return self.codec.secure_segments(self)
 
 
 def flatten(update: Mapping[str, torch.Tensor], layout: Layout) -> np.ndarray:
@@ -118,20 +120,68 @@ def encode_input(encoding: SecureEncoding, update: Mapping[str, torch.Tensor], r
     flat = flatten(update, encoding.layout)
     if not np.isfinite(flat).all():
         raise ValueError("the update has NaN or Inf entries; refusing to encode")
+    return encoding.codec.secure_input(encoding, flat, rng)
+
+
+def mean_update(encoding: SecureEncoding, sums: list[np.ndarray], survivors: int, round_id: int = 0) -> Aggregate:
+    """The survivors' mean from the unmasked sums, as the codec's aggregate (tensors; a payload for ferret)."""
+    if survivors < 1:
+        raise ValueError("no survivors to average")
+    return encoding.codec.secure_mean(encoding, sums, survivors, round_id)
+
+
+def dense_segments(encoding: SecureEncoding) -> list[tuple[int, int]]:
+    """Dense: one word per entry."""
+    return [(encoding.entries, ring_bits(encoding.parties, encoding.quantizer.levels))]
+
+
+def dense_input(encoding: SecureEncoding, flat: np.ndarray, rng: np.random.Generator) -> PartyInput:
+    """Dense: the entries clipped to ``[-clip, clip]`` and quantised."""
     quantizer = encoding.value_quantizer()
-    if encoding.codec == "dense":
-        words, clipped = quantizer.quantize(flat, rng)
-        sent = np.clip(flat, -quantizer.clip, quantizer.clip)
-        return PartyInput([words], unflatten(sent, encoding.layout), clipped)
-    if encoding.codec == "ferret":
-        coefficients = ferret.project(unflatten(flat, encoding.layout), seed=encoding.ferret_seed,
-                                      dim=encoding.ferret_dim, block_size=encoding.ferret_block_size)
-        words, clipped = quantizer.quantize(coefficients, rng)
-        return PartyInput([words], {}, clipped)
+    words, clipped = quantizer.quantize(flat, rng)
+    sent = np.clip(flat, -quantizer.clip, quantizer.clip)
+    return PartyInput([words], unflatten(sent, encoding.layout), clipped)
+
+
+def dense_mean(encoding: SecureEncoding, sums: list[np.ndarray], survivors: int) -> dict[str, torch.Tensor]:
+    """Dense: the survivors' mean delta."""
+    return unflatten(encoding.value_quantizer().dequantize_sum(sums[0], survivors) / survivors, encoding.layout)
+
+
+def ferret_value_quantizer(encoding: SecureEncoding) -> Quantizer:
+    """Ferret: coefficients add up ``block/dim`` entries each, so their range is ``clip * sqrt(block / dim)``."""
+    per_direction = min(encoding.entries, encoding.options.block_size) / encoding.options.dim
+    return Quantizer(encoding.quantizer.clip * math.sqrt(max(1.0, per_direction)), encoding.quantizer.precision_bits)
+
+
+def ferret_segments(encoding: SecureEncoding) -> list[tuple[int, int]]:
+    """Ferret: one word per coefficient."""
+    return [(encoding.plan.coefficients, ring_bits(encoding.parties, encoding.quantizer.levels))]
+
+
+def ferret_input(encoding: SecureEncoding, flat: np.ndarray, rng: np.random.Generator) -> PartyInput:
+    """Ferret: the update's coefficients on the round's directions, quantised."""
+    coefficients = ferret.project(unflatten(flat, encoding.layout), seed=encoding.seed, dim=encoding.options.dim,
+                                  block_size=encoding.options.block_size)
+    words, clipped = encoding.value_quantizer().quantize(coefficients, rng)
+    return PartyInput([words], {}, clipped)
+
+
+def compeft_segments(encoding: SecureEncoding) -> list[tuple[int, int]]:
+    """ComPEFT (shared support): a vote word per support entry, then one alpha word."""
+    if encoding.support is None or not encoding.support.size:
+        raise ValueError("the compeft secure mode needs a non-empty support")
+    return [(encoding.support.size, ring_bits(encoding.parties, 2)),
+            (1, ring_bits(encoding.parties, encoding.quantizer.levels))]
+
+
+def compeft_input(encoding: SecureEncoding, flat: np.ndarray, rng: np.random.Generator) -> PartyInput:
+    """ComPEFT (shared support): the signs on the support as {0, 1, 2} and ``alpha_scale * std`` quantised."""
     support = encoding.support
     assert support is not None
+    quantizer = encoding.value_quantizer()
     std = float(flat.astype(np.float64).std(ddof=1)) if flat.size > 1 else abs(float(flat[0]))
-    alpha = encoding.compeft_alpha_scale * std
+    alpha = encoding.options.alpha_scale * std
     votes = (np.sign(flat[support]).astype(np.int64) + 1).astype(np.uint64)
     alpha_words, clipped = quantizer.quantize(np.array([alpha]), rng)
     sent = np.zeros_like(flat)
@@ -139,28 +189,21 @@ def encode_input(encoding: SecureEncoding, update: Mapping[str, torch.Tensor], r
     return PartyInput([votes, alpha_words], unflatten(sent, encoding.layout), clipped)
 
 
-def mean_update(encoding: SecureEncoding, sums: list[np.ndarray], survivors: int) -> dict[str, torch.Tensor]:
-    """The survivors' mean update from the unmasked sums (dense and compeft; ferret: see ``mean_coefficients``)."""
-    if survivors < 1:
-        raise ValueError("no survivors to average")
-    quantizer = encoding.value_quantizer()
-    if encoding.codec == "dense":
-        return unflatten(quantizer.dequantize_sum(sums[0], survivors) / survivors, encoding.layout)
-    if encoding.codec == "compeft":
-        votes = sums[0].astype(np.int64) - survivors  # in [-survivors, survivors]
-        alpha = float(quantizer.dequantize_sum(sums[1], survivors)[0]) / survivors
-        flat = np.zeros(encoding.entries, dtype=np.float32)
-        assert encoding.support is not None
-        flat[encoding.support] = alpha * votes / survivors
-        return unflatten(flat, encoding.layout)
-    raise ValueError(f"mean_update does not apply to codec '{encoding.codec}'")
+def compeft_mean(encoding: SecureEncoding, sums: list[np.ndarray], survivors: int) -> dict[str, torch.Tensor]:
+    """ComPEFT (shared support): ``mean alpha * mean sign`` on the support, zero elsewhere."""
+    votes = sums[0].astype(np.int64) - survivors  # in [-survivors, survivors]
+    alpha = float(encoding.value_quantizer().dequantize_sum(sums[1], survivors)[0]) / survivors
+    flat = np.zeros(encoding.entries, dtype=np.float32)
+    assert encoding.support is not None
+    flat[encoding.support] = alpha * votes / survivors
+    return unflatten(flat, encoding.layout)
 
 
 def mean_coefficients(encoding: SecureEncoding, sums: list[np.ndarray], survivors: int, round_id: int) -> bytes:
     """Ferret: the survivors' mean coefficients as a ferret payload (which every party rebuilds)."""
     mean = encoding.value_quantizer().dequantize_sum(sums[0], survivors) / survivors
     shapes = {name: tuple(shape) for name, shape in encoding.layout.items()}
-    return ferret.pack(mean.astype(np.float32), seed=encoding.ferret_seed, plan=encoding.plan,
+    return ferret.pack(mean.astype(np.float32), seed=encoding.seed, plan=encoding.plan,
                        layout_sha256=ferret.layout_digest(shapes), round_id=round_id)
 
 

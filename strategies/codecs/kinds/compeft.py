@@ -1,0 +1,96 @@
+"""The ComPEFT codec as the system sees it: top-k magnitudes as ``alpha * sign``, positions entropy-coded."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from strategies.codecs import compeft
+from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
+from strategies.codecs.kinds.base import Codec, CodecOptions, TensorAggregate, Tensors, option
+from strategies.secagg import updates as secure
+
+if TYPE_CHECKING:
+    from strategies.secagg.updates import PartyInput, SecureEncoding
+
+
+@dataclasses.dataclass(frozen=True)
+class CompeftOptions(CodecOptions):
+    """Options of the ComPEFT codec."""
+
+    density: float = dataclasses.field(default=0.05, metadata=option(
+        "compeft-density", "fraction of entries kept (top-k by magnitude), in (0, 1]"))
+    alpha_scale: float = dataclasses.field(default=1.0, metadata=option(
+        "compeft-alpha-scale", "c in alpha = c * std(delta), the magnitude every kept entry is sent with"))
+    scope: str = dataclasses.field(default="global", metadata=option(
+        "compeft-scope", "global: one top-k and one alpha over the whole update; tensor: per tensor"))
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"compeft-density must be in (0, 1], got {self.density}")
+        if not 0.0 < self.alpha_scale < math.inf:
+            raise ValueError(f"compeft-alpha-scale must be positive, got {self.alpha_scale}")
+        if self.scope not in compeft.SCOPES:
+            raise ValueError(f"compeft-scope '{self.scope}' is not one of {', '.join(compeft.SCOPES)}")
+        compeft.check_options(self.density, self.alpha_scale, self.scope)  # what encode will check again
+
+
+class CompeftCodec(Codec):
+    """Sparse ternary updates; error feedback carries what top-k left out."""
+
+    name = "compeft"
+    options_type = CompeftOptions
+    ternary = True
+
+    def encode(self, update: Tensors, options: CodecOptions, *, round_id: int, seed: int | None = None) -> bytes:
+        """Keep the top ``density`` magnitudes as ``alpha * sign``."""
+        assert isinstance(options, CompeftOptions)
+        return compeft.encode(update, density=options.density, alpha_scale=options.alpha_scale, scope=options.scope,
+                              round_id=round_id)
+
+    def decode(self, payload: bytes, *, expected_round: int | None, expected_layout: Layout | None,
+               max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, expected_seed: int | None = None) -> Tensors:
+        """fp32 sparse ternary tensors (zeros where nothing was kept)."""
+        decoded = compeft.decode(payload, expected_round=expected_round, expected_layout=expected_layout,
+                                 max_bytes=max_bytes)
+        return {name: tensor.to(torch.float32) for name, tensor in decoded.items()}
+
+    def check_secure(self, options: CodecOptions, shared_support: bool) -> None:
+        """Only the shared-support mode hides each party's kept positions."""
+        if not shared_support:
+            raise ValueError("codec=compeft with secagg=true needs compeft-support=shared: with per-client supports "
+                             "the coordinator would see every client's kept positions")
+
+    def secure_segments(self, encoding: SecureEncoding) -> list[tuple[int, int]]:
+        """A vote word per support entry and one alpha word."""
+        return secure.compeft_segments(encoding)
+
+    def secure_input(self, encoding: SecureEncoding, flat: np.ndarray, rng: np.random.Generator) -> PartyInput:
+        """The party's signs on the shared support and its quantised alpha."""
+        return secure.compeft_input(encoding, flat, rng)
+
+    def secure_mean(self, encoding: SecureEncoding, sums: list[np.ndarray], survivors: int, round_id: int
+                    ) -> TensorAggregate:
+        """``mean alpha * mean sign`` on the support."""
+        return TensorAggregate(secure.compeft_mean(encoding, sums, survivors))
+
+    def secure_round_config(self, options: CodecOptions, layout: Layout, previous_update: Tensors | None,
+                            tag: bytes) -> tuple[Any, dict[str, Any]]:
+        """The round's shared support (from the previous public global update) and its coded form for clients."""
+        assert isinstance(options, CompeftOptions)
+        entries = sum(math.prod(shape) for shape in layout.values())
+        previous = secure.flatten(previous_update, layout) if previous_update is not None else None
+        support = secure.choose_support(previous, options.density, entries, tag)
+        return support, {"secagg-support": secure.support_to_bytes(support, entries)}
+
+    def secure_round_parameter(self, config: Mapping[str, Any], entries: int) -> Any:
+        """The shared support the coordinator sent."""
+        return secure.support_from_bytes(config["secagg-support"], entries)
+
+
+COMPEFT = CompeftCodec()
