@@ -58,12 +58,13 @@ def byzantine_rows(base: ByzantineSetup) -> list[dict]:
 
 def fuzz_rows(cases: int) -> list[dict]:
     """Fuzz every decoder and the reply handler; counts of cases, clean rejections, accepted, failures."""
-    from server.federation import read_reply
+    from server.federation import ClientReply, read_reply
     from simulations.fuzzing import FUZZ_DIGEST, accept_dense, reply_content
 
     targets = dict(codec_targets())
     seeds = targets["dense-fp32"][0]
-    targets["reply-handler"] = (seeds, lambda p: read_reply(reply_content(p), accept_dense, FUZZ_DIGEST, {})[0])
+    targets["reply-handler"] = (seeds, lambda p: read_reply(reply_content(p), accept_dense, FUZZ_DIGEST,
+                                                            ClientReply(0))[0])
     rows = []
     for index, (name, (seed_payloads, decode)) in enumerate(sorted(targets.items())):
         report = fuzz(name, decode, seed_payloads, cases=cases, seed=100 + index, check=meets_layout)

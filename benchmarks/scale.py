@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from client import messages  # noqa: E402
 from server.aggregation import RoundAggregator  # noqa: E402
-from server.federation import acceptor, read_reply  # noqa: E402
+from server.federation import ClientReply, acceptor, read_reply  # noqa: E402
 from server.run_config import AggregationSettings, resolve  # noqa: E402
 from strategies import fedavg  # noqa: E402
 from strategies.codecs.registry import encode_update  # noqa: E402
@@ -90,7 +90,7 @@ def child(codec: str, mode: str, clients: int, entries: int, paths: list[str]) -
     weights: list[float] = []
     aggregator = RoundAggregator(AggregationSettings(rule="median" if mode == "median" else "fedavg"), ROUND)
     for i in range(clients):
-        update, weight, _ = read_reply(_reply(payloads[i % len(payloads)], i), accept, DIGEST, {})
+        update, weight, _ = read_reply(_reply(payloads[i % len(payloads)], i), accept, DIGEST, ClientReply(0))
         if mode == "held":  # before streaming: every decoded update kept until the round ends
             held.append(update)
             weights.append(weight)

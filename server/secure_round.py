@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from client import messages
+from server.client_reply import ClientReply
 from server.replies import stream_replies
 from server.run_config import RunConfig
 from strategies.codecs.kinds.base import Aggregate
@@ -68,13 +69,13 @@ def plan_round(cfg: RunConfig, round_id: int, parties: list[int], layout: dict[s
 
 
 def _exchange(grid: Grid, action: str, requests: dict[int, bytes], round_id: int, timeout: float,
-              clients: dict[int, dict[str, Any]], problems: list[str],
+              clients: dict[int, ClientReply], problems: list[str],
               on_reply: Callable[[int, bytes], None] | None = None) -> dict[int, bytes]:
     """Send one stage's requests and return the replies that came back as bytes; count bytes both ways.
     With ``on_reply``, each reply is handed to it as it arrives and not kept (the returned dict is empty)."""
     out = []
     for node, data in requests.items():
-        clients[node]["bytes_down"] += len(data)
+        clients[node].bytes_down += len(data)
         out.append(Message(content=RecordDict({messages.SECAGG: ConfigRecord({messages.SECAGG_INPUT: data})}),
                            dst_node_id=node, message_type=f"{MessageType.TRAIN}.{action}", group_id=str(round_id)))
     replies: dict[int, bytes] = {}
@@ -92,7 +93,7 @@ def _exchange(grid: Grid, action: str, requests: dict[int, bytes], round_id: int
         if not isinstance(data, bytes):
             problems.append(f"node {node}: {action} output is not bytes")
             continue
-        clients[node]["bytes_up"] += len(data)
+        clients[node].bytes_up += len(data)
         answered.add(node)
         if on_reply is None:
             replies[node] = data
@@ -105,7 +106,7 @@ def _exchange(grid: Grid, action: str, requests: dict[int, bytes], round_id: int
 
 
 def run_protocol(grid: Grid, plan: SecurePlan, keys: dict[int, bytes], round_id: int, timeout: float,
-                 clients: dict[int, dict[str, Any]]) -> SecureResult:
+                 clients: dict[int, ClientReply]) -> SecureResult:
     """Stages 2-4 after the train replies brought ``keys``; a SecAggAbort becomes ``aborted`` (nothing applied)."""
     aggregator = Aggregator(plan.setup)
     result = SecureResult()

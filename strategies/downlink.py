@@ -64,8 +64,9 @@ class DownlinkMessage:
 
 
 @dataclass
-class DownlinkPlanner:
-    """The coordinator's side: the canonical global state, its version, and what each client already holds."""
+class GlobalState:
+    """The coordinator's global state: the canonical tensors, their version, the payloads that produced recent
+    versions, and which version each client holds (so the downlink sends each only what it lacks)."""
 
     settings: CodecSettings
     state: dict[str, torch.Tensor]
@@ -118,26 +119,26 @@ class DownlinkPlanner:
         """Apply this round's aggregate ``delta``; returns what was applied (the decoded compressed delta)."""
         if self.settings.impl.aggregate_is_payload:
             raise ValueError(f"a {self.settings.codec} aggregate is a payload: use advance_encoded")
-        self.version += 1
+        version = self.version + 1  # nothing changes until every step below has succeeded
         if not self.compressed:
-            self.state = apply_update(self.state, delta)
+            self.state, self.version = apply_update(self.state, delta), version
             return delta
         target = delta if self.residual is None else apply_update(delta, self.residual)
-        payload = self.settings.encode(target, round_id=self.version)
+        payload = self.settings.encode(target, round_id=version)
         layout = {name: tuple(t.shape) for name, t in self.state.items()}
-        applied = self.settings.impl.decode(payload, expected_round=self.version, expected_layout=layout)
-        self.residual = subtract(target, applied)
+        applied = self.settings.impl.decode(payload, expected_round=version, expected_layout=layout)
+        state = apply_update(self.state, applied)
+        self.residual, self.state, self.version = subtract(target, applied), state, version
         self._record(payload)
-        self.state = apply_update(self.state, applied)
         return applied
 
     def advance_encoded(self, payload: bytes) -> dict[str, torch.Tensor]:
         """Apply an aggregate that is already a payload (ferret: combined coefficients); returns its decode."""
-        self.version += 1
+        version = self.version + 1
         layout = {name: tuple(t.shape) for name, t in self.state.items()}
-        applied = self.settings.impl.decode(payload, expected_round=self.version, expected_layout=layout)
+        applied = self.settings.impl.decode(payload, expected_round=version, expected_layout=layout)
+        self.state, self.version = apply_update(self.state, applied), version
         self._record(payload)
-        self.state = apply_update(self.state, applied)
         return applied
 
     def _record(self, payload: bytes) -> None:

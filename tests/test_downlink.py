@@ -7,7 +7,7 @@ import torch
 
 from strategies.codecs import UpdateRejected, ferret
 from strategies.codecs.registry import CodecSettings, codec_settings
-from strategies.downlink import DELTAS, FULL, DownlinkMessage, DownlinkPlanner, OutOfSync, receive, state_digest
+from strategies.downlink import DELTAS, FULL, DownlinkMessage, GlobalState, OutOfSync, receive, state_digest
 
 COMPEFT = codec_settings("compeft", density=0.1)
 
@@ -23,7 +23,7 @@ def _delta(round_id: int) -> dict[str, torch.Tensor]:
 
 
 def test_dense_downlink_sends_the_exact_state_every_time() -> None:
-    planner = DownlinkPlanner(CodecSettings(), _state())
+    planner = GlobalState(CodecSettings(), _state())
     for round_id in range(1, 4):
         message = planner.message_for(node_id=7)
         assert message.kind == FULL
@@ -38,7 +38,7 @@ def test_dense_downlink_sends_the_exact_state_every_time() -> None:
 
 
 def test_compressed_downlink_keeps_regular_and_occasional_clients_bit_identical() -> None:
-    planner = DownlinkPlanner(COMPEFT, _state())
+    planner = GlobalState(COMPEFT, _state())
     held: dict[int, tuple[dict[str, torch.Tensor] | None, int | None]] = {1: (None, None), 2: (None, None)}
     kinds: dict[int, list[str]] = {1: [], 2: []}
     for round_id in range(1, 6):
@@ -58,7 +58,7 @@ def test_compressed_downlink_keeps_regular_and_occasional_clients_bit_identical(
 
 
 def test_compressed_downlink_carries_its_error_into_later_rounds() -> None:
-    planner = DownlinkPlanner(COMPEFT, _state())
+    planner = GlobalState(COMPEFT, _state())
     total = {n: torch.zeros_like(t) for n, t in _state().items()}
     for round_id in range(1, 6):
         applied = planner.advance(_delta(round_id))
@@ -71,7 +71,7 @@ def test_compressed_downlink_carries_its_error_into_later_rounds() -> None:
 
 
 def test_forgotten_or_unknown_clients_get_the_full_state() -> None:
-    planner = DownlinkPlanner(COMPEFT, _state())
+    planner = GlobalState(COMPEFT, _state())
     planner.confirmed(3)
     planner.advance(_delta(1))
     assert planner.message_for(3).kind == DELTAS
@@ -81,7 +81,7 @@ def test_forgotten_or_unknown_clients_get_the_full_state() -> None:
 
 
 def test_client_refuses_what_it_cannot_apply() -> None:
-    planner = DownlinkPlanner(COMPEFT, _state())
+    planner = GlobalState(COMPEFT, _state())
     start = receive(planner.message_for(1), "compeft", None, None)
     planner.confirmed(1)
     planner.advance(_delta(1))
@@ -109,7 +109,7 @@ def _ferret_aggregate(round_id: int, state: dict[str, torch.Tensor]) -> bytes:
 
 
 def test_ferret_aggregates_rebuild_bit_identically_on_every_client() -> None:
-    planner = DownlinkPlanner(FERRET, _state())
+    planner = GlobalState(FERRET, _state())
     held: dict[int, tuple[dict[str, torch.Tensor] | None, int | None]] = {1: (None, None), 2: (None, None)}
     for round_id in range(1, 5):
         for node in ([1, 2] if round_id == 1 else [1]):
@@ -132,7 +132,7 @@ def test_ferret_aggregates_rebuild_bit_identically_on_every_client() -> None:
 
 def test_with_a_known_base_newcomers_rebuild_from_version_zero() -> None:
     base = _state()
-    planner = DownlinkPlanner(FERRET, base, known_base=True)
+    planner = GlobalState(FERRET, base, known_base=True)
     first = planner.message_for(5)
     assert first.kind == DELTAS and first.payloads == [] and first.base_version == 0
     assert state_digest(receive(first, "ferret", None, None, base=base)) == first.digest

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client import messages
-from server.federation import collect_replies, read_reply
+from server.federation import ClientReply, collect_replies, read_reply
 from server.run_config import resolve
 from simulations.fuzzing import (
     FUZZ_DIGEST,
@@ -59,7 +59,7 @@ _reply_content, _accept, DIGEST = reply_content, accept_dense, FUZZ_DIGEST
 
 def test_the_reply_handler_names_each_hand_made_bad_payload() -> None:
     good = dense.encode(_update(), round_id=ROUND)
-    update, weight, loss = read_reply(_reply_content(good, DIGEST), _accept, DIGEST, {})
+    update, weight, loss = read_reply(_reply_content(good, DIGEST), _accept, DIGEST, ClientReply(0))
     assert weight == 32 and loss == 0.5 and set(update) == set(LAYOUT)
     wrong_shape = dense.encode({**_update(), "head.bias": torch.zeros(4)}, round_id=ROUND)
     marked = dense.encode({**_update(), "head.bias": torch.tensor([0.0, 12345.0, 1.0])}, round_id=ROUND)
@@ -79,18 +79,18 @@ def test_the_reply_handler_names_each_hand_made_bad_payload() -> None:
     }
     for what, (payload, metrics, reason) in cases.items():
         with pytest.raises(UpdateRejected, match=reason):
-            read_reply(_reply_content(payload, DIGEST, **metrics), _accept, DIGEST, {})
+            read_reply(_reply_content(payload, DIGEST, **metrics), _accept, DIGEST, ClientReply(0))
         assert what
     missing = RecordDict({messages.UPDATE: ConfigRecord({messages.ENCODED_UPDATE: good})})
     with pytest.raises(UpdateRejected, match="lacks"):
-        read_reply(missing, _accept, DIGEST, {})
+        read_reply(missing, _accept, DIGEST, ClientReply(0))
 
 
 def test_the_reply_handler_survives_fuzzed_payloads_and_metrics() -> None:
     seeds = [dense.encode(_update(), round_id=ROUND)]
 
     def handle(payload: bytes) -> object:
-        return read_reply(_reply_content(payload, DIGEST), _accept, DIGEST, {})[0]
+        return read_reply(_reply_content(payload, DIGEST), _accept, DIGEST, ClientReply(0))[0]
 
     report = fuzz("reply handler", handle, seeds, cases=CASES, seed=2, check=_meets_layout)
     assert report.cases == CASES and not report.failures, report.failures[:5]
@@ -122,4 +122,4 @@ def test_norm_bound_size_limit_and_duplicates_are_rejected_with_the_rest_of_the_
     outcome = collect_replies(replies, {1: 0, 2: 0, 3: 0}, _accept, DIGEST)
     assert outcome.accepted == [1, 2]
     assert any("duplicate" in r for r in outcome.rejections) and any("node 3" in r for r in outcome.rejections)
-    assert outcome.clients[3]["status"] == "rejected" and outcome.clients[1]["status"] == "ok"
+    assert outcome.clients[3].status == "rejected" and outcome.clients[1].status == "ok"

@@ -1,0 +1,166 @@
+"""The collect step: check each client's reply as it arrives, record what it said in one ClientReply per node, and
+hand accepted updates to the round's aggregator."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Message, RecordDict
+
+from client import messages
+from server.aggregation import RoundAggregator
+from strategies.codecs import UpdateRejected
+from strategies.downlink import digest_prefix
+
+# Figures a client may report beside its update, recorded per client in metrics.jsonl (key as sent → as stored).
+REPORTED = {"residual-norm": "residual_norm", "residual-carried": "residual_carried", "update-norm": "update_norm",
+            "secagg-clipped": "secagg_clipped"}
+
+
+@dataclass
+class ClientReply:
+    """What one sampled node did in a round: bytes both ways, its partition, its status, what it reported, and the
+    accepted update when no aggregator took it at once (under secure aggregation: its public keys)."""
+
+    node_id: int
+    bytes_down: int = 0
+    partition_id: int | None = None
+    bytes_up: int = 0
+    status: str = "no reply"  # "ok", "failed", "rejected", "dropped" (left the secure protocol), "no reply"
+    reported: dict[str, float] = field(default_factory=dict)
+    in_sync: bool | None = None  # trained from this round's global state (None: never said)
+    num_examples: float = 0.0
+    train_loss: float = math.nan
+    contribution: Any = None
+
+    @property
+    def order_key(self) -> tuple[bool, int, int]:
+        """Partition order (node id where a client names no partition): the same in every run and every resumed
+        run, unlike node ids or arrival order."""
+        return self.partition_id is None, self.partition_id or 0, self.node_id
+
+    def to_row(self, dense_fp32_bytes: int) -> dict[str, Any]:
+        """This client's entry in the round's metrics row (``dense_fp32_bytes``: an fp32 update's size)."""
+        row: dict[str, Any] = {"node_id": self.node_id, "partition_id": self.partition_id, "bytes_up": self.bytes_up,
+                               "bytes_down": self.bytes_down, "status": self.status, **self.reported}
+        if self.in_sync is not None:
+            row["in_sync"] = self.in_sync
+        row["dense_fp32_bytes_up"] = dense_fp32_bytes if self.bytes_up else 0
+        row["dense_fp32_bytes_down"] = dense_fp32_bytes
+        return row
+
+
+@dataclass
+class RoundOutcome:
+    """Every sampled node's ClientReply, and the round's problems in plain words."""
+
+    clients: dict[int, ClientReply] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    rejections: list[str] = field(default_factory=list)
+    answered: set[int] = field(default_factory=set)  # nodes that replied without an error (so hold this round's state)
+
+    def _accepted(self) -> list[ClientReply]:
+        return sorted((c for c in self.clients.values() if c.status == "ok"), key=lambda c: c.order_key)
+
+    @property
+    def accepted(self) -> list[int]:
+        """Nodes whose update was accepted, in partition order."""
+        return [c.node_id for c in self._accepted()]
+
+    @property
+    def updates(self) -> list[Any]:
+        """The accepted contributions no aggregator took, in partition order."""
+        return [c.contribution for c in self._accepted() if c.contribution is not None]
+
+    @property
+    def train_losses(self) -> list[float]:
+        """Accepted clients' training losses, in partition order."""
+        return [c.train_loss for c in self._accepted()]
+
+    @property
+    def bytes_up(self) -> int:
+        """Bytes the accepted clients sent."""
+        return sum(c.bytes_up for c in self._accepted())
+
+    @property
+    def problems(self) -> list[str]:
+        """Failures, then rejections."""
+        return self.failures + self.rejections
+
+    def rows(self, dense_fp32_bytes: int) -> list[dict[str, Any]]:
+        """Every client's metrics entry, by node id."""
+        return [self.clients[node].to_row(dense_fp32_bytes) for node in sorted(self.clients)]
+
+
+def read_reply(content: RecordDict, accept: Callable[[bytes], Any], digest: str, client: ClientReply,
+               payload_key: str = messages.ENCODED_UPDATE) -> tuple[Any, float, float]:
+    """Check one client's reply before anything of it is used: the payload (through ``accept``: codec, version,
+    round, layout, sizes, finite values, norm bound), the metrics the coordinator relies on, and that the client
+    trained from this round's global state (``digest``). Fills ``client`` (bytes, partition, reported figures);
+    returns the accepted update, its weight (examples) and training loss. Raises UpdateRejected naming the
+    first problem: nothing in a reply may raise anything else."""
+    try:
+        payload = content[messages.UPDATE][payload_key]
+        metrics = content[messages.METRICS]
+        if not isinstance(payload, bytes):
+            raise UpdateRejected(f"{payload_key} is not bytes")
+        client.bytes_up = len(payload)
+        client.partition_id = int(metrics["partition-id"]) if "partition-id" in metrics else None
+        client.reported = {name: float(metrics[key]) for key, name in REPORTED.items() if key in metrics}
+        client.in_sync = int(metrics["state-digest-48"]) == digest_prefix(digest)
+        if not client.in_sync:
+            raise UpdateRejected("client trained from another global state than this round's (digest differs)")
+        num_examples = float(metrics["num-examples"])
+        train_loss = float(metrics["train-loss"])
+    except (KeyError, TypeError, OverflowError) as exc:
+        raise UpdateRejected(f"reply lacks or mistypes {exc}") from exc
+    if not 0 < num_examples < float("inf"):
+        raise UpdateRejected(f"num-examples must be positive and finite, got {num_examples}")
+    if not math.isfinite(train_loss):
+        raise UpdateRejected(f"train-loss must be finite, got {train_loss}")
+    return accept(payload), num_examples, train_loss
+
+
+def _take(outcome: RoundOutcome, reply: Message, accept: Callable[[bytes], Any], digest: str, payload_key: str,
+          sink: RoundAggregator | None) -> None:
+    """Record one reply in ``outcome``: a failure, a duplicate, a rejection, or an accepted update."""
+    node = reply.metadata.src_node_id
+    client = outcome.clients.setdefault(node, ClientReply(node))
+    if reply.has_error():
+        outcome.failures.append(f"node {node}: client failed: {reply.error.reason}")
+        client.status = "failed"
+        return
+    if node in outcome.answered:
+        outcome.rejections.append(f"node {node}: update rejected: a second reply in one round (duplicate)")
+        return
+    outcome.answered.add(node)
+    try:
+        update, client.num_examples, client.train_loss = read_reply(reply.content, accept, digest, client,
+                                                                    payload_key)
+        if sink is not None:
+            sink.add(client.order_key, update, client.num_examples)
+    except ValueError as exc:
+        outcome.rejections.append(f"node {node}: update rejected: {exc}")
+        client.status = "rejected"
+        return
+    client.status = "ok"
+    client.contribution = update if sink is None else None
+
+
+def collect_replies(replies: Iterable[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str,
+                    payload_key: str = messages.ENCODED_UPDATE, sink: RoundAggregator | None = None
+                    ) -> RoundOutcome:
+    """Validate (and decode) each reply as it comes; ``sent`` maps each sampled node to the bytes sent down to it,
+    and ``digest`` is the global state's, which every client must report having trained from. Accepted updates go
+    to ``sink`` at once (and are dropped here), or, without one, stay in their ClientReply."""
+    outcome = RoundOutcome({node: ClientReply(node, bytes_down) for node, bytes_down in sent.items()})
+    received = 0
+    for reply in replies:
+        received += 1
+        _take(outcome, reply, accept, digest, payload_key, sink)
+    if received < len(sent):
+        outcome.failures.append(f"{len(sent) - received} client(s) sent no reply before the round timeout")
+    return outcome
