@@ -145,7 +145,8 @@ def train(msg: Message, context: Context) -> Message:
     loaded.task.load_trainable_state(received)
     started = time.perf_counter()
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
-                           lr=spec.lr, seed=client_training_seed(spec.seed, round_id, partition_id))
+                           lr=spec.lr, seed=client_training_seed(spec.seed, round_id, partition_id),
+                           prox_mu=spec.fedprox_mu)
     delta = loaded.task.trainable_delta(received, on_device=True)  # DP and the codec run where training ran
     del received
     seed = int(config[SEED_KEY]) if SEED_KEY in config else None

@@ -50,6 +50,8 @@ class Checkpoint:
     current: dict[str, float] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
+    optimizer_moments: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # "m", "v", "u" by tensor
+    optimizer_steps: int = 0
 
 
 def _sha256(path: Path) -> str:
@@ -78,8 +80,10 @@ def save(out_dir: Path, checkpoint: Checkpoint) -> Path:
     directory = out_dir / DIRECTORY
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    for prefix, group in (("state", checkpoint.state), ("residual", checkpoint.residual or {}),
-                          ("previous", checkpoint.previous_update or {})):
+    groups = [("state", checkpoint.state), ("residual", checkpoint.residual or {}),
+              ("previous", checkpoint.previous_update or {}),
+              *((f"optimizer-{key}", moments) for key, moments in checkpoint.optimizer_moments.items())]
+    for prefix, group in groups:
         for name, tensor in group.items():
             tensors[f"{prefix}/{name}"] = tensor.detach().to("cpu").contiguous().clone()
     for version, payload in checkpoint.history.items():
@@ -97,6 +101,7 @@ def save(out_dir: Path, checkpoint: Checkpoint) -> Path:
         "sampler_state": _jsonable(checkpoint.sampler_state), "dp_rounds": checkpoint.dp_rounds,
         "totals": checkpoint.totals, "base": checkpoint.base, "current": checkpoint.current,
         "rows": checkpoint.rows, "wall_s": checkpoint.wall_s,
+        "optimizer_moments": sorted(checkpoint.optimizer_moments), "optimizer_steps": checkpoint.optimizer_steps,
     }
     write_json_atomic(directory / MANIFEST, manifest)
     for stale in directory.glob("round-*.safetensors"):
@@ -136,4 +141,6 @@ def load(out_dir: Path) -> Checkpoint | None:
         previous_update=group("previous") if manifest["has_previous"] else None,
         sampler_state=_tupled(manifest["sampler_state"]), dp_rounds=int(manifest["dp_rounds"]),
         totals=dict(manifest["totals"]), base=dict(manifest["base"]), current=dict(manifest["current"]),
-        rows=list(manifest["rows"]), wall_s=float(manifest["wall_s"]))
+        rows=list(manifest["rows"]), wall_s=float(manifest["wall_s"]),
+        optimizer_moments={key: group(f"optimizer-{key}") for key in manifest.get("optimizer_moments", [])},
+        optimizer_steps=int(manifest.get("optimizer_steps", 0)))

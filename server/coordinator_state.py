@@ -12,6 +12,7 @@ from server.checkpoint import Checkpoint, CheckpointError
 from server.run_config import RunConfig
 from strategies.downlink import GlobalState
 from strategies.privacy import PrivacyLedger
+from strategies.server_optimizers import ServerOptimizer
 
 Tensors = dict[str, torch.Tensor]
 TOTALS = ("bytes_up_total", "bytes_down_total", "bytes_up_dense_equivalent", "bytes_down_dense_equivalent")
@@ -26,12 +27,14 @@ def check_resumable(saved: Checkpoint, initial_state: Tensors) -> None:
 
 @dataclass
 class CoordinatorState:
-    """The global state (with what each client holds of it), the client sampler, the privacy ledger, the public
-    previous aggregate, byte totals and the held-out metrics of the base and the latest evaluated model."""
+    """The global state (with what each client holds of it), the client sampler, the privacy ledger, the server
+    optimiser's moments, the public previous aggregate, byte totals and the held-out metrics of the base and the
+    latest evaluated model."""
 
     global_state: GlobalState
     sampler: random.Random
     ledger: PrivacyLedger | None
+    optimizer: ServerOptimizer
     base: dict[str, float]
     current: dict[str, float]
     last_round: int = 0  # the last complete round
@@ -45,7 +48,8 @@ class CoordinatorState:
         """Round 0: the initial global state, a sampler seeded by the run, and a fresh ledger when DP is on."""
         global_state = GlobalState(cfg.downlink, initial_state, known_base=cfg.task.trainable == "full")
         ledger = PrivacyLedger(cfg.dp, sample_rate=sample_rate, delta=cfg.dp_delta) if cfg.dp.enabled else None
-        return cls(global_state, random.Random(cfg.seed), ledger, base=base, current=base)
+        return cls(global_state, random.Random(cfg.seed), ledger, ServerOptimizer(cfg.server_optimizer), base=base,
+                   current=base)
 
     @classmethod
     def from_checkpoint(cls, saved: Checkpoint, cfg: RunConfig, initial_state: Tensors, sample_rate: float
@@ -58,6 +62,7 @@ class CoordinatorState:
         held.state, held.version, held.residual, held.history = (saved.state, saved.version, saved.residual,
                                                                  dict(saved.history))
         state.sampler.setstate(saved.sampler_state)
+        state.optimizer.load_state_dict(saved.optimizer_moments, saved.optimizer_steps)
         state.totals.update(saved.totals)
         state.current, state.previous_update, state.last_round = saved.current, saved.previous_update, saved.round
         for _ in range(saved.dp_rounds if state.ledger is not None else 0):
@@ -71,7 +76,8 @@ class CoordinatorState:
             round=self.last_round, run_config=run_config, state=held.state, version=held.version,
             residual=held.residual, history=dict(held.history), previous_update=self.previous_update,
             sampler_state=self.sampler.getstate(), dp_rounds=self.ledger.rounds if self.ledger is not None else 0,
-            totals=dict(self.totals), base=self.base, current=self.current, rows=rows, wall_s=wall_s)
+            totals=dict(self.totals), base=self.base, current=self.current, rows=rows, wall_s=wall_s,
+            optimizer_moments=self.optimizer.state_dict(), optimizer_steps=self.optimizer.steps)
 
     def record_bytes(self, clients: list[dict[str, Any]]) -> None:
         """Add a round's per-client bytes (and their dense fp32 equivalents) to the totals."""

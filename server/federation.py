@@ -120,6 +120,8 @@ def _summary(fed: Federation, state: CoordinatorState) -> dict[str, Any]:
         "clients_failed_total": sum(r["clients_failed"] for r in rows),
         "updates_rejected_total": sum(r["updates_rejected"] for r in rows),
         "rounds_skipped": sum(not r["applied"] for r in rows), "secagg": cfg.secure.enabled,
+        **({"server_optimizer": cfg.values["server-optimizer"],
+            "server_lr": cfg.server_optimizer.effective_lr} if cfg.server_optimizer.enabled else {}),
         **({"dp_noise_multiplier": cfg.dp.noise_multiplier, "dp_clip": cfg.dp.clip, "dp_delta": cfg.dp_delta,
             "dp_epsilon": state.epsilon} if state.ledger is not None else {}),
         "wall_s": time.perf_counter() - fed.started, "task": cfg.task.to_record(),

@@ -28,7 +28,7 @@ from server.progress import RoundProgress
 from server.replies import stream_replies
 from server.run_config import RESUMABLE_CHANGES, RunConfig
 from server.secure_round import SecurePlan, SecureResult, plan_round, run_protocol
-from strategies.codecs.kinds.base import Aggregate
+from strategies.codecs.kinds.base import Aggregate, TensorAggregate
 from strategies.codecs.registry import SEED_KEY, shared_seed
 from strategies.downlink import GlobalState
 
@@ -190,9 +190,11 @@ def apply(fed: Federation, state: CoordinatorState, plan: RoundPlan, outcome: Ro
     """Advance the global state by the round's aggregate and spend the round's privacy; whether it was applied."""
     if result is None:
         return False
+    moments, steps = state.optimizer.state_dict(), state.optimizer.steps
     try:
-        result.apply_to(state.global_state)
+        server_step(state, result).apply_to(state.global_state)
     except ValueError as exc:
+        state.optimizer.load_state_dict(moments, steps)  # the round is skipped: so is the optimiser's step
         aggregation_failed(fed.cfg, plan.round_id, outcome, exc)
         return False
     if plan.secure is not None:
@@ -200,6 +202,16 @@ def apply(fed: Federation, state: CoordinatorState, plan: RoundPlan, outcome: Ro
     if state.ledger is not None:
         state.epsilon = state.ledger.step()
     return True
+
+
+def server_step(state: CoordinatorState, result: Aggregate) -> Aggregate:
+    """What the global state moves by: the aggregate itself (FedAvg), or the server optimiser's step for the
+    round's mean delta (the run config refuses optimisers where the aggregate is not a delta)."""
+    if not state.optimizer.settings.enabled:
+        return result
+    if result.delta is None:
+        raise ValueError("a server optimiser needs the round's mean delta, and this aggregate is coefficients")
+    return TensorAggregate(state.optimizer.step(result.delta))
 
 
 def evaluate(fed: Federation, state: CoordinatorState, round_id: int, applied: bool) -> bool:

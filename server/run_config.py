@@ -17,6 +17,7 @@ from strategies.codecs.registry import CODEC_NAMES, CODECS, CodecSettings, Compe
 from strategies.privacy import DPSettings
 from strategies.robust import AGGREGATION_RULES
 from strategies.secagg import graph
+from strategies.server_optimizers import ServerOptimizerSettings
 
 DEFAULTS: dict[str, str | int | float | bool] = {
     "preset": "sft",
@@ -78,6 +79,13 @@ DEFAULTS: dict[str, str | int | float | bool] = {
     "eval-samples": 0,
     "max-new-tokens": 0,
     "data-columns": "",
+    "server-optimizer": "none",
+    "server-lr": 0.0,
+    "server-momentum": 0.9,
+    "server-beta1": 0.9,
+    "server-beta2": 0.99,
+    "server-tau": 1e-3,
+    "fedprox-mu": 0.0,
 }
 
 # Keys a resumed run may change: where it writes, how long it waits, and how many rounds it runs in all.
@@ -152,6 +160,7 @@ class RunConfig:
     eval_every: int = 1
     aggregation: AggregationSettings = field(default_factory=lambda: AggregationSettings())
     limits: UpdateLimits = field(default_factory=lambda: UpdateLimits())
+    server_optimizer: ServerOptimizerSettings = field(default_factory=lambda: ServerOptimizerSettings())
     values: Mapping[str, object] = field(default_factory=dict)  # every key as resolved: what a checkpoint keeps
 
     @property
@@ -204,7 +213,7 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         chosen = values.get(key)
         task_values[key] = preset[key] if chosen in (None, "", 0, 0.0) else chosen
     for key in ("seed", "lora-dropout", "precision", "device", "dirichlet-alpha", "trainable", "quantization",
-                "data-columns"):
+                "data-columns", "fedprox-mu"):
         task_values[key] = values[key]
     if values["trainable"] == "full" and values["lr"] in (0, 0.0):
         task_values["lr"] = preset["full-lr"]  # full-parameter tuning wants a far smaller step than LoRA
@@ -259,6 +268,7 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         eval_every=int(values["eval-every"]),
         aggregation=aggregation,
         limits=UpdateLimits(float(values["max-update-norm"]), int(values["max-update-bytes"])),
+        server_optimizer=_server_optimizer(values, uplink),
         values=dict(values),
     )
 
@@ -284,6 +294,25 @@ def _codec_settings(values: Mapping[str, object]) -> tuple[CodecSettings, CodecS
         return uplink, CodecSettings(down.name, options)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _server_optimizer(values: Mapping[str, object], uplink: CodecSettings) -> ServerOptimizerSettings:
+    """Check the server-optimiser keys; refuse an optimiser where the aggregate is coefficients on fresh
+    directions each round (Ferret), which per-entry moments cannot follow."""
+    try:
+        settings = ServerOptimizerSettings(
+            str(values["server-optimizer"]), float(values["server-lr"]),  # type: ignore[arg-type]
+            float(values["server-momentum"]), float(values["server-beta1"]),  # type: ignore[arg-type]
+            float(values["server-beta2"]), float(values["server-tau"]))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if settings.enabled and uplink.impl.aggregate_is_payload:
+        raise ConfigError(f"server-optimizer={settings.name} keeps per-entry moments across rounds, but a "
+                          f"{uplink.codec} round's aggregate is coefficients on that round's own random directions "
+                          "(a new basis each round), and stepping in parameter space would turn it into a dense "
+                          f"delta the coefficient downlink cannot carry: use server-optimizer=none with "
+                          f"codec={uplink.codec}")
+    return settings
 
 
 def _aggregation_settings(values: Mapping[str, object], secure: bool) -> AggregationSettings:

@@ -95,3 +95,18 @@ def test_secure_aggregation_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="dp-clip"):
         resolve({"dp-noise-multiplier": 1.0})
     assert resolve({"secagg": True, "codec": "compeft", "compeft-support": "shared"}).secure.enabled
+
+
+def test_server_optimizer_keys_are_checked_and_refused_with_ferret() -> None:
+    cfg = resolve({"server-optimizer": "fedyogi", "server-lr": 0.003, "fedprox-mu": 0.01})
+    assert cfg.server_optimizer.name == "fedyogi" and cfg.server_optimizer.effective_lr == 0.003
+    assert cfg.task.fedprox_mu == 0.01 and resolve({}).server_optimizer.effective_lr == 1.0
+    assert resolve({"server-optimizer": "fedadam"}).server_optimizer.effective_lr == 0.1  # Flower's default
+    with pytest.raises(ConfigError, match="unknown server-optimizer 'adam'"):
+        resolve({"server-optimizer": "adam"})
+    with pytest.raises(ConfigError, match="server-beta1"):
+        resolve({"server-optimizer": "fedadam", "server-beta1": 1.5})
+    with pytest.raises(ConfigError, match="new basis each round"):
+        resolve({"server-optimizer": "fedavgm", "codec": "ferret"})
+    with pytest.raises(ConfigError, match="fedprox-mu"):
+        resolve({"fedprox-mu": -1.0})

@@ -37,12 +37,17 @@ def training_order(size: int, count: int, seed: int) -> list[int]:
     return order[:count]
 
 
-def train_locally(task: Task, dataset: Dataset, *, steps: int, batch_size: int, lr: float, seed: int) -> TrainResult:
-    """Run ``steps`` AdamW steps on what trains; deterministic for a given seed on one device."""
+def train_locally(task: Task, dataset: Dataset, *, steps: int, batch_size: int, lr: float, seed: int,
+                  prox_mu: float = 0.0) -> TrainResult:
+    """Run ``steps`` AdamW steps on what trains; deterministic for a given seed on one device.
+
+    ``prox_mu`` > 0 adds FedProx's proximal term ``mu/2 * ||w - w_start||^2`` (w_start: the weights training began
+    from, the received global state), through its gradient ``mu * (w - w_start)``."""
     torch.manual_seed(seed)
     model = task.model
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    anchors = [p.detach().clone() for p in params] if prox_mu > 0 else []
     optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     order = training_order(len(dataset), steps * batch_size, seed)
     losses: list[float] = []
@@ -52,6 +57,9 @@ def train_locally(task: Task, dataset: Dataset, *, steps: int, batch_size: int, 
             raise FloatingPointError(f"training loss became {loss.item()} at step {len(losses) + 1}")
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        for param, anchor in zip(params, anchors, strict=False):  # FedProx: pull towards the global state
+            if param.grad is not None:
+                param.grad.add_(param.detach() - anchor, alpha=prox_mu)
         optimiser.step()
         losses.append(loss.item())
     optimiser.zero_grad(set_to_none=True)  # free the gradients (as large as the model under full tuning)

@@ -30,7 +30,8 @@ class TaskSpec:
     precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 where the device computes it natively).
     device: ``auto``, ``cpu`` or ``cuda[:i]``.
     partitioner / dirichlet_alpha: how the training set is split across clients.
-    lr / local_steps / batch_size: the local optimiser recipe per round.
+    lr / local_steps / batch_size: the local optimiser recipe per round. fedprox_mu: FedProx's proximal weight
+    (``mu/2 * ||w - w_global||^2`` added to the local loss; 0 = plain local training).
     trainable: ``lora`` (a PEFT LoRA adapter trains) or ``full`` (every parameter of the model trains).
     quantization: ``none``, or ``8bit`` / ``4bit`` (NF4): the frozen base loaded through bitsandbytes, for LoRA on
     CUDA only (the adapter and the update stay fp32).
@@ -60,6 +61,7 @@ class TaskSpec:
     data_columns: str = ""
     eval_samples: int = 24
     max_new_tokens: int = 24
+    fedprox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         from client.task.data import parse_columns
@@ -82,6 +84,8 @@ class TaskSpec:
             raise ValueError(f"eval-samples must be >= 0, got {self.eval_samples}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.fedprox_mu < float("inf"):
+            raise ValueError(f"fedprox-mu must be >= 0 and finite, got {self.fedprox_mu}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.lora_targets.strip():
