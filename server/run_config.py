@@ -1,13 +1,17 @@
-"""The run config: defaults, presets and validation of every key a user can set.
+"""The run config: every key a user can set, declared once in the settings dataclasses below (key, default, help,
+checks), and its resolution against a preset.
 
-Defaults mirror ``[tool.flwr.app.config]`` in pyproject.toml (a test keeps them equal). Task keys left at
-"" or 0 take the chosen preset's value.
+``DEFAULTS``, ``PRESET_KEYS``, the clients' ConfigRecords and the README's key tables are derived from the
+declarations; pyproject.toml's ``[tool.flwr.app.config]`` (which Flower reads) is kept equal to ``DEFAULTS`` by a
+test. Task keys left at "" or 0 take the chosen preset's value. ``python -m server.run_config`` prints the
+reference table the README carries.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from client.task.partition import PARTITIONERS
@@ -18,82 +22,10 @@ from strategies.privacy import DPSettings
 from strategies.robust import AGGREGATION_RULES
 from strategies.secagg import graph
 from strategies.server_optimizers import ServerOptimizerSettings
-
-DEFAULTS: dict[str, str | int | float | bool] = {
-    "preset": "sft",
-    "num-server-rounds": 3,
-    "num-clients": 3,
-    "fraction-train": 1.0,
-    "min-train-clients": 0,
-    "codec": "dense",
-    "dense-dtype": "fp32",
-    "compeft-density": 0.05,
-    "compeft-alpha-scale": 1.0,
-    "compeft-scope": "global",
-    "error-feedback": True,
-    "downlink-codec": "dense",
-    "downlink-density": 0.05,
-    "ferret-dim": 64,
-    "ferret-block-size": 65536,
-    "trainable": "lora",
-    "compeft-support": "client",
-    "secagg": False,
-    "secagg-neighbours": 0,
-    "secagg-threshold": 0,
-    "secagg-clip": 0.0,
-    "secagg-precision-bits": 16,
-    "dp-noise-multiplier": 0.0,
-    "dp-clip": 0.0,
-    "dp-delta": 1e-5,
-    "seed": 0,
-    "model": "",
-    "dataset": "",
-    "topics": "",
-    "per-topic": 0,
-    "heldout": 0,
-    "max-length": 0,
-    "lora-r": 0,
-    "lora-alpha": 0,
-    "lora-dropout": 0.0,
-    "lora-targets": "",
-    "lr": 0.0,
-    "local-steps": 0,
-    "batch-size": 0,
-    "precision": "auto",
-    "device": "auto",
-    "quantization": "none",
-    "partitioner": "",
-    "dirichlet-alpha": 1.0,
-    "round-timeout-s": 3600.0,
-    "wait-for-clients-s": 300.0,
-    "out-dir": "",
-    "resume": False,
-    "aggregation": "fedavg",
-    "aggregation-trim": 0.2,
-    "aggregation-byzantine": 0,
-    "aggregation-keep": 0,
-    "aggregation-norm-bound": 0.0,
-    "max-update-norm": 0.0,
-    "max-update-bytes": 0,
-    "eval-every": 1,
-    "eval-samples": 0,
-    "max-new-tokens": 0,
-    "data-columns": "",
-    "server-optimizer": "none",
-    "server-lr": 0.0,
-    "server-momentum": 0.9,
-    "server-beta1": 0.9,
-    "server-beta2": 0.99,
-    "server-tau": 1e-3,
-    "fedprox-mu": 0.0,
-}
+from strategies.settings import KeyedSettings, setting, typed
 
 # Keys a resumed run may change: where it writes, how long it waits, and how many rounds it runs in all.
 RESUMABLE_CHANGES = ("out-dir", "resume", "num-server-rounds", "round-timeout-s", "wait-for-clients-s")
-
-# Keys whose "" / 0 default means "the preset decides".
-PRESET_KEYS = ("kind", "model", "dataset", "topics", "per-topic", "heldout", "max-length", "lora-r", "lora-alpha",
-               "lora-targets", "lr", "local-steps", "batch-size", "partitioner", "eval-samples", "max-new-tokens")
 
 
 class ConfigError(ValueError):
@@ -101,67 +33,200 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class SecureSettings:
+class RunSettings(KeyedSettings):
+    """The federation: preset, rounds, clients, sampling, seed, time limits, outputs."""
+
+    preset: str = setting("preset", "sft", "`sft` (instruction tuning, the default), `fortunes` or `encoder`")
+    num_server_rounds: int = setting("num-server-rounds", 3, "rounds to run")
+    num_clients: int = setting("num-clients", 3, "client nodes (simulated clients, or SuperNodes to wait for)")
+    fraction_train: float = setting("fraction-train", 1.0, "fraction of the clients sampled each round, in (0, 1]")
+    min_train_clients: int = setting("min-train-clients", 0, "accepted updates a round needs to be applied (0: 1)")
+    seed: int = setting("seed", 0, "seeds the adapter, the data split, sampling and the shared randomness")
+    round_timeout_s: float = setting("round-timeout-s", 3600.0, "seconds a round waits for replies")
+    wait_for_clients_s: float = setting("wait-for-clients-s", 300.0, "seconds the coordinator waits for the nodes")
+    out_dir: str = setting("out-dir", "", "where a deployed run writes (default `runs/<preset>`)")
+    resume: bool = setting("resume", False, "continue from the checkpoint in the output directory")
+    eval_every: int = setting("eval-every", 1, "score the global model every n rounds (and after the last)")
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
+        for key, value in (("num-server-rounds", self.num_server_rounds), ("num-clients", self.num_clients),
+                           ("eval-every", self.eval_every)):
+            if value < 1:
+                raise ValueError(f"{key} must be at least 1, got {value}")
+        if not 0.0 < self.fraction_train <= 1.0:
+            raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
+        if not 0 <= self.min_train_clients <= self.num_clients:
+            raise ValueError("min-train-clients must be between 0 and num-clients")
+        for key, value in (("round-timeout-s", self.round_timeout_s), ("wait-for-clients-s", self.wait_for_clients_s)):
+            if not value > 0:
+                raise ValueError(f"{key} must be positive")
+
+    @property
+    def per_round(self) -> int:
+        """Clients sampled per round."""
+        return max(1, round(self.fraction_train * self.num_clients))
+
+
+@dataclass(frozen=True)
+class CodecChoice(KeyedSettings):
+    """Which codec goes up and which down (each codec's options are declared in strategies/codecs/kinds)."""
+
+    codec: str = setting("codec", "dense", "uplink codec: `dense`, `compeft` or `ferret`")
+    error_feedback: bool = setting("error-feedback", True, "each client keeps `delta − decoded(delta)` in its node "
+                                   "state and adds it to its next delta")
+    downlink_codec: str = setting("downlink-codec", "dense", "`compeft`: the coordinator sends the *compressed* "
+                                  "aggregate (with its own error feedback)")
+    downlink_density: float = setting("downlink-density", 0.05, "density of the compressed downlink")
+
+    def __post_init__(self) -> None:
+        for key, name in (("codec", self.codec), ("downlink-codec", self.downlink_codec)):
+            if name not in CODEC_NAMES:
+                raise ValueError(f"unknown {key} '{name}' (choose from {', '.join(CODEC_NAMES)})")
+        if not 0.0 < self.downlink_density <= 1.0:
+            raise ValueError(f"downlink-density must be in (0, 1], got {self.downlink_density}")
+
+
+@dataclass(frozen=True)
+class SecureSettings(KeyedSettings):
     """Secure aggregation: on/off, neighbour degree and threshold (0: defaults from the clients per round), the
     per-entry clipping range (0: twice AdamW's largest move, ``2 * lr * local-steps``) and quantisation bits."""
 
-    enabled: bool = False
-    neighbours: int = 0
-    threshold: int = 0
-    clip: float = 0.0
-    precision_bits: int = 16
+    enabled: bool = setting("secagg", False, "secure aggregation on/off")
+    neighbours: int = setting("secagg-neighbours", 0, "k (0: 2⌈log2 n⌉, at most n − 1)")
+    threshold: int = setting("secagg-threshold", 0, "t (0: strict majority of k + 1)")
+    clip: float = setting("secagg-clip", 0.0, "per-entry range (0: 2 × lr × local-steps, twice AdamW's largest move)")
+    precision_bits: int = setting("secagg-precision-bits", 16, "quantisation levels 2^p − 1")
+    compeft_support: str = setting("compeft-support", "client", "`shared`: the secure-aggregation mode of ComPEFT")
 
-    def to_record(self) -> dict[str, int | float | bool]:
+    def __post_init__(self) -> None:
+        if self.compeft_support not in ("client", "shared"):
+            raise ValueError(f"compeft-support '{self.compeft_support}' is not one of client, shared")
+        if self.compeft_support == "shared" and not self.enabled:
+            raise ValueError("compeft-support=shared is the secure-aggregation mode of compeft: it needs secagg=true")
+        if not (math.isfinite(self.clip) and self.clip >= 0):
+            raise ValueError(f"secagg-clip must be a positive finite number, got {self.clip}")
+        if not 2 <= self.precision_bits <= 40:
+            raise ValueError(f"secagg-precision-bits must be in 2..40, got {self.precision_bits}")
+
+    def to_record(self, prefix: str = "") -> dict[str, int | float | bool]:
         """ConfigRecord entries for the clients."""
         return {"secagg": self.enabled, "secagg-clip": self.clip, "secagg-precision-bits": self.precision_bits}
 
 
 @dataclass(frozen=True)
-class AggregationSettings:
+class AggregationSettings(KeyedSettings):
     """How the coordinator combines the round's accepted updates: ``fedavg`` or a robust rule
     (strategies/robust.py), with its options (0 = the rule's default for the round's client count)."""
 
-    rule: str = "fedavg"
-    trim: float = 0.2
-    byzantine: int = 0
-    keep: int = 0
-    norm_bound: float = 0.0
+    rule: str = setting("aggregation", "fedavg", "`fedavg` or a robust rule (see \"Reliability\")")
+    trim: float = setting("aggregation-trim", 0.2, "trimmed-mean: fraction cut at each end")
+    byzantine: int = setting("aggregation-byzantine", 0, "Krum's f, sign-majority's quorum − 1 (0: the rule's default)")
+    keep: int = setting("aggregation-keep", 0, "multi-Krum: updates kept (0: n − f)")
+    norm_bound: float = setting("aggregation-norm-bound", 0.0, "norm-bound: the bound (0: the round's median norm)")
+
+    def __post_init__(self) -> None:
+        if self.rule not in AGGREGATION_RULES:
+            raise ValueError(f"unknown aggregation '{self.rule}' (choose from {', '.join(AGGREGATION_RULES)})")
+        if not 0.0 <= self.trim < 0.5:
+            raise ValueError(f"aggregation-trim must be in [0, 0.5), got {self.trim}")
+        if self.byzantine < 0 or self.keep < 0 or self.norm_bound < 0:
+            raise ValueError("aggregation-byzantine, aggregation-keep and aggregation-norm-bound must be >= 0")
 
 
 @dataclass(frozen=True)
-class UpdateLimits:
+class UpdateLimits(KeyedSettings):
     """Bounds every incoming update must meet (0 = no norm bound; byte limit 0 = twice the dense fp32 size)."""
 
-    max_norm: float = 0.0
-    max_bytes: int = 0
+    max_norm: float = setting("max-update-norm", 0.0, "reject updates with a larger L2 norm (0: no bound)")
+    max_bytes: int = setting("max-update-bytes", 0, "reject larger payloads (0: twice the update's dense fp32 size)")
+
+    def __post_init__(self) -> None:
+        if self.max_norm < 0 or self.max_bytes < 0:
+            raise ValueError("max-update-norm and max-update-bytes must be >= 0 (0: no norm bound / the default size)")
+
+
+@dataclass(frozen=True)
+class TaskKeys(KeyedSettings):
+    """The task as the run config names it; keys marked preset take the preset's value when left at "" / 0."""
+
+    trainable: str = setting("trainable", "lora", "`full`: tune every parameter of the model")
+    model: str = setting("model", "", "bundled model name, local HF directory or GGUF file, or hub id", preset=True)
+    dataset: str = setting("dataset", "", "`wordnet`, `fortunes`, `finefoods`, or a path to your data", preset=True)
+    topics: str = setting("topics", "", "WordNet domains (sft) or fortune topics, comma-separated", preset=True)
+    per_topic: int = setting("per-topic", 0, "examples kept per topic (0: the preset's)", preset=True)
+    heldout: int = setting("heldout", 0, "examples kept back for the coordinator's evaluation", preset=True)
+    max_length: int = setting("max-length", 0, "tokens per example", preset=True)
+    lora_r: int = setting("lora-r", 0, "LoRA rank", preset=True)
+    lora_alpha: int = setting("lora-alpha", 0, "LoRA alpha", preset=True)
+    lora_dropout: float = setting("lora-dropout", 0.0, "LoRA dropout")
+    lora_targets: str = setting("lora-targets", "", "modules the adapter wraps, comma-separated", preset=True)
+    lr: float = setting("lr", 0.0, "client learning rate (AdamW)", preset=True)
+    local_steps: int = setting("local-steps", 0, "optimiser steps per client per round", preset=True)
+    batch_size: int = setting("batch-size", 0, "examples per step", preset=True)
+    fedprox_mu: float = setting("fedprox-mu", 0.0, "FedProx: weight of `mu/2·‖w − w_global‖²` in the local loss")
+    precision: str = setting("precision", "auto", "`auto` (bf16 where native), `bf16` or `fp32`")
+    device: str = setting("device", "auto", "`auto`, `cpu` or `cuda[:i]`")
+    quantization: str = setting("quantization", "none", "`8bit` / `4bit`: load the frozen base through bitsandbytes")
+    partitioner: str = setting("partitioner", "", "`iid`, `dirichlet` or `domain`", preset=True)
+    dirichlet_alpha: float = setting("dirichlet-alpha", 1.0, "concentration of the Dirichlet split")
+    eval_samples: int = setting("eval-samples", 0, "held-out prompts answered greedily at each sft evaluation",
+                                preset=True)
+    max_new_tokens: int = setting("max-new-tokens", 0, "tokens each generated answer may have", preset=True)
+    data_columns: str = setting("data-columns", "", "`ROLE=COLUMN` pairs naming your data's columns")
+
+    def __post_init__(self) -> None:
+        if not self.dirichlet_alpha > 0:
+            raise ValueError("dirichlet-alpha must be positive")
+
+    def spec(self, preset_name: str, seed: int) -> TaskSpec:
+        """The TaskSpec every client receives: these keys over the preset's (TaskSpec checks the values)."""
+        preset = PRESETS[preset_name]
+        values: dict[str, object] = {"kind": preset["kind"], "seed": seed}
+        for key, value in self.to_record().items():
+            values[key] = preset[key] if key in PRESET_KEYS and value in ("", 0, 0.0) else value
+        if self.trainable == "full" and self.lr == 0:
+            values["lr"] = preset["full-lr"]  # full-parameter tuning wants a far smaller step than LoRA
+        if values["partitioner"] not in PARTITIONERS:
+            raise ValueError(f"partitioner '{values['partitioner']}' is not one of {', '.join(PARTITIONERS)}")
+        return TaskSpec.from_record({k.replace("-", "_"): v for k, v in values.items()})
+
+
+# Every group of keys, in the order of pyproject's table and the README's reference.
+GROUPS: tuple[type[KeyedSettings], ...] = (
+    RunSettings, CodecChoice, *(codec.options_type for codec in CODECS.values()), TaskKeys, SecureSettings,
+    DPSettings, AggregationSettings, UpdateLimits, ServerOptimizerSettings)
+DEFAULTS: dict[str, str | int | float | bool] = {k: v for group in GROUPS for k, v in group.defaults().items()}
+PRESET_KEYS = ("kind", *TaskKeys.preset_keys())
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A validated run config: federation settings plus the TaskSpec every client receives."""
+    """A validated run config: the federation's settings plus the TaskSpec every client receives."""
 
-    preset: str
-    num_server_rounds: int
-    num_clients: int
-    fraction_train: float
-    min_train_clients: int
+    run: RunSettings
     uplink: CodecSettings
     error_feedback: bool
     downlink: CodecSettings
-    seed: int
-    round_timeout_s: float
-    wait_for_clients_s: float
-    out_dir: str
     task: TaskSpec
     secure: SecureSettings
     dp: DPSettings
-    dp_delta: float
-    resume: bool = False
-    eval_every: int = 1
-    aggregation: AggregationSettings = field(default_factory=lambda: AggregationSettings())
-    limits: UpdateLimits = field(default_factory=lambda: UpdateLimits())
-    server_optimizer: ServerOptimizerSettings = field(default_factory=lambda: ServerOptimizerSettings())
+    aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+    limits: UpdateLimits = field(default_factory=UpdateLimits)
+    server_optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
     values: Mapping[str, object] = field(default_factory=dict)  # every key as resolved: what a checkpoint keeps
+
+    def __getattr__(self, name: str) -> object:
+        """The federation settings (``num_clients``, ``seed``, ...) read through ``run``."""
+        if name in RunSettings.__dataclass_fields__:
+            return getattr(self.run, name)
+        raise AttributeError(name)
+
+    @property
+    def dp_delta(self) -> float:
+        """δ of the reported (ε, δ)."""
+        return self.dp.delta
 
     @property
     def codec(self) -> str:
@@ -179,22 +244,6 @@ class RunConfig:
         return Path(self.out_dir).expanduser() if self.out_dir else Path("runs") / self.preset
 
 
-def _typed(key: str, value: object) -> str | int | float | bool:
-    default = DEFAULTS[key]
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value  # type: ignore[arg-type]
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"run-config key '{key}' expects {type(default).__name__}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
 def resolve(user_config: Mapping[str, object]) -> RunConfig:
     """Merge ``user_config`` over the defaults and the preset, and validate everything.
 
@@ -203,166 +252,90 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
     unknown = sorted(set(user_config) - set(DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown run-config key '{unknown[0]}' (known keys: {', '.join(DEFAULTS)})")
-    values = {key: _typed(key, user_config.get(key, default)) for key, default in DEFAULTS.items()}
-    preset_name = str(values["preset"])
-    if preset_name not in PRESETS:
-        raise ConfigError(f"unknown preset '{preset_name}' (choose from {', '.join(PRESETS)})")
-    preset = PRESETS[preset_name]
-    task_values: dict[str, object] = {}
-    for key in PRESET_KEYS:
-        chosen = values.get(key)
-        task_values[key] = preset[key] if chosen in (None, "", 0, 0.0) else chosen
-    for key in ("seed", "lora-dropout", "precision", "device", "dirichlet-alpha", "trainable", "quantization",
-                "data-columns", "fedprox-mu"):
-        task_values[key] = values[key]
-    if values["trainable"] == "full" and values["lr"] in (0, 0.0):
-        task_values["lr"] = preset["full-lr"]  # full-parameter tuning wants a far smaller step than LoRA
-    uplink, downlink = _codec_settings(values)
-    if task_values["partitioner"] not in PARTITIONERS:
-        raise ConfigError(f"partitioner '{task_values['partitioner']}' is not one of {', '.join(PARTITIONERS)}")
-    if int(values["eval-every"]) < 1:
-        raise ConfigError(f"eval-every must be at least 1, got {values['eval-every']}")
-    if not float(values["dirichlet-alpha"]) > 0:
-        raise ConfigError("dirichlet-alpha must be positive")
-    if int(values["num-server-rounds"]) < 1:
-        raise ConfigError(f"num-server-rounds must be at least 1, got {values['num-server-rounds']}")
-    if int(values["num-clients"]) < 1:
-        raise ConfigError(f"num-clients must be at least 1, got {values['num-clients']}")
-    if not 0.0 < float(values["fraction-train"]) <= 1.0:
-        raise ConfigError(f"fraction-train must be in (0, 1], got {values['fraction-train']}")
-    if not 0 <= int(values["min-train-clients"]) <= int(values["num-clients"]):
-        raise ConfigError("min-train-clients must be between 0 and num-clients")
-    for key in ("round-timeout-s", "wait-for-clients-s"):
-        if not float(values[key]) > 0:
-            raise ConfigError(f"{key} must be positive")
     try:
-        task = TaskSpec.from_record({k.replace("-", "_"): v for k, v in task_values.items()})
-        dp = DPSettings(noise_multiplier=float(values["dp-noise-multiplier"]), clip=float(values["dp-clip"]))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
-    if not 0.0 < float(values["dp-delta"]) < 1.0:
-        raise ConfigError(f"dp-delta must be in (0, 1), got {values['dp-delta']}")
-    per_round = max(1, round(float(values["fraction-train"]) * int(values["num-clients"])))
-    secure = _secure_settings(values, task, per_round=per_round)
-    aggregation = _aggregation_settings(values, secure.enabled)
-    if float(values["max-update-norm"]) < 0 or int(values["max-update-bytes"]) < 0:
-        raise ConfigError("max-update-norm and max-update-bytes must be >= 0 (0: no norm bound / the default size)")
-    return RunConfig(
-        preset=preset_name,
-        num_server_rounds=int(values["num-server-rounds"]),
-        num_clients=int(values["num-clients"]),
-        fraction_train=float(values["fraction-train"]),
-        min_train_clients=int(values["min-train-clients"]),
-        uplink=uplink,
-        error_feedback=bool(values["error-feedback"]),
-        downlink=downlink,
-        seed=int(values["seed"]),
-        round_timeout_s=float(values["round-timeout-s"]),
-        wait_for_clients_s=float(values["wait-for-clients-s"]),
-        out_dir=str(values["out-dir"]),
-        task=task,
-        secure=secure,
-        dp=dp,
-        dp_delta=float(values["dp-delta"]),
-        resume=bool(values["resume"]),
-        eval_every=int(values["eval-every"]),
-        aggregation=aggregation,
-        limits=UpdateLimits(float(values["max-update-norm"]), int(values["max-update-bytes"])),
-        server_optimizer=_server_optimizer(values, uplink),
-        values=dict(values),
-    )
-
-
-def _codec_settings(values: Mapping[str, object]) -> tuple[CodecSettings, CodecSettings]:
-    """The uplink and downlink codecs with their options; a codec whose aggregate is a payload (Ferret) is its
-    own downlink."""
-    for key in ("codec", "downlink-codec"):
-        if values[key] not in CODEC_NAMES:
-            raise ConfigError(f"unknown {key} '{values[key]}' (choose from {', '.join(CODEC_NAMES)})")
-    up, down = get_codec(str(values["codec"])), get_codec(str(values["downlink-codec"]))
-    if not 0.0 < float(values["downlink-density"]) <= 1.0:  # type: ignore[arg-type]
-        raise ConfigError(f"downlink-density must be in (0, 1], got {values['downlink-density']}")
-    try:
-        up.check_downlink(down)
-        for codec in CODECS.values():  # every codec's keys are checked, chosen or not
-            codec.options_type.from_record(values)
-        uplink = CodecSettings(up.name, up.options_type.from_record(values))
-        if up.aggregate_is_payload:
-            return uplink, uplink
-        options = (CompeftOptions.from_record({**values, "compeft-density": values["downlink-density"]})
-                   if down.options_type is CompeftOptions else down.options_type())
-        return uplink, CodecSettings(down.name, options)
+        values = {key: typed(key, default, user_config.get(key, default)) for key, default in DEFAULTS.items()}
+        run = RunSettings.from_values(values)
+        choice = CodecChoice.from_values(values)
+        uplink, downlink = _codec_settings(choice, values)
+        task = TaskKeys.from_values(values).spec(run.preset, run.seed)
+        secure = _secure_settings(SecureSettings.from_values(values), uplink, task, run.per_round)
+        aggregation = AggregationSettings.from_values(values)
+        _check_rule(aggregation, uplink, secure)
+        optimizer = ServerOptimizerSettings.from_values(values)
+        _check_server_optimizer(optimizer, uplink)
+        return RunConfig(run=run, uplink=uplink, error_feedback=choice.error_feedback, downlink=downlink, task=task,
+                         secure=secure, dp=DPSettings.from_values(values), aggregation=aggregation,
+                         limits=UpdateLimits.from_values(values), server_optimizer=optimizer, values=values)
+    except ConfigError:
+        raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 
 
-def _server_optimizer(values: Mapping[str, object], uplink: CodecSettings) -> ServerOptimizerSettings:
-    """Check the server-optimiser keys; refuse an optimiser where the aggregate is coefficients on fresh
-    directions each round (Ferret), which per-entry moments cannot follow."""
-    try:
-        settings = ServerOptimizerSettings(
-            str(values["server-optimizer"]), float(values["server-lr"]),  # type: ignore[arg-type]
-            float(values["server-momentum"]), float(values["server-beta1"]),  # type: ignore[arg-type]
-            float(values["server-beta2"]), float(values["server-tau"]))  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+def _codec_settings(choice: CodecChoice, values: Mapping[str, object]) -> tuple[CodecSettings, CodecSettings]:
+    """The uplink and downlink codecs with their options (every codec's options are checked, chosen or not); a
+    codec whose aggregate is a payload (Ferret) is its own downlink."""
+    up, down = get_codec(choice.codec), get_codec(choice.downlink_codec)
+    up.check_downlink(down)
+    options = {codec.name: codec.options_type.from_values(values) for codec in CODECS.values()}
+    uplink = CodecSettings(up.name, options[up.name])
+    if up.aggregate_is_payload:
+        return uplink, uplink
+    down_options = (replace(options[down.name], density=choice.downlink_density)
+                    if isinstance(options[down.name], CompeftOptions) else down.options_type())
+    return uplink, CodecSettings(down.name, down_options)
+
+
+def _check_rule(aggregation: AggregationSettings, uplink: CodecSettings, secure: SecureSettings) -> None:
+    """No robust rule where no single update is seen; sign-majority only on ternary updates."""
+    rule = aggregation.rule
+    if rule != "fedavg" and secure.enabled:
+        raise ConfigError(f"aggregation={rule} needs each client's update, which secure aggregation hides: "
+                          "use aggregation=fedavg with secagg=true (bound updates with secagg-clip and DP instead)")
+    if rule == "sign-majority" and not uplink.impl.ternary:
+        raise ConfigError("aggregation=sign-majority votes on ternary ComPEFT updates: it needs codec=compeft")
+
+
+def _check_server_optimizer(settings: ServerOptimizerSettings, uplink: CodecSettings) -> None:
+    """Refuse an optimiser where the aggregate is coefficients on fresh directions each round (Ferret), which
+    per-entry moments cannot follow."""
     if settings.enabled and uplink.impl.aggregate_is_payload:
         raise ConfigError(f"server-optimizer={settings.name} keeps per-entry moments across rounds, but a "
                           f"{uplink.codec} round's aggregate is coefficients on that round's own random directions "
                           "(a new basis each round), and stepping in parameter space would turn it into a dense "
                           f"delta the coefficient downlink cannot carry: use server-optimizer=none with "
                           f"codec={uplink.codec}")
-    return settings
 
 
-def _aggregation_settings(values: Mapping[str, object], secure: bool) -> AggregationSettings:
-    """Check the aggregation keys: a known rule, sane options, and no robust rule where no single update is seen."""
-    rule = str(values["aggregation"])
-    if rule not in AGGREGATION_RULES:
-        raise ConfigError(f"unknown aggregation '{rule}' (choose from {', '.join(AGGREGATION_RULES)})")
-    if rule != "fedavg" and secure:
-        raise ConfigError(f"aggregation={rule} needs each client's update, which secure aggregation hides: "
-                          "use aggregation=fedavg with secagg=true (bound updates with secagg-clip and DP instead)")
-    if rule == "sign-majority" and not get_codec(str(values["codec"])).ternary:
-        raise ConfigError("aggregation=sign-majority votes on ternary ComPEFT updates: it needs codec=compeft")
-    trim = float(values["aggregation-trim"])  # type: ignore[arg-type]
-    if not 0.0 <= trim < 0.5:
-        raise ConfigError(f"aggregation-trim must be in [0, 0.5), got {trim}")
-    byzantine, keep = int(values["aggregation-byzantine"]), int(values["aggregation-keep"])  # type: ignore[arg-type]
-    norm_bound = float(values["aggregation-norm-bound"])  # type: ignore[arg-type]
-    if byzantine < 0 or keep < 0 or norm_bound < 0:
-        raise ConfigError("aggregation-byzantine, aggregation-keep and aggregation-norm-bound must be >= 0")
-    return AggregationSettings(rule, trim, byzantine, keep, norm_bound)
-
-
-def _secure_settings(values: Mapping[str, object], task: TaskSpec, per_round: int) -> SecureSettings:
-    """Check the secure-aggregation keys against the codec and the clients per round."""
-    support = str(values["compeft-support"])
-    if support not in ("client", "shared"):
-        raise ConfigError(f"compeft-support '{support}' is not one of client, shared")
-    enabled = bool(values["secagg"])
-    if support == "shared" and not enabled:
-        raise ConfigError("compeft-support=shared is the secure-aggregation mode of compeft: it needs secagg=true")
-    if not enabled:
+def _secure_settings(secure: SecureSettings, uplink: CodecSettings, task: TaskSpec, per_round: int
+                     ) -> SecureSettings:
+    """Check secure aggregation against the codec and the clients per round; fill its defaults."""
+    if not secure.enabled:
         return SecureSettings()
-    uplink = _codec_settings(values)[0]
-    try:
-        uplink.impl.check_secure(uplink.options, shared_support=support == "shared")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    uplink.impl.check_secure(uplink.options, shared_support=secure.compeft_support == "shared")
     if per_round < 2:
         raise ConfigError(f"secagg=true needs at least 2 clients per round, this run samples {per_round}")
-    neighbours = int(values["secagg-neighbours"]) or graph.default_neighbours(per_round)  # type: ignore[arg-type]
-    neighbours = min(neighbours, per_round - 1)
-    threshold = int(values["secagg-threshold"]) or graph.default_threshold(neighbours)  # type: ignore[arg-type]
+    neighbours = min(secure.neighbours or graph.default_neighbours(per_round), per_round - 1)
+    threshold = secure.threshold or graph.default_threshold(neighbours)
     try:
         graph.check_graph(per_round, neighbours, threshold)
     except ValueError as exc:
         raise ConfigError(f"secagg-neighbours / secagg-threshold: {exc}") from exc
-    clip = float(values["secagg-clip"]) or 2.0 * task.lr * task.local_steps  # type: ignore[arg-type]
-    if not clip > 0 or clip == float("inf"):
-        raise ConfigError(f"secagg-clip must be a positive finite number, got {values['secagg-clip']}")
-    bits = int(values["secagg-precision-bits"])  # type: ignore[arg-type]
-    if not 2 <= bits <= 40:
-        raise ConfigError(f"secagg-precision-bits must be in 2..40, got {bits}")
-    return SecureSettings(True, neighbours, threshold, clip, bits)
+    clip = secure.clip or 2.0 * task.lr * task.local_steps
+    return replace(secure, neighbours=neighbours, threshold=threshold, clip=clip)
+
+
+def reference_table() -> str:
+    """Every run-config key with its default and help, as the README's markdown table."""
+    def shown(value: object) -> str:
+        return str(value).lower() if isinstance(value, bool) else repr(value) if value == "" else str(value)
+
+    lines = ["| key | default | what |", "|---|---|---|"]
+    for group in GROUPS:
+        for key, help_text in group.help().items():
+            lines.append(f"| `{key}` | `{shown(DEFAULTS[key])}` | {help_text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_table())

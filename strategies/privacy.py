@@ -21,14 +21,16 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from strategies.fedavg import l2_norm
+from strategies.settings import KeyedSettings, setting
 
 
 @dataclass(frozen=True)
-class DPSettings:
-    """``noise_multiplier`` z and L2 ``clip`` C; z = 0 turns DP off."""
+class DPSettings(KeyedSettings):
+    """``noise_multiplier`` z and L2 ``clip`` C; z = 0 turns DP off. ``delta``: δ of the reported (ε, δ)."""
 
-    noise_multiplier: float = 0.0
-    clip: float = 0.0
+    noise_multiplier: float = setting("dp-noise-multiplier", 0.0, "z; 0 turns DP off")
+    clip: float = setting("dp-clip", 0.0, "C: each client's update is clipped to L2 norm C")
+    delta: float = setting("dp-delta", 1e-5, "δ of the reported (ε, δ)")
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier >= 0):
@@ -37,6 +39,8 @@ class DPSettings:
             raise ValueError(f"dp-clip must be a finite number >= 0, got {self.clip}")
         if self.noise_multiplier > 0 and self.clip <= 0:
             raise ValueError("dp-noise-multiplier > 0 needs dp-clip > 0 (the L2 bound the noise is scaled to)")
+        if not 0.0 < self.delta < 1.0:
+            raise ValueError(f"dp-delta must be in (0, 1), got {self.delta}")
 
     @property
     def enabled(self) -> bool:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from strategies.settings import KeyedSettings, setting
+
 Tensors = dict[str, torch.Tensor]
 SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 # Flower's defaults for the server learning rate (eta), used when server-lr is 0.
@@ -27,15 +29,17 @@ DEFAULT_LR = {"none": 1.0, "fedavgm": 1.0, "fedadam": 0.1, "fedyogi": 0.01, "fed
 
 
 @dataclass(frozen=True)
-class ServerOptimizerSettings:
+class ServerOptimizerSettings(KeyedSettings):
     """Which server optimiser and its hyper-parameters (``lr`` 0: Flower's default for that optimiser)."""
 
-    name: str = "none"
-    lr: float = 0.0
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
+    name: str = setting("server-optimizer", "none", "`fedavgm`, `fedadam`, `fedyogi` or `fedadagrad` (Reddi et al. "
+                        "2021); `none`: the mean delta itself")
+    lr: float = setting("server-lr", 0.0, "server learning rate (0: Flower's default, 1.0 for FedAvgM, 0.1 FedAdam "
+                        "and FedAdagrad, 0.01 FedYogi)")
+    momentum: float = setting("server-momentum", 0.9, "FedAvgM's momentum")
+    beta1: float = setting("server-beta1", 0.9, "first-moment decay (FedAdam, FedYogi, FedAdagrad)")
+    beta2: float = setting("server-beta2", 0.99, "second-moment decay (FedAdam, FedYogi)")
+    tau: float = setting("server-tau", 1e-3, "adaptivity: added to √v in the step's denominator")
 
     def __post_init__(self) -> None:
         if self.name not in SERVER_OPTIMIZERS:

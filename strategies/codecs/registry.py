@@ -19,7 +19,8 @@ CODECS: dict[str, Codec] = {codec.name: codec for codec in (DENSE, COMPEFT, FERR
 CODEC_NAMES = tuple(CODECS)
 SEED_KEY = "ferret-seed"  # the train-config entry carrying the round's shared seed to codecs that need one
 
-__all__ = ["CODECS", "CODEC_NAMES", "CodecSettings", "CompeftOptions", "DenseOptions", "FerretOptions", "get_codec"]
+__all__ = ["CODECS", "CODEC_NAMES", "SEED_KEY", "CodecSettings", "CompeftOptions", "DenseOptions", "FerretOptions",
+           "codec_settings", "decode_update", "encode_update", "get_codec", "round_seed", "shared_seed"]
 
 
 def get_codec(name: str) -> Codec:

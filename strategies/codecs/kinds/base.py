@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
+from strategies.settings import KeyedSettings
 
 if TYPE_CHECKING:
     from strategies.secagg.ring import Quantizer
@@ -27,39 +28,10 @@ Tensors = dict[str, torch.Tensor]
 Rule = Callable[[list[Tensors], list[float]], Tensors]
 
 
-def option(key: str, help: str) -> dict[str, str]:
-    """Field metadata of a codec option: its run-config/record key and a line of help."""
-    return {"key": key, "help": help}
-
-
 @dataclasses.dataclass(frozen=True)
-class CodecOptions:
-    """Base of each codec's options dataclass. Every field declares its record key and help in its metadata;
-    the record round-trip is derived from them. Subclasses check their ranges in ``__post_init__``."""
-
-    def to_record(self, prefix: str = "") -> dict[str, Any]:
-        """Flat ConfigRecord entries, keyed as in the run config (optionally prefixed)."""
-        return {prefix + f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, object], prefix: str = "") -> Self:
-        """Inverse of ``to_record``; ValueError naming a missing or mistyped entry."""
-        values = {}
-        for f in dataclasses.fields(cls):
-            key = prefix + f.metadata["key"]
-            if key not in record:
-                raise ValueError(f"codec settings lack {key!r}")
-            kind = type(f.default)
-            try:
-                values[f.name] = kind(record[key])  # type: ignore[call-arg]
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"codec setting {key!r} expects {kind.__name__}, got {record[key]!r}") from exc
-        return cls(**values)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Each option's key and its help line."""
-        return {f.metadata["key"]: f.metadata["help"] for f in dataclasses.fields(cls)}
+class CodecOptions(KeyedSettings):
+    """Base of each codec's options dataclass: fields declared with ``strategies.settings.setting`` (key, default,
+    help); subclasses check their ranges in ``__post_init__``."""
 
 
 class GlobalStateHolder(Protocol):

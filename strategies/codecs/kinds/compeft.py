@@ -12,8 +12,9 @@ import torch
 
 from strategies.codecs import compeft
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
-from strategies.codecs.kinds.base import Codec, CodecOptions, TensorAggregate, Tensors, option
+from strategies.codecs.kinds.base import Codec, CodecOptions, TensorAggregate, Tensors
 from strategies.secagg import updates as secure
+from strategies.settings import setting
 
 if TYPE_CHECKING:
     from strategies.secagg.updates import PartyInput, SecureEncoding
@@ -23,12 +24,12 @@ if TYPE_CHECKING:
 class CompeftOptions(CodecOptions):
     """Options of the ComPEFT codec."""
 
-    density: float = dataclasses.field(default=0.05, metadata=option(
-        "compeft-density", "fraction of entries kept (top-k by magnitude), in (0, 1]"))
-    alpha_scale: float = dataclasses.field(default=1.0, metadata=option(
-        "compeft-alpha-scale", "c in alpha = c * std(delta), the magnitude every kept entry is sent with"))
-    scope: str = dataclasses.field(default="global", metadata=option(
-        "compeft-scope", "global: one top-k and one alpha over the whole update; tensor: per tensor"))
+    density: float = setting("compeft-density", 0.05,
+        "fraction of entries kept, in (0, 1]")
+    alpha_scale: float = setting("compeft-alpha-scale", 1.0,
+        "alpha in units of the delta's std (ComPEFT's c)")
+    scope: str = setting("compeft-scope", "global",
+        "one alpha for the whole delta, or `tensor`: one per tensor")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.density <= 1.0:

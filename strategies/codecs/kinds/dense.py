@@ -9,8 +9,9 @@ import numpy as np
 
 from strategies.codecs import dense
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
-from strategies.codecs.kinds.base import Codec, CodecOptions, TensorAggregate, Tensors, option
+from strategies.codecs.kinds.base import Codec, CodecOptions, TensorAggregate, Tensors
 from strategies.secagg import updates as secure
+from strategies.settings import setting
 
 if TYPE_CHECKING:
     from strategies.secagg.updates import PartyInput, SecureEncoding
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 class DenseOptions(CodecOptions):
     """Options of the dense codec."""
 
-    dtype: str = dataclasses.field(default="fp32", metadata=option(
-        "dense-dtype", "wire precision of every entry: fp32 (lossless), bf16 or fp16"))
+    dtype: str = setting("dense-dtype", "fp32",
+        "wire precision of each entry: `fp32` (lossless), `bf16` or `fp16`")
 
     def __post_init__(self) -> None:
         if self.dtype not in dense.WIRE_DTYPES:

@@ -11,8 +11,9 @@ import torch
 
 from strategies.codecs import ferret
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
-from strategies.codecs.kinds.base import Codec, CodecOptions, PayloadAggregate, Rule, Tensors, option
+from strategies.codecs.kinds.base import Codec, CodecOptions, PayloadAggregate, Rule, Tensors
 from strategies.secagg import updates as secure
+from strategies.settings import setting
 
 if TYPE_CHECKING:
     from strategies.secagg.ring import Quantizer
@@ -23,10 +24,10 @@ if TYPE_CHECKING:
 class FerretOptions(CodecOptions):
     """Options of the Ferret codec."""
 
-    dim: int = dataclasses.field(default=64, metadata=option(
-        "ferret-dim", "random directions (coefficients sent) per block"))
-    block_size: int = dataclasses.field(default=65536, metadata=option(
-        "ferret-block-size", "entries per block projected on its own directions"))
+    dim: int = setting("ferret-dim", 64,
+        "directions per block")
+    block_size: int = setting("ferret-block-size", 65536,
+        "entries per block (dim/block_size is the fraction of fp32 bytes sent)")
 
     def __post_init__(self) -> None:
         ferret.check_options(self.dim, self.block_size)
