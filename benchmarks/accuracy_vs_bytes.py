@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+MARKERS = {"dense": "s", "ferret": "^", "compeft": "x"}  # plot marker per codec (ComPEFT with error feedback: "o")
+
 
 def variants(densities: list[float], alpha_scale: float, ferret: dict[str, object] | None = None
              ) -> list[tuple[str, dict[str, object]]]:
@@ -108,8 +110,7 @@ def plot(results: list[dict], path: Path) -> None:
             return row[final_key] if final_key else row["final"][name]
 
         for row in sent:
-            marker = ("s" if row["label"] == "dense" else "^" if row["label"].startswith("ferret")
-                      else "o" if "+EF" in row["label"] else "x")
+            marker = MARKERS[str(row.get("codec"))] if "+EF" not in row["label"] else "o"
             ax.scatter(row["bytes_up_total"] / 1e6, value(row), marker=marker, s=55, label=row["label"])
         if base_key:
             ax.set_title(f"base model: {sent[0][base_key]:.4g}", fontsize=9)

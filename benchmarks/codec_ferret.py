@@ -20,7 +20,8 @@ import time
 import torch
 from peft import get_peft_model_state_dict
 
-from client.task.models import LoraSettings, load_causal_lm, wrap_with_lora
+from client.task.adapters import LoraSettings, wrap_with_lora
+from client.task.models import load_causal_lm
 from client.task.presets import PRESETS
 from strategies.codecs import ferret
 from strategies.random_basis import BlockPlan

@@ -19,3 +19,5 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*gguf.*", category=UserWarning)
     # PEFT 0.21 asks transformers 5.23 a deprecated question on every adapter it wraps or loads.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # VeRA and RandLoRA: every party rebuilds the seeded projections on purpose (save_projection=False).
+    warnings.filterwarnings("ignore", message=r".*(save|load) (vera|basis)_A and .*", category=UserWarning)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from torch.nn import functional
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from client.task.adapters import LoraSettings, wrap_with_lora
 from client.task.build import (
     base_weight_dtype,
     build_task,
@@ -25,7 +26,6 @@ from client.task.build import (
     load_splits,
 )
 from client.task.loop import train_locally
-from client.task.models import LoraSettings, wrap_with_lora
 from client.task.spec import TaskSpec
 from server.run_config import DEFAULTS, ConfigError, resolve
 from simulations.cli import build_parser, main

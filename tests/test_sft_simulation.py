@@ -143,3 +143,19 @@ def test_fedprox_pulls_local_training_towards_the_global_state(tiny_causal_lm: s
         train_locally(task, train.dataset.select(range(16)), steps=4, batch_size=4, lr=1e-2, seed=3, prox_mu=mu)
         moved[mu] = l2_norm(subtract(task.trainable_state(), start))
     assert 0 < moved[50.0] < 0.8 * moved[0.0]
+
+
+def test_a_vera_adapter_under_secure_aggregation_learns_and_reloads_in_a_fresh_process(
+        tmp_path: Path, tiny_causal_lm: str) -> None:
+    summary = simulate(_tiny_sft(tiny_causal_lm, adapter="vera", secagg=True,
+                                 **{"lora-r": 16, "lr": 5e-2, "num-server-rounds": 2}), out_dir=tmp_path,
+                       max_parallel=3)
+
+    rows = _rows(tmp_path, "metrics.jsonl")
+    assert all(r["applied"] and len(r["secagg"]["survivors"]) == 3 for r in rows)
+    assert summary["task"]["adapter"] == "vera" and summary["nll_final"] < summary["nll_base"]
+    reloaded = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path)], capture_output=True, text=True,
+                              cwd=ROOT, timeout=300)
+    assert reloaded.returncode == 0, reloaded.stderr[-3000:]
+    assert json.loads(reloaded.stdout.strip().splitlines()[-1])["metrics"]["nll"] == pytest.approx(
+        summary["nll_final"], rel=1e-5)

@@ -15,9 +15,10 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 
+from client.task.adapters import trainable_names, wrap_with_adapter
 from client.task.kinds.base import Evaluation, Head, TaskData, TaskKind
 from client.task.kinds.registry import kind_of
-from client.task.models import Quantized, load_tokenizer, wrap_with_lora
+from client.task.models import Quantized, load_tokenizer
 from client.task.spec import TaskSpec
 
 
@@ -51,8 +52,9 @@ class Task:
         return self.head.evaluate(self, dataset)
 
     def _named_trainable(self) -> dict[str, torch.Tensor]:
-        if self.spec.trainable == "lora":
-            return get_peft_model_state_dict(self.model)
+        if self.spec.trainable == "lora":  # what trains: PEFT also saves seeded projections and index sets
+            state = get_peft_model_state_dict(self.model)
+            return {name: state[name] for name in trainable_names(self.model, state)}
         return dict(self.model.named_parameters())
 
     def trainable_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -199,7 +201,7 @@ def build_task(spec: TaskSpec, train: TaskData) -> Task:
     quantized = Quantized(spec.quantization, frozen_dtype, device) if spec.quantization != "none" else None
     tokenizer = load_tokenizer(spec.model)
     base = kind.load_base(spec, train, quantized)
-    model = (wrap_with_lora(base, spec.lora, seed=spec.seed, modules_to_save=kind.modules_to_save())
+    model = (wrap_with_adapter(base, spec.adapter, spec.lora, seed=spec.seed, modules_to_save=kind.modules_to_save())
              if spec.trainable == "lora" else base)
     head = kind.make_head(spec, tokenizer, train, device)
     if frozen_dtype != torch.float32 or quantized is not None:

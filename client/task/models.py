@@ -1,4 +1,4 @@
-"""Load base models and tokenizers, and wrap them with PEFT LoRA adapters."""
+"""Load base models and tokenizers (adapters: client/task/adapters.py)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
 from client.task.model_sources import ModelSource, dequantised_cache_dir, resolve_model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA options: rank, scaling alpha, dropout and the module names to adapt."""
-
-    r: int
-    alpha: int
-    dropout: float
-    targets: tuple[str, ...]
 
 
 def _strip_gguf_quantisation(model: nn.Module) -> None:
@@ -142,22 +131,3 @@ def load_encoder_classifier(spec: str, num_labels: int, seed: int, quantized: Qu
         return classifier
     encoder = AutoModel.from_pretrained(str(source.directory), dtype=torch.float32)
     return MeanPoolClassifier(encoder, num_labels, seed)
-
-
-def wrap_with_lora(
-    base: nn.Module, lora: LoraSettings, *, seed: int, modules_to_save: list[str] | None = None
-) -> PeftModel:
-    """Add a fresh LoRA adapter (initialised from ``seed``) to ``base``; only adapter weights train."""
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.targets),
-        modules_to_save=modules_to_save,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            return get_peft_model(base, config)
-        except ValueError as exc:
-            raise ValueError(f"cannot add LoRA to target modules {list(lora.targets)}: {exc}") from exc

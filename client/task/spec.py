@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from client.task.models import LoraSettings
+from client.task.adapters import AdapterSettings, check_adapter
 
 PRECISIONS = ("auto", "bf16", "fp32")
 TRAINABLE = ("lora", "full")
@@ -26,13 +26,14 @@ class TaskSpec:
     messages, prompt, completion, category). eval_samples / max_new_tokens: held-out prompts answered greedily at
     each sft evaluation, and the tokens each answer may have.
     heldout: examples kept back for the coordinator's evaluation. max_length: tokens per example.
-    lora_*: LoRA rank, alpha, dropout and target modules. seed: seeds adapter init, splits and sampling.
+    adapter: the PEFT adapter family (client/task/adapters.py); lora_*: its rank, alpha, dropout and target
+    modules. seed: seeds adapter init (and seeded projections), splits and sampling.
     precision: ``bf16`` autocast, ``fp32``, or ``auto`` (bf16 where the device computes it natively).
     device: ``auto``, ``cpu`` or ``cuda[:i]``.
     partitioner / dirichlet_alpha: how the training set is split across clients.
     lr / local_steps / batch_size: the local optimiser recipe per round. fedprox_mu: FedProx's proximal weight
     (``mu/2 * ||w - w_global||^2`` added to the local loss; 0 = plain local training).
-    trainable: ``lora`` (a PEFT LoRA adapter trains) or ``full`` (every parameter of the model trains).
+    trainable: ``lora`` (a PEFT adapter of the ``adapter`` family trains) or ``full`` (every parameter trains).
     quantization: ``none``, or ``8bit`` / ``4bit`` (NF4): the frozen base loaded through bitsandbytes, for LoRA on
     CUDA only (the adapter and the update stay fp32).
     """
@@ -62,12 +63,14 @@ class TaskSpec:
     eval_samples: int = 24
     max_new_tokens: int = 24
     fedprox_mu: float = 0.0
+    adapter: str = "lora"
 
     def __post_init__(self) -> None:
         from client.task.data import parse_columns
         from client.task.kinds.registry import kind_of
 
         parse_columns(self.data_columns, kind_of(self.kind).column_roles)  # ValueError naming a bad kind or role
+        check_adapter(self.adapter)
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable '{self.trainable}' is not one of {', '.join(TRAINABLE)}")
         if self.precision not in PRECISIONS:
@@ -92,10 +95,10 @@ class TaskSpec:
             raise ValueError("lora-targets must name at least one module")
 
     @property
-    def lora(self) -> LoraSettings:
-        """The LoRA options as a LoraSettings."""
+    def lora(self) -> AdapterSettings:
+        """The adapter options (rank, alpha, dropout, targets)."""
         targets = tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
-        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, targets)
+        return AdapterSettings(self.lora_r, self.lora_alpha, self.lora_dropout, targets)
 
     @property
     def topic_names(self) -> tuple[str, ...]:
