@@ -29,9 +29,9 @@ CODECS: dict[str, dict[str, object]] = {
 def trainable_parameters(adapter: str, preset: str) -> int:
     """Entries a client sends for ``adapter`` (its trainable tensors), counted on the built task's layout."""
     from client.task.build import build_task, load_splits
-    from server.run_config import resolve
+    from client.task.task_keys import task_spec
 
-    spec = resolve({"preset": preset, "adapter": adapter, "lora-r": RANKS[adapter]}).task
+    spec = task_spec({"preset": preset, "adapter": adapter, "lora-r": RANKS[adapter]})
     train, _ = load_splits(spec)
     return sum(math.prod(shape) for shape in build_task(spec, train).trainable_shapes().values())
 

@@ -32,7 +32,7 @@ import torch
 
 from client.task.build import base_weight_dtype, build_task, load_splits, resolve_precision
 from client.task.loop import train_locally, training_order
-from server.run_config import resolve
+from client.task.task_keys import task_spec
 from strategies.codecs import compeft, ferret
 from strategies.random_basis import buckets_and_signs
 
@@ -72,7 +72,7 @@ def cuda_info() -> tuple[dict[str, Any] | None, str]:
 
 def training_row(preset: str, device: str, precision: str, steps: int) -> dict[str, Any]:
     """Tokens/s of ``steps`` timed local training steps of ``preset`` on ``device`` at ``precision``."""
-    spec = resolve({"preset": preset, "device": device, "precision": precision}).task
+    spec = task_spec({"preset": preset, "device": device, "precision": precision})
     train, _ = load_splits(spec)
     task = build_task(spec, train)
     data = train.dataset

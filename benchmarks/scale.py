@@ -30,11 +30,10 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from client import messages  # noqa: E402
 from server.aggregation import RoundAggregator  # noqa: E402
 from server.federation import ClientReply, acceptor, read_reply  # noqa: E402
 from server.run_config import AggregationSettings, resolve  # noqa: E402
-from strategies import fedavg  # noqa: E402
+from strategies import fedavg, messages  # noqa: E402
 from strategies.codecs.registry import encode_update  # noqa: E402
 from strategies.downlink import digest_prefix  # noqa: E402
 

@@ -13,13 +13,13 @@ from datasets import Dataset
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client import messages, node_state, secure
+from client import node_state, secure
 from client.quiet import quiet_libraries
 from client.task.build import Task, build_task, load_splits
 from client.task.loop import client_training_seed, train_locally
 from client.task.partition import client_partition
 from client.task.spec import TaskSpec
-from strategies import downlink
+from strategies import downlink, messages
 from strategies.codecs.registry import SEED_KEY, CodecSettings
 from strategies.fedavg import apply_update, l2_norm, subtract
 from strategies.privacy import DPSettings, privatize

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from client import messages
+from strategies import messages
 from strategies.codecs.registry import SEED_KEY, CodecSettings
 from strategies.secagg import audit, common
 from strategies.secagg.party import Party

@@ -10,8 +10,8 @@ from typing import Any
 
 from flwr.app import Message, RecordDict
 
-from client import messages
 from server.aggregation import RoundAggregator
+from strategies import messages
 from strategies.codecs import UpdateRejected
 from strategies.downlink import digest_prefix
 

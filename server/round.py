@@ -17,7 +17,6 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from client import messages
 from server import checkpoint
 from server.aggregation import RoundAggregator, byte_limit, check_norm
 from server.client_reply import RoundOutcome, collect_replies
@@ -28,6 +27,7 @@ from server.progress import RoundProgress
 from server.replies import stream_replies
 from server.run_config import RESUMABLE_CHANGES, RunConfig
 from server.secure_round import SecurePlan, SecureResult, plan_round, run_protocol
+from strategies import messages
 from strategies.codecs.kinds.base import Aggregate, TensorAggregate
 from strategies.codecs.registry import SEED_KEY, shared_seed
 from strategies.downlink import GlobalState

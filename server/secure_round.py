@@ -13,10 +13,10 @@ import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from client import messages
 from server.client_reply import ClientReply
 from server.replies import stream_replies
 from server.run_config import RunConfig
+from strategies import messages
 from strategies.codecs.kinds.base import Aggregate
 from strategies.secagg import audit, common
 from strategies.secagg.aggregator import Aggregator

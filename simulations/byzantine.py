@@ -18,8 +18,9 @@ from datasets import concatenate_datasets
 from client.task.build import build_task, load_splits
 from client.task.loop import evaluate
 from client.task.partition import client_partition
+from client.task.task_keys import task_spec
 from server.aggregation import aggregate
-from server.run_config import AggregationSettings, resolve
+from server.run_config import AggregationSettings
 from simulations.attacks.federated import run_federation
 from simulations.faults import attacked_tensor
 from strategies.codecs.registry import CodecSettings
@@ -51,9 +52,9 @@ class ByzantineResult:
 
 def run(setup: ByzantineSetup) -> ByzantineResult:
     """Train the federation of ``setup`` and evaluate its final global model."""
-    cfg = resolve({"preset": "encoder", "seed": setup.seed, "partitioner": "iid"})
-    train, heldout = load_splits(cfg.task)
-    task = build_task(cfg.task, train)
+    spec = task_spec({"preset": "encoder", "seed": setup.seed, "partitioner": "iid"})
+    train, heldout = load_splits(spec)
+    task = build_task(spec, train)
     spec = task.spec
     partitions = [client_partition(train.dataset, client, setup.clients, kind="iid", alpha=1.0, seed=setup.seed)
                   for client in range(setup.clients)]

@@ -9,8 +9,8 @@ import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client import messages
 from client.app import secagg_mask, secagg_share, secagg_unmask, train
+from strategies import messages
 from strategies.codecs.registry import CodecSettings
 
 BYZANTINE_ATTACKS = ("sign-flip", "scale", "random")

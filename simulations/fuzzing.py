@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from client import messages
 from protos.fedsqueeze.v1 import update_pb2
+from strategies import messages
 from strategies.codecs import compeft, dense, ferret
 from strategies.codecs.envelope import seal, seal_body
 from strategies.codecs.registry import decode_update

@@ -11,12 +11,11 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from client import messages
 from server.aggregation import RoundAggregator, aggregate
 from server.federation import collect_replies
 from server.replies import stream_replies
 from server.run_config import AggregationSettings
-from strategies import robust
+from strategies import messages, robust
 from strategies.codecs import dense, ferret
 from strategies.codecs.kinds.ferret import FERRET
 from strategies.codecs.registry import decode_update

@@ -12,7 +12,6 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import messages
 from server.federation import ClientReply, collect_replies, read_reply
 from server.run_config import resolve
 from simulations.fuzzing import (
@@ -27,6 +26,7 @@ from simulations.fuzzing import (
     meets_layout,
     reply_content,
 )
+from strategies import messages
 from strategies.codecs import UpdateRejected, compeft, dense
 from strategies.codecs.envelope import seal_body
 from strategies.codecs.registry import decode_update

@@ -28,7 +28,7 @@ import torch
 from client.task.build import Task, build_task, load_splits
 from client.task.loop import train_locally
 from client.task.models import load_causal_lm, load_tokenizer
-from server.run_config import resolve
+from client.task.task_keys import task_spec
 from simulations.attacks import defences, membership, metrics, token_recovery
 from simulations.attacks.federated import run_federation
 from simulations.attacks.reconstruction import ReconstructionSettings, random_tokens, reconstruct
@@ -123,7 +123,7 @@ def _threat(defence: str) -> str:
 
 
 def _fortune_batches(config: AttackConfig, count: int, offset: int) -> list[list[str]]:
-    spec = resolve({"preset": "fortunes"}).task
+    spec = task_spec({"preset": "fortunes"})
     train, _ = load_splits(spec)
     texts = list(train.dataset["text"])
     rng = np.random.default_rng(config.seed + offset)
@@ -209,7 +209,7 @@ def token_rows(config: AttackConfig) -> list[Row]:
 
 
 def _encoder_task(config: AttackConfig, trainable: str = "lora") -> tuple[Task, Any, Any]:
-    spec = resolve({"preset": "encoder", "seed": config.seed, "trainable": trainable}).task
+    spec = task_spec({"preset": "encoder", "seed": config.seed, "trainable": trainable})
     train, heldout = load_splits(spec)
     return build_task(spec, train), train, heldout
 

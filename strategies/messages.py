@@ -1,4 +1,5 @@
-"""Record names shared by the ClientApp and the ServerApp, and the downlink's record layout."""
+"""The message schema both apps use: record names shared by the ClientApp and the ServerApp, and the downlink's
+record layout (Flower records; nothing here imports either app)."""
 
 from __future__ import annotations
 
