@@ -35,21 +35,21 @@ class CoordinatorState:
     sampler: random.Random
     ledger: PrivacyLedger | None
     optimizer: ServerOptimizer
-    base: dict[str, float]
-    current: dict[str, float]
+    base_metrics: dict[str, float]  # held-out metrics of the model before any round
+    latest_metrics: dict[str, float]  # of the global state as last evaluated
     last_round: int = 0  # the last complete round
     epsilon: float = 0.0
     previous_update: Tensors | None = None  # the last secure round's mean delta: ComPEFT's shared support
     totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0))
 
     @classmethod
-    def start(cls, cfg: RunConfig, initial_state: Tensors, base: dict[str, float], sample_rate: float
+    def start(cls, cfg: RunConfig, initial_state: Tensors, base_metrics: dict[str, float], sample_rate: float
               ) -> CoordinatorState:
         """Round 0: the initial global state, a sampler seeded by the run, and a fresh ledger when DP is on."""
         global_state = GlobalState(cfg.downlink, initial_state, known_base=cfg.task.trainable == "full")
         ledger = PrivacyLedger(cfg.dp, sample_rate=sample_rate, delta=cfg.dp_delta) if cfg.dp.enabled else None
-        return cls(global_state, random.Random(cfg.seed), ledger, ServerOptimizer(cfg.server_optimizer), base=base,
-                   current=base)
+        return cls(global_state, random.Random(cfg.seed), ledger, ServerOptimizer(cfg.server_optimizer),
+                   base_metrics=base_metrics, latest_metrics=base_metrics)
 
     @classmethod
     def from_checkpoint(cls, saved: Checkpoint, cfg: RunConfig, initial_state: Tensors, sample_rate: float
@@ -64,7 +64,8 @@ class CoordinatorState:
         state.sampler.setstate(saved.sampler_state)
         state.optimizer.load_state_dict(saved.optimizer_moments, saved.optimizer_steps)
         state.totals.update(saved.totals)
-        state.current, state.previous_update, state.last_round = saved.current, saved.previous_update, saved.round
+        state.latest_metrics, state.previous_update = saved.current, saved.previous_update
+        state.last_round = saved.round
         for _ in range(saved.dp_rounds if state.ledger is not None else 0):
             state.epsilon = state.ledger.step()  # type: ignore[union-attr]
         return state
@@ -76,7 +77,7 @@ class CoordinatorState:
             round=self.last_round, run_config=run_config, state=held.state, version=held.version,
             residual=held.residual, history=dict(held.history), previous_update=self.previous_update,
             sampler_state=self.sampler.getstate(), dp_rounds=self.ledger.rounds if self.ledger is not None else 0,
-            totals=dict(self.totals), base=self.base, current=self.current, rows=rows, wall_s=wall_s,
+            totals=dict(self.totals), base=self.base_metrics, current=self.latest_metrics, rows=rows, wall_s=wall_s,
             optimizer_moments=self.optimizer.state_dict(), optimizer_steps=self.optimizer.steps)
 
     def record_bytes(self, clients: list[dict[str, Any]]) -> None:

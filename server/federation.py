@@ -84,13 +84,13 @@ def _start(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks, progres
     if resumed is None:
         progress.status("evaluating the base model")
         base_evaluation = model.evaluate_fn(model.initial_state)
-        base = base_evaluation.metrics
+        base_metrics = base_evaluation.metrics
         samples_log.append(0, base_evaluation.samples)
     else:
         check_resumable(resumed, model.initial_state)
-        base = resumed.base
+        base_metrics = resumed.base
         started -= resumed.wall_s
-    log.info("base model: held-out %s", _describe(base))
+    log.info("base model: held-out %s", _describe(base_metrics))
     metrics_log = MetricsLog(out_dir, rows=resumed.rows if resumed is not None else None)
     progress.status(f"waiting for {cfg.num_clients} client nodes")
     node_ids = wait_for_nodes(grid, cfg.num_clients, cfg.wait_for_clients_s)
@@ -98,7 +98,7 @@ def _start(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks, progres
                      dense_fp32_bytes(model.initial_state), progress, metrics_log, samples_log, started)
     sample_rate = fed.per_round / len(node_ids)
     if resumed is None:
-        return fed, CoordinatorState.start(cfg, model.initial_state, base, sample_rate)
+        return fed, CoordinatorState.start(cfg, model.initial_state, base_metrics, sample_rate)
     log.info("resuming after round %d of %d from %s", resumed.round, cfg.num_server_rounds,
              out_dir / checkpoint.DIRECTORY)
     return fed, CoordinatorState.from_checkpoint(resumed, cfg, model.initial_state, sample_rate)
@@ -107,7 +107,7 @@ def _start(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks, progres
 def _summary(fed: Federation, state: CoordinatorState) -> dict[str, Any]:
     """summary.json: the run's settings, base and final metrics, byte totals and compression, problems."""
     cfg, model, rows, totals = fed.cfg, fed.model, fed.metrics_log.rows, state.totals
-    base, current, metric = state.base, state.current, model.metric
+    base, current, metric = state.base_metrics, state.latest_metrics, model.metric
     return {
         "preset": cfg.preset, "model": cfg.task.model, "dataset": cfg.task.dataset, "num_clients": cfg.num_clients,
         "rounds": cfg.num_server_rounds, "codec": cfg.codec, "codec_options": cfg.codec_options(),
@@ -140,8 +140,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks)
             run_round(fed, state, round_id)
         progress.status("writing adapter, summary and plots")
         model.export_fn(state.global_state.state, out_dir)
-        plot_metrics(fed.metrics_log.rows, [model.metric, *(k for k in state.base if k != model.metric)],
-                     state.base, out_dir)
+        plot_metrics(fed.metrics_log.rows, [model.metric, *(k for k in state.base_metrics if k != model.metric)],
+                     state.base_metrics, out_dir)
         summary = _summary(fed, state)
         write_json_atomic(out_dir / "summary.json", summary)
         return summary

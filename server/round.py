@@ -220,7 +220,7 @@ def evaluate(fed: Federation, state: CoordinatorState, round_id: int, applied: b
     if not (applied and (round_id % cfg.eval_every == 0 or round_id == cfg.num_server_rounds)):
         return False
     evaluation = fed.model.evaluate_fn(state.global_state.state)
-    state.current = evaluation.metrics
+    state.latest_metrics = evaluation.metrics
     fed.samples_log.append(round_id, evaluation.samples)
     return True
 
@@ -231,7 +231,7 @@ def metrics_row(fed: Federation, state: CoordinatorState, plan: RoundPlan, outco
     clients = outcome.rows(fed.dense_fp32_bytes)
     losses, accepted = outcome.train_losses, outcome.accepted
     return {
-        "round": plan.round_id, **(state.current if evaluated else {}), "evaluated": evaluated,
+        "round": plan.round_id, **(state.latest_metrics if evaluated else {}), "evaluated": evaluated,
         "train_loss": sum(losses) / len(losses) if losses else None,
         "clients_sampled": len(plan.sampled), "clients_ok": len(accepted),
         "clients_failed": len(outcome.failures), "updates_rejected": len(outcome.rejections),
@@ -257,7 +257,7 @@ def record(fed: Federation, state: CoordinatorState, row: dict[str, Any], round_
     checkpoint.save(fed.out_dir, state.to_checkpoint(checkpointed_config(fed.cfg), fed.metrics_log.rows,
                                                      time.perf_counter() - fed.started))
     metric = fed.model.metric
-    scored = f"{metric} {state.current[metric]:.3f}" if row["evaluated"] else "not evaluated this round"
+    scored = f"{metric} {state.latest_metrics[metric]:.3f}" if row["evaluated"] else "not evaluated this round"
     problems = len(row["problems"])
     fed.progress.round_done(row["round"], f"{scored}, {row['clients_ok']}/{row['clients_sampled']} clients, "
                                           f"{row['bytes_up'] / 1e6:.3f} MB up, {row['bytes_down'] / 1e6:.3f} MB down"
