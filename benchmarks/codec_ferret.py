@@ -20,7 +20,7 @@ import time
 import torch
 from peft import get_peft_model_state_dict
 
-from client.task.adapters import LoraSettings, wrap_with_lora
+from client.task.adapters import AdapterSettings, wrap_with_lora
 from client.task.models import load_causal_lm
 from client.task.presets import PRESETS
 from strategies.codecs import ferret
@@ -32,7 +32,7 @@ def default_layouts() -> dict[str, dict[str, tuple[int, ...]]]:
     preset = PRESETS["fortunes"]
     model = load_causal_lm(str(preset["model"]))
     full = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    lora = LoraSettings(r=int(preset["lora-r"]), alpha=int(preset["lora-alpha"]), dropout=0.0,
+    lora = AdapterSettings(r=int(preset["lora-r"]), alpha=int(preset["lora-alpha"]), dropout=0.0,
                         targets=tuple(str(preset["lora-targets"]).split(",")))
     peft_model = wrap_with_lora(model, lora, seed=0)
     adapter = {name: tuple(t.shape) for name, t in get_peft_model_state_dict(peft_model).items()}

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch.nn import functional
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from client.task.adapters import LoraSettings, wrap_with_lora
+from client.task.adapters import AdapterSettings, wrap_with_lora
 from client.task.build import (
     base_weight_dtype,
     build_task,
@@ -97,7 +97,7 @@ def _tiny_lora_llama() -> torch.nn.Module:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     torch.manual_seed(0)
     base = LlamaForCausalLM(config)
-    return wrap_with_lora(base, LoraSettings(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj")), seed=1)
+    return wrap_with_lora(base, AdapterSettings(r=4, alpha=8, dropout=0.0, targets=("q_proj", "v_proj")), seed=1)
 
 
 def test_keep_frozen_in_casts_only_what_does_not_train_and_the_adapter_still_learns() -> None:

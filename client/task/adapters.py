@@ -27,7 +27,6 @@ class AdapterSettings:
     targets: tuple[str, ...]
 
 
-LoraSettings = AdapterSettings  # the name the LoRA-only code knew
 
 # name -> (PEFT config from the settings, the run's seed and the modules trained in full), a line of help.
 ADAPTERS: dict[str, tuple[Callable[[AdapterSettings, int, list[str] | None], PeftConfig], str]] = {

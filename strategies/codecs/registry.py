@@ -31,11 +31,6 @@ def get_codec(name: str) -> Codec:
         raise ValueError(f"unknown codec '{name}' (choose from {', '.join(CODEC_NAMES)})") from None
 
 
-def check_codec_name(codec: str) -> None:
-    """Raise ValueError naming the known codecs when ``codec`` is not one of them."""
-    get_codec(codec)
-
-
 @dataclass(frozen=True)
 class CodecSettings:
     """A codec, by name, and its options (the codec's own options dataclass; None: its defaults)."""

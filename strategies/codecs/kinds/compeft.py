@@ -38,7 +38,6 @@ class CompeftOptions(CodecOptions):
             raise ValueError(f"compeft-alpha-scale must be positive, got {self.alpha_scale}")
         if self.scope not in compeft.SCOPES:
             raise ValueError(f"compeft-scope '{self.scope}' is not one of {', '.join(compeft.SCOPES)}")
-        compeft.check_options(self.density, self.alpha_scale, self.scope)  # what encode will check again
 
 
 class CompeftCodec(Codec):
