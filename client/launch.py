@@ -1,17 +1,24 @@
-"""Launch helper for a client node: ``flower-supernode`` with this node's partition and device."""
+"""Launch helpers for a client node: ``flower-supernode`` with this node's partition and device, and the node's
+warm trainer (``client/trainer.py``)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+from client.warm_channel import TRAINER_SOCKET_KEY
 
 
 def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
                       root_certificates: Path | None, clientappio_port: int = 9094,
-                      device: str = "", auth_private_key: Path | None = None) -> list[str]:
+                      device: str = "", auth_private_key: Path | None = None,
+                      trainer_socket: Path | None = None, capped_poll: bool = False) -> list[str]:
     """The ``flower-supernode`` command line for one client node (TLS when ``root_certificates`` is given).
 
     ``auth_private_key`` is this node's OpenSSH EC private key for a SuperLink with SuperNode authentication (its
     public key must be registered there first). Authentication needs TLS: ValueError without ``root_certificates``.
+    ``trainer_socket`` names the node's warm trainer (trainer_command): each message is then run there.
+    ``capped_poll`` runs the SuperNode through ``client/supernode.py`` (Flower's loop, shorter idle wait).
     """
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
@@ -23,7 +30,10 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
     node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
     if device:
         node_config += f' device="{device}"'
-    command = ["flower-supernode", "--superlink", superlink, "--port", str(clientappio_port),
+    if trainer_socket is not None:
+        node_config += f' {TRAINER_SOCKET_KEY}="{trainer_socket}"'
+    program = [sys.executable, "-m", "client.supernode"] if capped_poll else ["flower-supernode"]
+    command = [*program, "--superlink", superlink, "--port", str(clientappio_port),
                "--node-config", node_config]
     if root_certificates is None:
         command.append("--insecure")
@@ -34,3 +44,10 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
     if auth_private_key is not None:
         command += ["--auth-supernode-private-key", str(auth_private_key)]
     return command
+
+
+def trainer_command(socket_path: Path, parent_pid: int | None = None) -> list[str]:
+    """The command line of a node's warm trainer listening at ``socket_path`` (this interpreter, so this venv);
+    with ``parent_pid`` it stops when that process (the node) is gone."""
+    command = [sys.executable, "-m", "client.trainer", "--socket", str(socket_path)]
+    return command + (["--parent-pid", str(parent_pid)] if parent_pid is not None else [])

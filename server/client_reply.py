@@ -17,7 +17,7 @@ from strategies.downlink import digest_prefix
 
 # Figures a client may report beside its update, recorded per client in metrics.jsonl (key as sent → as stored).
 REPORTED = {"residual-norm": "residual_norm", "residual-carried": "residual_carried", "update-norm": "update_norm",
-            "secagg-clipped": "secagg_clipped"}
+            "secagg-clipped": "secagg_clipped", "train-s": "train_s", "task-built": "task_built"}
 
 
 @dataclass

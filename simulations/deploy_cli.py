@@ -4,23 +4,32 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from client.launch import supernode_command
+from client.launch import supernode_command, trainer_command
+from client.supernode import POLL_ENV, poll_seconds
 from server.certs import generate_dev_certificates
 from server.launch import register_node, submit_command, superlink_command, write_connection
 from server.node_keys import NODE_KEYS_DIR, generate_node_keys
 
 
-def _run(command: list[str], env: dict[str, str] | None = None) -> int:
+def _tool_env(env: dict[str, str] | None = None) -> dict[str, str]:
     # Flower's processes start each other by name (flwr-serverapp, flwr-clientapp): put this env's bin first.
     env = dict(env or os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _run(command: list[str], env: dict[str, str] | None = None) -> int:
     print("+ " + " ".join(command), flush=True)
-    return subprocess.call(command, env=env)
+    return subprocess.call(command, env=_tool_env(env))
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
@@ -41,12 +50,61 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
                                   node_auth=args.node_auth))
 
 
+def _wait_for_trainer(socket_path: Path, trainer: subprocess.Popen, timeout_s: float) -> None:
+    """Block until the warm trainer accepts connections; RuntimeError if it exits or does not listen in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if trainer.poll() is not None:
+            raise RuntimeError(f"the warm trainer exited with status {trainer.returncode} before it listened")
+        if socket_path.exists():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                if probe.connect_ex(str(socket_path)) == 0:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"the warm trainer did not listen at {socket_path} within {timeout_s:.0f} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _cmd_node(args: argparse.Namespace) -> int:
     root = None if args.insecure else Path(args.root_certificates)
-    return _run(supernode_command(superlink=args.superlink, partition_id=args.partition_id,
-                                  num_partitions=args.num_partitions, root_certificates=root,
-                                  clientappio_port=args.clientappio_port, device=args.device,
-                                  auth_private_key=Path(args.auth_key) if args.auth_key else None))
+    node = dict(superlink=args.superlink, partition_id=args.partition_id, num_partitions=args.num_partitions,
+                root_certificates=root, clientappio_port=args.clientappio_port, device=args.device,
+                auth_private_key=Path(args.auth_key) if args.auth_key else None)
+    if args.cold:
+        return _run(supernode_command(**node))
+    poll_seconds({POLL_ENV: str(args.poll_s)})  # ValueError (one line, exit 2) before anything starts
+    socket_dir = Path(tempfile.mkdtemp(prefix="fedsqueeze-trainer-"))  # 0700: only this user reaches the socket
+    socket_path = socket_dir / "trainer.sock"
+    supernode = supernode_command(**node, trainer_socket=socket_path, capped_poll=True)  # checks the arguments
+    env = _tool_env()
+    env[POLL_ENV] = str(args.poll_s)
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")  # start the per-message ClientApp within 0.2 s
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stop both children on SIGTERM
+    processes: list[subprocess.Popen] = []
+    try:
+        trainer = trainer_command(socket_path, parent_pid=os.getpid())
+        print("+ " + " ".join(trainer), flush=True)
+        processes.append(subprocess.Popen(trainer, env=env))
+        _wait_for_trainer(socket_path, processes[0], timeout_s=120)
+        print("+ " + " ".join(supernode), flush=True)
+        processes.append(subprocess.Popen(supernode, env=env))
+        return processes[1].wait()
+    except RuntimeError as exc:
+        print(f"fedsqueeze: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -106,6 +164,11 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--device", default="", help="cpu, cuda or cuda:N for this node (default: the run's)")
     node.add_argument("--auth-key", default=None,
                       help="this node's private key (from certs --nodes) for a coordinator with --node-auth")
+    node.add_argument("--cold", action="store_true",
+                      help="no warm trainer: every message loads the model again in a fresh ClientApp process "
+                           "(plain flower-supernode behaviour)")
+    node.add_argument("--poll-s", type=float, default=0.5,
+                      help="longest idle wait between the node's pulls from the SuperLink (Flower's own: 3 s)")
     node.set_defaults(func=_cmd_node)
 
     submit = sub.add_parser("submit", help="submit a fedsqueeze run to a running SuperLink (flwr run)")

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-from client.launch import supernode_command
 from server.certs import generate_dev_certificates
 from server.launch import submit_command, superlink_command, write_connection
 
@@ -67,10 +66,20 @@ def start_process(name: str, command: list[str], *, logs: Path, env: dict[str, s
     return proc
 
 
+def node_command(*, superlink: str, partition_id: int, num_partitions: int, root_certificates: Path,
+                 clientappio_port: int, warm: bool = True) -> list[str]:
+    """``fedsqueeze node`` as the README runs it: a SuperNode and (unless ``warm`` is False) its warm trainer."""
+    command = [sys.executable, "-m", "simulations.cli", "node", "--superlink", superlink,
+               "--partition-id", str(partition_id), "--num-partitions", str(num_partitions),
+               "--root-certificates", str(root_certificates), "--clientappio-port", str(clientappio_port)]
+    return command + ([] if warm else ["--cold"])
+
+
 def start_tls_federation(tmp_path: Path, *, logs: Path, env: dict[str, str],
-                         processes: dict[str, subprocess.Popen], nodes: int = 2) -> dict[str, Path]:
-    """A SuperLink with dev TLS certificates and ``nodes`` SuperNodes (one partition each), and the flwr
-    connection to submit runs to it; returns the certificate paths."""
+                         processes: dict[str, subprocess.Popen], nodes: int = 2, warm: bool = True
+                         ) -> dict[str, Path]:
+    """A SuperLink with dev TLS certificates and ``nodes`` client nodes (``fedsqueeze node``, one partition each),
+    and the flwr connection to submit runs to it; returns the certificate paths."""
     certs = generate_dev_certificates(tmp_path / "certs")
     fleet_port, control_port = free_port(), free_port()
     start_process("superlink", superlink_command(certs_dir=certs["ca"].parent, fleet_address=f"127.0.0.1:{fleet_port}",
@@ -78,9 +87,10 @@ def start_tls_federation(tmp_path: Path, *, logs: Path, env: dict[str, str],
     wait_for_port(fleet_port, 60)
     wait_for_port(control_port, 60)
     for partition in range(nodes):
-        start_process(f"supernode{partition}", supernode_command(
+        start_process(f"supernode{partition}", node_command(
             superlink=f"localhost:{fleet_port}", partition_id=partition, num_partitions=nodes,
-            root_certificates=certs["ca"], clientappio_port=free_port()), logs=logs, env=env, processes=processes)
+            root_certificates=certs["ca"], clientappio_port=free_port(), warm=warm),
+            logs=logs, env=env, processes=processes)
     write_connection(Path(env["FLWR_HOME"]), address=f"localhost:{control_port}", root_certificates=certs["ca"])
     return certs
 

@@ -1,6 +1,7 @@
-"""Real deployment over gRPC with TLS: a flower-superlink, two flower-supernodes, a run submitted with flwr run: the
-encoder classification preset in plain FedAvg, and instruction tuning (kind=sft, a tiny causal LM made from a
-config with SmolLM2's tokenizer) under secure aggregation."""
+"""Real deployment over gRPC with TLS: a flower-superlink, two client nodes (``fedsqueeze node``: a flower-supernode
+and its warm trainer), a run submitted with flwr run: the encoder classification preset in plain FedAvg, and
+instruction tuning (kind=sft, a tiny causal LM made from a config with SmolLM2's tokenizer) under secure
+aggregation."""
 
 import json
 import subprocess
@@ -31,6 +32,8 @@ def test_two_supernodes_train_over_grpc_with_tls(tmp_path: Path, secure: bool, t
         summary = json.loads((out_dir / "summary.json").read_text())
         rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
         assert summary["rounds"] == rounds and [r["clients_ok"] for r in rows] == [2] * rounds
+        # The warm trainer built each node's task on its first message and reused it afterwards.
+        assert [[c["task_built"] for c in r["clients"]] for r in rows] == [[1.0, 1.0]] + [[0.0, 0.0]] * (rounds - 1)
         if secure:
             assert len(rows[0]["secagg"]["survivors"]) == 2 and rows[0]["secagg"]["aborted"] is None
             assert all(c["bytes_up"] < 0.7 * c["dense_fp32_bytes_up"] for c in rows[0]["clients"])

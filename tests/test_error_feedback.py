@@ -6,7 +6,7 @@ import torch
 from flwr.app import Context, RecordDict
 
 from client import node_state
-from client.app import _codec_encoder, _encode_with_feedback
+from client.handlers import _codec_encoder, _encode_with_feedback
 from strategies.codecs.registry import CodecSettings, codec_settings, decode_update
 
 SETTINGS = codec_settings("compeft", density=0.05)

@@ -1,0 +1,215 @@
+"""What a client node does with each message: receive the global adapter, train locally, send back an encoded
+update (and the secure-aggregation stages). Run by the ClientApp in its own process, or by the node's warm trainer.
+
+This module imports torch and builds models; ``client/app.py`` imports it only when the work runs in-process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from datasets import Dataset
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from client import node_state, secure
+from client.quiet import quiet_libraries
+from client.task.build import Task, build_task, load_splits
+from client.task.loop import client_training_seed, train_locally
+from client.task.partition import client_partition
+from client.task.spec import TaskSpec
+from strategies import downlink, messages
+from strategies.codecs.registry import SEED_KEY, CodecSettings
+from strategies.fedavg import apply_update, l2_norm, subtract
+from strategies.privacy import DPSettings, privatize
+
+log = logging.getLogger(__name__)
+Sent = dict[str, torch.Tensor]  # what an encoded update stands for, as the receiver will decode it
+
+
+@dataclass
+class _Loaded:
+    task: Task
+    partition: Dataset
+    base: dict[str, torch.Tensor] | None  # the pristine trainable state when it is the run's version 0 (full)
+
+
+_CACHE: dict[tuple, _Loaded] = {}
+
+
+def _node_partition(context: Context) -> tuple[int, int]:
+    config = context.node_config
+    try:
+        return int(config["partition-id"]), int(config["num-partitions"])
+    except KeyError as exc:
+        raise ValueError("this node's config lacks partition-id / num-partitions "
+                         "(start flower-supernode with --node-config \"partition-id=0 num-partitions=N\")") from exc
+
+
+def _load(spec: TaskSpec, partition_id: int, num_partitions: int) -> tuple[_Loaded, bool]:
+    """The task for ``spec`` on this partition and whether this call built it: built once per process and spec
+    (later rounds, and later runs of the same task, only reload adapter weights)."""
+    key = (spec, partition_id, num_partitions)
+    built = key not in _CACHE
+    if built:
+        _CACHE.clear()
+        train, _ = load_splits(spec)
+        partition = client_partition(train.dataset, partition_id, num_partitions, kind=spec.partitioner,
+                                     alpha=spec.dirichlet_alpha, seed=spec.seed, by=train.partition_by)
+        task = build_task(spec, train)
+        _CACHE[key] = _Loaded(task, partition, task.trainable_state() if spec.trainable == "full" else None)
+    return _CACHE[key], built
+
+
+def _receive_global(msg: Message, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]],
+                    base: dict[str, torch.Tensor] | None) -> tuple[dict[str, torch.Tensor], int, str]:
+    """Rebuild the global state from the downlink (full, or compressed aggregates applied to the held state).
+
+    Returns the state, the bytes received and the state's SHA-256, which ``downlink.receive`` has checked."""
+    message = messages.downlink_from_record(msg.content[messages.DOWNLINK])
+    held, held_version = node_state.load_global(context.state)
+    received = downlink.receive(message, settings.codec, held, held_version, layout=layout, base=base)
+    if settings.impl.keeps_state_on_clients:
+        node_state.save_global(context.state, received, message.version)
+    else:
+        node_state.drop(context.state, node_state.GLOBAL_STATE, node_state.GLOBAL_VERSION)
+    return received, message.nbytes, message.digest
+
+
+def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSettings, error_feedback: bool,
+                          context: Context, encode: Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]],
+                          ) -> tuple[bytes, dict[str, float]]:
+    """Encode ``delta`` plus the carried residual; keep ``what was meant - what was sent`` for the next round.
+
+    ``encode`` returns the payload and what it stands for (as the receiver decodes it). Returns the payload and
+    metrics: the new residual's L2 norm and whether an old residual was carried in.
+    """
+    if not (error_feedback and settings.feedback_helps):
+        node_state.drop(context.state, node_state.RESIDUAL)
+        return encode(delta)[0], {}
+    residual = node_state.load_tensors(context.state, node_state.RESIDUAL)
+    layout = {name: tuple(t.shape) for name, t in delta.items()}
+    carried = residual is not None and {n: tuple(t.shape) for n, t in residual.items()} == layout
+    if carried:
+        delta = apply_update(delta, {name: residual[name].to(t.device) for name, t in delta.items()})
+    elif residual is not None:
+        log.warning("error-feedback residual does not match the model's tensors; starting a new one")
+    encoded, sent = encode(delta)  # the codec works on delta's device; what it sent decodes on the CPU
+    residual = subtract(_on_cpu(delta), sent)
+    node_state.save_tensors(context.state, node_state.RESIDUAL, residual)
+    return encoded, {"residual-norm": l2_norm(residual), "residual-carried": float(carried)}
+
+
+def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors on the CPU (no copy for those already there)."""
+    return {name: t.cpu() for name, t in tensors.items()}
+
+
+def _codec_encoder(settings: CodecSettings, round_id: int, seed: int | None
+                   ) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
+    def encode(delta: dict[str, torch.Tensor]) -> tuple[bytes, Sent]:
+        payload = settings.encode(delta, round_id=round_id, seed=seed)
+        layout = {name: tuple(t.shape) for name, t in delta.items()}
+        return payload, settings.impl.decode(payload, expected_round=round_id, expected_layout=layout)
+    return encode
+
+
+def _secure_encoder(config: dict, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]],
+                    metrics: dict[str, float]) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
+    def encode(delta: dict[str, torch.Tensor]) -> tuple[bytes, Sent]:
+        keys, party_input = secure.start(config, context, settings, layout, _on_cpu(delta))
+        metrics["secagg-clipped"] = float(party_input.clipped)
+        return keys, party_input.sent
+    return encode
+
+
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global adapter on this node's data and reply with an encoded update."""
+    quiet_libraries()
+    threads = int(os.environ.get("FEDSQUEEZE_CLIENT_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    config = dict(msg.content[messages.TRAIN_CONFIG])
+    round_id = int(config["round"])
+    spec = TaskSpec.from_record({k: v for k, v in config.items() if k in TaskSpec.__dataclass_fields__})
+    uplink = CodecSettings.from_record(config)
+    downlink_settings = CodecSettings.from_record(config, prefix="downlink-")
+    partition_id, num_partitions = _node_partition(context)
+    for key in ("device", "quantization"):  # a node may choose its own device and base quantisation
+        if context.node_config.get(key):
+            spec = replace(spec, **{key: str(context.node_config[key])})
+    loaded, built = _load(spec, partition_id, num_partitions)
+    layout = loaded.task.trainable_shapes()
+    received, bytes_down, trained_from = _receive_global(msg, context, downlink_settings, layout, loaded.base)
+    loaded.task.load_trainable_state(received)
+    started = time.perf_counter()
+    result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
+                           lr=spec.lr, seed=client_training_seed(spec.seed, round_id, partition_id),
+                           prox_mu=spec.fedprox_mu)
+    delta = loaded.task.trainable_delta(received, on_device=True)  # DP and the codec run where training ran
+    del received
+    seed = int(config[SEED_KEY]) if SEED_KEY in config else None
+    secure_round = bool(config.get("secagg", False))
+    extra: dict[str, float] = {}
+    dp = DPSettings(float(config.get("dp-noise-multiplier", 0.0)), float(config.get("dp-clip", 0.0)))
+    if dp.enabled:
+        delta, norm = privatize(delta, dp, int(config["clients-per-round"]), secure=secure_round)
+        extra["update-norm"] = norm
+    encoder = (_secure_encoder(config, context, uplink, layout, extra) if secure_round
+               else _codec_encoder(uplink, round_id, seed))
+    encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
+                                                          encoder)
+    train_s = time.perf_counter() - started
+    log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up, %d bytes down", partition_id, round_id,
+             result.train_loss, result.num_examples, len(encoded_update), bytes_down)
+    content = RecordDict({
+        messages.UPDATE: ConfigRecord({messages.SECAGG_KEYS if secure_round else messages.ENCODED_UPDATE:
+                                       encoded_update}),
+        messages.METRICS: MetricRecord({
+            "num-examples": result.num_examples,
+            "train-loss": result.train_loss,
+            "bytes-up": len(encoded_update),
+            "bytes-down": bytes_down,
+            **feedback_metrics,
+            **extra,
+            "train-s": train_s,
+            "task-built": float(built),
+            "partition-id": partition_id,
+            "state-digest-48": downlink.digest_prefix(trained_from),
+        }),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+def secagg_share(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 2: Shamir-share this round's secrets with the neighbours."""
+    return secure.answer(msg, context, "secagg_share")
+
+
+def secagg_mask(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 3: send the masked update."""
+    return secure.answer(msg, context, "secagg_mask")
+
+
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 4: reveal the shares that remove the masks of the round."""
+    return secure.answer(msg, context, "secagg_unmask")
+
+
+HANDLERS: dict[str, Callable[[Message, Context], Message]] = {
+    "train": train,
+    "train.secagg_share": secagg_share,
+    "train.secagg_mask": secagg_mask,
+    "train.secagg_unmask": secagg_unmask,
+}
+
+
+def run_message(msg: Message, context: Context) -> Message:
+    """Run the handler for ``msg``'s Flower message type; ValueError for a type this client does not serve."""
+    handler = HANDLERS.get(msg.metadata.message_type)
+    if handler is None:
+        raise ValueError(f"fedsqueeze clients serve {', '.join(HANDLERS)}; got '{msg.metadata.message_type}'")
+    return handler(msg, context)
