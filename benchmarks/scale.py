@@ -4,10 +4,13 @@
   clients of a 10M-entry update, each count in a fresh process: peak memory (RSS, and its growth over the process
   with the payloads loaded) and time. The streaming FedAvg path beside the pre-streaming one that held every
   decoded update (run where it fits in memory), and the median, which needs the stack and shows its bound.
+- ComPEFT fold: per client at 10M entries and density 0.05, the coordinator's check-and-fold straight from the
+  sparse ternary form beside the earlier decode-to-dense-then-fold, same payloads in one process, medians and their
+  ratio, and whether the two running sums are bit-identical.
 - Simulation: 200 clients of the encoder preset, 10 % sampled per round, on the CPUs given to Ray: wall time, peak
   memory of the driver and of the whole process tree, and how many Ray actors trained them.
 
-    python benchmarks/scale.py [--quick] [--entries N] [--clients 10,100,1000] [--skip-simulation]
+    python benchmarks/scale.py [--quick] [--entries N] [--clients 10,100,1000] [--skip-simulation] [--fold-only]
 """
 
 from __future__ import annotations
@@ -87,11 +90,12 @@ def child(codec: str, mode: str, clients: int, entries: int, paths: list[str]) -
     started = time.perf_counter()
     held: list[dict[str, torch.Tensor]] = []
     weights: list[float] = []
-    aggregator = RoundAggregator(AggregationSettings(rule="median" if mode == "median" else "fedavg"), ROUND)
+    aggregator = RoundAggregator(AggregationSettings(rule="median" if mode == "median" else "fedavg"), ROUND,
+                                 cfg.uplink.impl)
     for i in range(clients):
         update, weight, _ = read_reply(_reply(payloads[i % len(payloads)], i), accept, DIGEST, ClientReply(0))
-        if mode == "held":  # before streaming: every decoded update kept until the round ends
-            held.append(update)
+        if mode == "held":  # before streaming: every decoded update kept, dense, until the round ends
+            held.append(cfg.uplink.impl.dense(update))
             weights.append(weight)
         else:
             aggregator.add((False, i, i), update, weight)
@@ -147,6 +151,36 @@ def summarise(rows: list[dict], counts: list[int]) -> dict:
     return out
 
 
+def fold_comparison(entries: int, clients: int, density: float = 0.05) -> dict:
+    """Per-client seconds to check and fold a ComPEFT payload: sparse (what the coordinator does) against decoding
+    to dense tensors first (what it did), alternating on the same payloads; and whether the sums agree bit for bit."""
+    cfg = resolve({**_config("compeft"), "compeft-density": density})
+    layout = _layout(entries)
+    codec = cfg.uplink.impl
+    accept = acceptor(cfg, ROUND, layout)
+    payloads = []
+    for k in range(DISTINCT):
+        gen = torch.Generator().manual_seed(k)
+        update = {name: torch.randn(shape, generator=gen) * 1e-3 for name, shape in layout.items()}
+        payloads.append(encode_update(cfg.uplink, update, round_id=ROUND))
+    sparse_mean, dense_mean = fedavg.RunningMean(), fedavg.RunningMean()
+    sparse_s, dense_s = [], []
+    for i in range(clients):
+        payload, weight = payloads[i % DISTINCT], float(32 + i % 7)
+        started = time.perf_counter()
+        sparse_mean.add(accept(payload), weight)
+        sparse_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        dense_mean.add(codec.decode(payload, expected_round=ROUND, expected_layout=layout), weight)
+        dense_s.append(time.perf_counter() - started)
+    sparse_result, dense_result = sparse_mean.result(), dense_mean.result()
+    identical = all(torch.equal(sparse_result[n], dense_result[n]) for n in layout)
+    return {"entries": entries, "density": density, "clients": clients, "payload_bytes": len(payloads[0]),
+            "sparse_fold_s_per_client_median": statistics.median(sparse_s),
+            "decode_then_fold_s_per_client_median": statistics.median(dense_s),
+            "speedup": statistics.median(dense_s) / statistics.median(sparse_s), "bit_identical": identical}
+
+
 def simulation_row(clients: int, fraction: float, rounds: int, out_dir: Path) -> dict:
     """Run ``fedsqueeze simulate`` with ``clients`` clients, sampling the process tree's memory as it goes."""
     config = f"num-clients={clients} fraction-train={fraction} num-server-rounds={rounds} partitioner='iid'"
@@ -193,6 +227,7 @@ def main() -> None:
     parser.add_argument("--clients", default="")
     parser.add_argument("--skip-simulation", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    parser.add_argument("--fold-only", action="store_true", help="only the ComPEFT sparse-fold comparison")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -202,11 +237,17 @@ def main() -> None:
     entries = args.entries or (1_000_000 if args.quick else 10_000_000)
     counts = [int(c) for c in args.clients.split(",")] if args.clients else ([10, 100] if args.quick else
                                                                             [10, 100, 1000])
+    torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
+    fold = fold_comparison(entries, 20)
+    if args.fold_only:
+        print(json.dumps({"compeft_fold": fold}, indent=2))
+        return
     rows = aggregation_rows(entries, counts, held_max=100, median_max=100 if args.quick else 50)
     report: dict = {"machine": {"cpus": os.cpu_count(), "memory_gb": psutil.virtual_memory().total / (1 << 30),
                                 "torch_threads": int(os.environ.get("SCALE_THREADS", "2"))},
                     "aggregation": {"entries": entries, "tensors": TENSORS, "rows": rows,
-                                    "summary": summarise(rows, counts)}}
+                                    "summary": summarise(rows, counts)},
+                    "compeft_fold": fold}
     if not args.skip_simulation:
         with tempfile.TemporaryDirectory() as folder:
             clients = 40 if args.quick else 200

@@ -89,7 +89,7 @@ class RoundAggregator:
         when the update cannot be aggregated with the earlier ones."""
         if self.streams:
             if self.settings.rule == "norm-bound":
-                update = robust.norm_bounded([update], self.settings.norm_bound)[0][0]
+                update = robust.norm_bounded([self.codec.dense(update)], self.settings.norm_bound)[0][0]
             self.mean.add(update, weight)
             return
         self.held.append((key, update, weight))

@@ -16,6 +16,7 @@ magnitude, so an int64 bin takes ``MAX_TERMS`` terms without overflow. Memory: o
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import torch
 
@@ -85,20 +86,55 @@ class ExactSum:
         ValueError (and nothing added) for a wrong shape, a non-finite entry, or a magnitude the grid cannot hold."""
         if term.shape != self.shape:
             raise ValueError(f"term has shape {tuple(term.shape)}, expected {tuple(self.shape)}")
-        if self.terms >= MAX_TERMS:
-            raise ValueError(f"more than {MAX_TERMS} terms in one exact sum")
+        self._check_count()
         if term.numel() == 0:
             self.terms += 1
             return
-        if peak is None:
-            peak = self.check(term, scale)
-        space = workspace or Workspace()
-        rest = space.buffer("rest", self.shape, torch.float64, self.device)
+        peak = self.check(term, scale) if peak is None else peak
+        for j, whole in self._cut(term, scale, peak, workspace or Workspace()):
+            if self.bins[j] is None:
+                self.bins[j] = whole.clone()
+            else:
+                self.bins[j].add_(whole)  # type: ignore[union-attr]
+        self.terms += 1
+
+    def add_sparse(self, positions: torch.Tensor, values: torch.Tensor, scale: float = 1.0,
+                   workspace: Workspace | None = None, peak: float | None = None) -> None:
+        """Add ``scale *`` the tensor that is zero except ``values`` at the flat ``positions`` (distinct, in range),
+        in work proportional to the values: the same bins, so the same bits, as ``add`` of the dense tensor (every
+        entry is cut on its own, and a zero adds nothing to any bin). Errors as ``add``; positions out of range or
+        of another count than the values raise ValueError."""
+        if positions.shape != values.shape or positions.dim() != 1:
+            raise ValueError(f"{positions.numel()} positions for {values.numel()} values")
+        low, high = torch.aminmax(positions) if positions.numel() else (0, 0)
+        if positions.numel() and not (0 <= int(low) and int(high) < self.shape.numel()):
+            raise ValueError(f"a position lies outside the {self.shape.numel()} entries")
+        self._check_count()
+        peak = self.check(values, scale) if peak is None else peak
+        if values.numel():
+            for j, whole in self._cut(values, scale, peak, workspace or Workspace()):
+                if not bool(whole.any()):  # e.g. the low bin of fp32 values times integer weights: nothing to add
+                    continue
+                if self.bins[j] is None:
+                    self.bins[j] = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
+                self.bins[j].view(-1).scatter_add_(0, positions.to(self.device), whole)  # type: ignore[union-attr]
+        self.terms += 1
+
+    def _check_count(self) -> None:
+        if self.terms >= MAX_TERMS:
+            raise ValueError(f"more than {MAX_TERMS} terms in one exact sum")
+
+    def _cut(self, term: torch.Tensor, scale: float, peak: float, space: Workspace
+             ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``scale * term`` cut, entry by entry, into the integer multiples of each bin's unit: (bin, int64 tensor
+        shaped like ``term``) for every bin some entry reaches. Each yielded tensor is valid until the next."""
+        shape = term.shape
+        rest = space.buffer("rest", shape, torch.float64, self.device)
         rest.copy_(term)
         if scale != 1.0:
             rest.mul_(scale)
-        shifted = space.buffer("shifted", self.shape, torch.float64, self.device)
-        whole = space.buffer("whole", self.shape, torch.int64, self.device)
+        shifted = space.buffer("shifted", shape, torch.float64, self.device)
+        whole = space.buffer("whole", shape, torch.int64, self.device)
         for j in reversed(range(BINS)):
             if j > 0 and peak < 2.0 ** _unit(j) / 2:
                 continue  # every entry rounds to 0 in this bin: adding nothing changes nothing
@@ -110,11 +146,7 @@ class ExactSum:
             torch.sub(shifted.view(torch.int64), _bits(c), out=whole)
             if j > 0:
                 rest.sub_(shifted.sub_(c))
-            if self.bins[j] is None:
-                self.bins[j] = whole.clone()
-            else:
-                self.bins[j].add_(whole)  # type: ignore[union-attr]
-        self.terms += 1
+            yield j, whole
 
     def value(self) -> torch.Tensor:
         """The sum as fp64 (the bins added from the largest down, so the rounding depends on the bins alone)."""

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from strategies.codecs.sparse import SparseTensor
 from strategies.exact_sum import ExactSum, Workspace
 
 
@@ -23,10 +24,11 @@ class RunningMean:
         self.weights: list[float] = []
         self.workspace = Workspace()
 
-    def add(self, update: dict[str, torch.Tensor], weight: float) -> None:
-        """Fold ``update`` in with ``weight`` (e.g. its examples). Checks everything before adding anything, so a
-        ValueError (other names or shapes than earlier updates, a negative or non-finite weight, a non-finite or
-        unsummably large entry) leaves the mean as it was."""
+    def add(self, update: dict[str, torch.Tensor] | dict[str, SparseTensor], weight: float) -> None:
+        """Fold ``update`` in with ``weight`` (e.g. its examples). Tensors may be dense or sparse (SparseTensor:
+        folded in work proportional to its kept entries, with the same bits as its dense form). Checks everything
+        before adding anything, so a ValueError (other names or shapes than earlier updates, a negative or
+        non-finite weight, a non-finite or unsummably large entry) leaves the mean as it was."""
         if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"weights must be non-negative and finite, got {weight}")
         if not update:
@@ -35,10 +37,10 @@ class RunningMean:
             if set(update) != set(self.sums):
                 raise ValueError("updates name different tensors")
             for name, tensor in update.items():
-                if tensor.shape != self.sums[name].shape:
+                if torch.Size(tensor.shape) != self.sums[name].shape:
                     raise ValueError(f"tensor '{name}' has shape {tuple(tensor.shape)}, expected "
                                      f"{tuple(self.sums[name].shape)}")
-        peaks = {name: ExactSum.check(tensor, weight, name) for name, tensor in update.items()}
+        peaks = {name: ExactSum.check(_values(tensor), weight, name) for name, tensor in update.items()}
         if not self.sums:
             self.sums = {name: ExactSum(t.shape, t.device) for name, t in update.items()}
             self.dtypes = {name: t.dtype for name, t in update.items()}
@@ -46,7 +48,10 @@ class RunningMean:
         if weight == 0:
             return
         for name, tensor in update.items():
-            self.sums[name].add(tensor, weight, self.workspace, peaks[name])
+            if isinstance(tensor, SparseTensor):
+                self.sums[name].add_sparse(tensor.positions, tensor.values, weight, self.workspace, peaks[name])
+            else:
+                self.sums[name].add(tensor, weight, self.workspace, peaks[name])
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -63,6 +68,11 @@ class RunningMean:
     def nbytes(self) -> int:
         """Bytes held by the running sums and their scratch buffers."""
         return sum(acc.nbytes() for acc in self.sums.values()) + self.workspace.nbytes()
+
+
+def _values(tensor: torch.Tensor | SparseTensor) -> torch.Tensor:
+    """The entries that can be non-zero."""
+    return tensor.values if isinstance(tensor, SparseTensor) else tensor
 
 
 def weighted_mean(updates: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:

@@ -213,3 +213,55 @@ def test_replies_are_handed_on_as_they_arrive_and_the_timeout_ends_the_wait(monk
     assert [node for node, _ in seen] == [1, 2]
     assert seen[0][1] < 0.2 and seen[1][1] < 0.8  # node 1's reply came before node 2 had answered
     assert 0.9 < time.monotonic() - started < 1.6  # node 3 never answered within the timeout
+
+
+@pytest.mark.parametrize("scope", ["global", "tensor"])
+def test_compeft_folds_from_its_sparse_form_to_the_same_bits_as_decode_then_fold(scope: str) -> None:
+    """The coordinator folds ComPEFT payloads straight from kept positions x alpha x sign; the running sum (and
+    every rule that needs whole tensors) gives exactly what decoding to dense tensors first gave."""
+    from strategies.codecs import compeft
+    from strategies.codecs.kinds.compeft import COMPEFT
+    from strategies.codecs.sparse import SparseTensor
+
+    layout = {"a.lora_A": (8, 300), "a.lora_B": (300, 8), "b.bias": (7,), "c.one": (1,)}
+    gen = torch.Generator().manual_seed(4)
+    payloads = []
+    for client in range(6):
+        dtype = torch.bfloat16 if client % 3 == 2 else torch.float32  # bf16 alphas round on the way
+        update = {n: (torch.randn(s, generator=gen) * 10.0 ** (client - 3)).to(dtype) for n, s in layout.items()}
+        payloads.append(compeft.encode(update, density=0.07, alpha_scale=2.5, scope=scope, round_id=ROUND))
+    weights = [33.0, 0.0, 7.0, 1e6, 5.0, 12.0]
+    sparse_mean, dense_mean = RunningMean(), RunningMean()
+    for payload, weight in zip(payloads, weights, strict=True):
+        sparse = COMPEFT.accept(payload, round_id=ROUND, layout=layout, max_bytes=1 << 20, seed=None)
+        dense_update = COMPEFT.decode(payload, expected_round=ROUND, expected_layout=layout)
+        assert all(isinstance(t, SparseTensor) for t in sparse.values())
+        assert all(torch.equal(sparse[n].to_dense(), dense_update[n]) for n in layout)
+        assert COMPEFT.nbytes(sparse) < sum(t.numel() * 4 for t in dense_update.values()) / 2
+        assert COMPEFT.norm(sparse) == pytest.approx(math.sqrt(sum(float((t.double() ** 2).sum())
+                                                                   for t in dense_update.values())), rel=1e-12)
+        sparse_mean.add(sparse, weight)
+        dense_mean.add(dense_update, weight)
+    folded, decoded = sparse_mean.result(), dense_mean.result()
+    assert all(torch.equal(folded[n], decoded[n]) for n in layout)
+    # Rules that need the stack densify the held sparse contributions first: the same aggregate as dense ones.
+    held = RoundAggregator(AggregationSettings(rule="median"), ROUND, COMPEFT)
+    for i, payload in enumerate(payloads):
+        held.add(i, COMPEFT.accept(payload, round_id=ROUND, layout=layout, max_bytes=1 << 20, seed=None), 1.0)
+    stacked = robust.aggregate("median", [COMPEFT.decode(p, expected_round=ROUND, expected_layout=layout)
+                                          for p in payloads], [1.0] * len(payloads))
+    assert all(torch.equal(held.result().delta[n], stacked[n]) for n in layout)
+
+
+def test_a_sparse_term_is_checked_before_anything_is_added() -> None:
+    acc = ExactSum((10,))
+    acc.add_sparse(torch.tensor([1, 4]), torch.tensor([0.5, -2.0]), scale=3.0)
+    before = acc.value().clone()
+    for positions, values, match in ((torch.tensor([1, 10]), torch.tensor([1.0, 1.0]), "outside"),
+                                     (torch.tensor([-1]), torch.tensor([1.0]), "outside"),
+                                     (torch.tensor([1, 2]), torch.tensor([1.0]), "positions for"),
+                                     (torch.tensor([3]), torch.tensor([float("nan")]), "cannot be summed")):
+        with pytest.raises(ValueError, match=match):
+            acc.add_sparse(positions, values)
+    assert torch.equal(acc.value(), before) and acc.terms == 1
+    assert acc.value().tolist() == [0, 1.5, 0, 0, -6.0, 0, 0, 0, 0, 0]

@@ -18,6 +18,7 @@ CPU to be packed. Both engines keep the same entries with the same signs; alpha 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,7 @@ from strategies.codecs.position_coding import (
     decode_positions,
     encode_positions,
 )
+from strategies.codecs.sparse import SparseTensor, SparseUpdate
 
 CODEC = "compeft"
 CODEC_VERSION = 1
@@ -336,14 +338,11 @@ def _signed(negative: np.ndarray, alpha: np.float32) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def decode(payload: bytes, *, expected_round: int | None = None, expected_layout: Layout | None = None,
-           max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES
-           ) -> dict[str, torch.Tensor]:
-    """Rebuild the sparse ternary tensors of a compeft payload, in the dtypes they were encoded from.
-
-    Everything is checked before it is trusted (envelope, round, layout, entry budget, positions in range, stream
-    lengths and padding, alpha); anything malformed raises UpdateRejected (a ValueError).
-    """
+def _kept_entries(payload: bytes, *, expected_round: int | None, expected_layout: Layout | None, max_bytes: int,
+                  max_entries: int) -> Iterator[tuple[update_pb2.TensorEntry, torch.dtype, np.ndarray, np.ndarray]]:
+    """Each tensor entry of a checked payload with its dtype, kept flat positions (int64, increasing) and fp32
+    values (``alpha * sign``). Everything is checked before it is trusted (envelope, round, layout, entry budget,
+    positions in range, stream lengths and padding, alpha); anything malformed raises UpdateRejected."""
     message = parse_envelope(payload, codec=CODEC, codec_version=CODEC_VERSION, max_bytes=max_bytes,
                              expected_round=expected_round, expected_layout=expected_layout)
     header = _parse_header(message)
@@ -353,16 +352,12 @@ def decode(payload: bytes, *, expected_round: int | None = None, expected_layout
     tensor_scope = header.scope == compeft_pb2.CompeftHeader.SCOPE_TENSOR
     if not tensor_scope:
         _checked_alpha(header.alpha, "compeft header")
-    buffer = np.zeros(total_entries, dtype=np.float32)  # one allocation: large pages, views per tensor
-    update: dict[str, torch.Tensor] = {}
-    offset = 0
     for entry in message.tensors:
         dtype = _DTYPES.get(entry.dtype)
         if dtype is None:
             raise UpdateRejected(f"tensor '{entry.name}' has unsupported dtype '{entry.dtype}'")
         tensor, coded = _parse_tensor(entry)
-        numel = math.prod(entry.shape)
-        positions = decode_positions(coded, numel, f"tensor '{entry.name}'")
+        positions = decode_positions(coded, math.prod(entry.shape), f"tensor '{entry.name}'")
         if len(tensor.signs) != (positions.size + 7) // 8:
             raise UpdateRejected(f"tensor '{entry.name}' has {len(tensor.signs)} sign bytes for {positions.size} "
                                  "kept entries")
@@ -370,10 +365,44 @@ def decode(payload: bytes, *, expected_round: int | None = None, expected_layout
         if positions.size % 8 and tensor.signs[-1] & ((1 << (8 - positions.size % 8)) - 1):
             raise UpdateRejected(f"tensor '{entry.name}' has non-zero sign padding bits")
         alpha = np.float32(_checked_alpha(tensor.alpha, f"tensor '{entry.name}'") if tensor_scope else header.alpha)
-        values = buffer[offset:offset + numel]
+        yield entry, dtype, positions, _signed(negative, alpha)
+
+
+def decode(payload: bytes, *, expected_round: int | None = None, expected_layout: Layout | None = None,
+           max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES
+           ) -> dict[str, torch.Tensor]:
+    """Rebuild the sparse ternary tensors of a compeft payload, in the dtypes they were encoded from.
+
+    Everything is checked before it is trusted (envelope, round, layout, entry budget, positions in range, stream
+    lengths and padding, alpha); anything malformed raises UpdateRejected (a ValueError).
+    """
+    entries = list(_kept_entries(payload, expected_round=expected_round, expected_layout=expected_layout,
+                                 max_bytes=max_bytes, max_entries=max_entries))
+    buffer = np.zeros(sum(math.prod(entry.shape) for entry, *_ in entries), dtype=np.float32)  # one allocation
+    update: dict[str, torch.Tensor] = {}
+    offset = 0
+    for entry, dtype, positions, values in entries:
+        numel = math.prod(entry.shape)
+        dense = buffer[offset:offset + numel]
         offset += numel
-        values[positions] = _signed(negative, alpha)
-        update[entry.name] = torch.from_numpy(values).reshape(tuple(entry.shape)).to(dtype)
+        dense[positions] = values
+        update[entry.name] = torch.from_numpy(dense).reshape(tuple(entry.shape)).to(dtype)
+    return update
+
+
+def decode_sparse(payload: bytes, *, expected_round: int | None = None, expected_layout: Layout | None = None,
+                  max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, max_entries: int = DEFAULT_MAX_ENTRIES,
+                  dtype: torch.dtype | None = None) -> SparseUpdate:
+    """The kept entries of a compeft payload without building dense tensors: per tensor its positions and values
+    (``alpha * sign`` in the dtype it was encoded from, then in ``dtype`` when given) — the same numbers ``decode``
+    places, in memory and work proportional to the kept entries. Checks exactly what ``decode`` checks."""
+    update: SparseUpdate = {}
+    for entry, encoded_dtype, positions, values in _kept_entries(
+            payload, expected_round=expected_round, expected_layout=expected_layout, max_bytes=max_bytes,
+            max_entries=max_entries):
+        kept = torch.from_numpy(values).to(encoded_dtype)
+        update[entry.name] = SparseTensor(tuple(entry.shape), torch.from_numpy(positions.astype(np.int64, copy=False)),
+                                          kept if dtype is None else kept.to(dtype))
     return update
 
 

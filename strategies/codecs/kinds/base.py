@@ -131,6 +131,10 @@ class Codec(ABC):
         """The round's aggregate of the held contributions under ``rule`` (``plain_mean``: the rule is FedAvg)."""
         return TensorAggregate(rule(list(contributions), list(weights)))
 
+    def dense(self, contribution: Any) -> Tensors:
+        """A streamed contribution as dense tensors (for a rule that changes whole updates, e.g. a norm bound)."""
+        return contribution
+
     def check_downlink(self, downlink: Codec) -> None:
         """ValueError when ``downlink`` cannot carry this codec's aggregates to the clients."""
         if downlink.aggregate_is_payload and downlink is not self:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from strategies.codecs import compeft
+from strategies.codecs import compeft, sparse
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
-from strategies.codecs.kinds.base import Codec, CodecOptions, TensorAggregate, Tensors
+from strategies.codecs.kinds.base import Aggregate, Codec, CodecOptions, Rule, TensorAggregate, Tensors
+from strategies.codecs.sparse import SparseUpdate
 from strategies.secagg import updates as secure
 from strategies.settings import setting
 
@@ -59,6 +60,30 @@ class CompeftCodec(Codec):
         decoded = compeft.decode(payload, expected_round=expected_round, expected_layout=expected_layout,
                                  max_bytes=max_bytes)
         return {name: tensor.to(torch.float32) for name, tensor in decoded.items()}
+
+    def accept(self, payload: bytes, *, round_id: int, layout: Layout, max_bytes: int, seed: int | None
+               ) -> SparseUpdate:
+        """The checked payload's kept entries as fp32 positions and values (``decode`` checks, sparse form): the
+        coordinator folds them into its running sum without building a dense tensor per client."""
+        return compeft.decode_sparse(payload, expected_round=round_id, expected_layout=layout, max_bytes=max_bytes,
+                                     dtype=torch.float32)
+
+    def norm(self, contribution: SparseUpdate) -> float:
+        """L2 norm of the kept entries."""
+        return sparse.l2_norm(contribution)
+
+    def nbytes(self, contribution: SparseUpdate) -> int:
+        """Memory the kept positions and values hold."""
+        return sum(t.nbytes() for t in contribution.values())
+
+    def aggregate(self, contributions: Sequence[Any], weights: Sequence[float], rule: Rule, *, plain_mean: bool,
+                  round_id: int) -> Aggregate:
+        """The robust rules work on whole tensors: the held contributions are made dense first."""
+        return TensorAggregate(rule([sparse.densify(c) for c in contributions], list(weights)))
+
+    def dense(self, contribution: SparseUpdate) -> Tensors:
+        """The contribution as dense tensors."""
+        return sparse.densify(contribution)
 
     def check_secure(self, options: CodecOptions, shared_support: bool) -> None:
         """Only the shared-support mode hides each party's kept positions."""
