@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from strategies.codecs import compeft
+from strategies.codecs import compeft, compeft_size
 
 DENSITIES = (0.01, 0.05, 0.1, 0.2)
 
@@ -69,7 +69,7 @@ def measure(entries: int, repeats: int) -> list[dict[str, object]]:
             seconds, decoded = _timed(compeft.decode, payload)
             decode_s.append(seconds)
             del decoded
-        report = compeft.size_report(payload)
+        report = compeft_size.size_report(payload)
         copy_median = statistics.median(copy_s)
         rows.append({
             "entries": total,

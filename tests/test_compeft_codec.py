@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protos.fedsqueeze.v1 import compeft_pb2, update_pb2
-from strategies.codecs import UpdateRejected, compeft, dense
+from strategies.codecs import UpdateRejected, compeft, compeft_size, dense
 from strategies.codecs.envelope import seal
 from strategies.codecs.position_coding import decode_positions, encode_positions
 
@@ -83,7 +83,7 @@ def test_round_trip_matches_the_reference(update: dict[str, torch.Tensor], densi
         assert torch.equal(torch.signbit(got[got != 0]), torch.signbit(want[want != 0]))
         tolerance = 1e-6 if tensor.dtype in (torch.float32, torch.float64) else 1e-2
         torch.testing.assert_close(got.double(), want.double(), rtol=tolerance, atol=0.0)
-    assert compeft.size_report(payload).kept == kept
+    assert compeft_size.size_report(payload).kept == kept
 
 
 @settings(max_examples=200, deadline=None)
@@ -133,7 +133,7 @@ def test_payload_is_near_the_entropy_bound_and_reports_it() -> None:
     update = {f"layers.{i}.lora_A.weight": torch.tensor(rng.laplace(size=(16, 4096)), dtype=torch.float32)
               for i in range(16)}
     for density in (0.01, 0.05, 0.2):
-        report = compeft.size_report(compeft.encode(update, density=density))
+        report = compeft_size.size_report(compeft.encode(update, density=density))
         assert report.kept == compeft.kept_count(density, report.entries)
         assert 1.0 <= report.ratio_to_bound < 1.10, (density, report.as_dict())
         if density == 0.05:

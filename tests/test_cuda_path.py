@@ -30,7 +30,7 @@ from client.task.spec import TaskSpec
 from server.run_config import DEFAULTS, ConfigError, resolve
 from simulations.cli import build_parser, main
 from simulations.simulate import backend_config, simulate, with_gpu_device
-from strategies.codecs import compeft, dense, ferret
+from strategies.codecs import compeft, compeft_size, dense, ferret
 from strategies.random_basis import buckets_and_signs
 from tests.test_compeft_codec import reference, updates
 
@@ -181,7 +181,7 @@ def test_compeft_torch_engine_keeps_what_the_numpy_engine_keeps(update: dict[str
     expected, kept = reference(update, density, 1.0, scope)
     decoded = compeft.decode(on_torch)
     assert all(torch.equal(decoded[n] != 0, expected[n] != 0) for n in update)
-    assert compeft.size_report(on_torch).kept == kept
+    assert compeft_size.size_report(on_torch).kept == kept
 
 
 def test_compeft_torch_engine_on_a_large_update_and_its_errors() -> None:
