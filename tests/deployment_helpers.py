@@ -95,10 +95,12 @@ def start_tls_federation(tmp_path: Path, *, logs: Path, env: dict[str, str],
     return certs
 
 
-def submit_and_wait(run_config: str, *, out_dir: Path, logs: Path, env: dict[str, str]
+def submit_and_wait(run_config: str, *, out_dir: Path, logs: Path, env: dict[str, str], app_dir: Path | None = None
                     ) -> subprocess.CompletedProcess:
-    """Submit a run with ``flwr run`` and wait until its summary.json is written; asserts both succeed."""
-    submitted = subprocess.run(submit_command(run_config), env=env, capture_output=True, text=True, timeout=900)
+    """Submit a run with ``flwr run`` (this app, or the one in ``app_dir``) and wait until its summary.json is
+    written; asserts both succeed."""
+    command = submit_command(run_config) if app_dir is None else submit_command(run_config, app_dir=app_dir)
+    submitted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     summary_path = out_dir / "summary.json"
     deadline = time.monotonic() + 60
