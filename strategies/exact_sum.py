@@ -104,11 +104,7 @@ class ExactSum:
         in work proportional to the values: the same bins, so the same bits, as ``add`` of the dense tensor (every
         entry is cut on its own, and a zero adds nothing to any bin). Errors as ``add``; positions out of range or
         of another count than the values raise ValueError."""
-        if positions.shape != values.shape or positions.dim() != 1:
-            raise ValueError(f"{positions.numel()} positions for {values.numel()} values")
-        low, high = torch.aminmax(positions) if positions.numel() else (0, 0)
-        if positions.numel() and not (0 <= int(low) and int(high) < self.shape.numel()):
-            raise ValueError(f"a position lies outside the {self.shape.numel()} entries")
+        self.check_positions(positions, values, self.shape.numel())
         self._check_count()
         peak = self.check(values, scale) if peak is None else peak
         if values.numel():
@@ -119,6 +115,16 @@ class ExactSum:
                     self.bins[j] = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
                 self.bins[j].view(-1).scatter_add_(0, positions.to(self.device), whole)  # type: ignore[union-attr]
         self.terms += 1
+
+    @staticmethod
+    def check_positions(positions: torch.Tensor, values: torch.Tensor, numel: int, name: str = "term") -> None:
+        """ValueError unless ``positions`` is one flat index per value, each inside ``numel`` entries."""
+        if positions.shape != values.shape or positions.dim() != 1:
+            raise ValueError(f"{name}: {positions.numel()} positions for {values.numel()} values")
+        if positions.numel():
+            low, high = torch.aminmax(positions)
+            if not (0 <= int(low) and int(high) < numel):
+                raise ValueError(f"{name}: a position lies outside the {numel} entries")
 
     def _check_count(self) -> None:
         if self.terms >= MAX_TERMS:

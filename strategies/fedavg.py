@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -23,6 +24,7 @@ class RunningMean:
         self.dtypes: dict[str, torch.dtype] = {}
         self.weights: list[float] = []
         self.workspace = Workspace()
+        self.workspaces: list[Workspace] = []  # one per worker folding sparse tensors in parallel
 
     def add(self, update: dict[str, torch.Tensor] | dict[str, SparseTensor], weight: float) -> None:
         """Fold ``update`` in with ``weight`` (e.g. its examples). Tensors may be dense or sparse (SparseTensor:
@@ -40,6 +42,9 @@ class RunningMean:
                 if torch.Size(tensor.shape) != self.sums[name].shape:
                     raise ValueError(f"tensor '{name}' has shape {tuple(tensor.shape)}, expected "
                                      f"{tuple(self.sums[name].shape)}")
+        for name, tensor in update.items():
+            if isinstance(tensor, SparseTensor):
+                ExactSum.check_positions(tensor.positions, tensor.values, tensor.numel(), name)
         peaks = {name: ExactSum.check(_values(tensor), weight, name) for name, tensor in update.items()}
         if not self.sums:
             self.sums = {name: ExactSum(t.shape, t.device) for name, t in update.items()}
@@ -47,11 +52,27 @@ class RunningMean:
         self.weights.append(float(weight))
         if weight == 0:
             return
-        for name, tensor in update.items():
+        names = list(update)
+        workers = min(torch.get_num_threads(), len(names)) if _all_sparse(update) else 1
+        if workers <= 1:
+            self._fold(update, names, weight, peaks, self.workspace)
+            return
+        # Sparse folds are scatters too small for torch's intra-op threads: fold disjoint sets of tensors at once
+        # instead (each ExactSum is touched by one worker, so the bits do not depend on the schedule).
+        while len(self.workspaces) < workers:
+            self.workspaces.append(Workspace())
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda w: self._fold(update, names[w::workers], weight, peaks, self.workspaces[w]),
+                          range(workers)))
+
+    def _fold(self, update: dict, names: list[str], weight: float, peaks: dict[str, float],
+              workspace: Workspace) -> None:
+        for name in names:
+            tensor = update[name]
             if isinstance(tensor, SparseTensor):
-                self.sums[name].add_sparse(tensor.positions, tensor.values, weight, self.workspace, peaks[name])
+                self.sums[name].add_sparse(tensor.positions, tensor.values, weight, workspace, peaks[name])
             else:
-                self.sums[name].add(tensor, weight, self.workspace, peaks[name])
+                self.sums[name].add(tensor, weight, workspace, peaks[name])
 
     def __len__(self) -> int:
         return len(self.weights)
@@ -67,7 +88,12 @@ class RunningMean:
 
     def nbytes(self) -> int:
         """Bytes held by the running sums and their scratch buffers."""
-        return sum(acc.nbytes() for acc in self.sums.values()) + self.workspace.nbytes()
+        return (sum(acc.nbytes() for acc in self.sums.values()) + self.workspace.nbytes()
+                + sum(space.nbytes() for space in self.workspaces))
+
+
+def _all_sparse(update: dict) -> bool:
+    return all(isinstance(t, SparseTensor) for t in update.values())
 
 
 def _values(tensor: torch.Tensor | SparseTensor) -> torch.Tensor:

@@ -265,3 +265,18 @@ def test_a_sparse_term_is_checked_before_anything_is_added() -> None:
             acc.add_sparse(positions, values)
     assert torch.equal(acc.value(), before) and acc.terms == 1
     assert acc.value().tolist() == [0, 1.5, 0, 0, -6.0, 0, 0, 0, 0, 0]
+
+
+def test_a_sparse_update_with_one_bad_tensor_leaves_the_running_mean_unchanged() -> None:
+    from strategies.codecs.sparse import SparseTensor
+
+    good = {"a": SparseTensor((6,), torch.tensor([0, 5]), torch.tensor([1.0, -1.0])),
+            "b": SparseTensor((4,), torch.tensor([2]), torch.tensor([0.5]))}
+    mean = RunningMean()
+    mean.add(good, 2.0)
+    before = {n: t.clone() for n, t in mean.result().items()}
+    bad = {"a": good["a"], "b": SparseTensor((4,), torch.tensor([4]), torch.tensor([0.5]))}
+    with pytest.raises(ValueError, match="b: a position lies outside the 4 entries"):
+        mean.add(bad, 1.0)
+    assert len(mean) == 1 and all(torch.equal(mean.result()[n], before[n]) for n in before)
+    assert mean.result()["a"].tolist() == [1.0, 0, 0, 0, 0, -1.0]
