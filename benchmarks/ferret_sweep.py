@@ -7,6 +7,7 @@ log scale) to ``--out`` and prints the JSON: per point the bytes up per client a
 dense full-parameter fp32, perplexity and ROUGE-L, and the largest compression whose perplexity is within 5 % of
 dense LoRA's.
 Usage: python benchmarks/ferret_sweep.py [--out runs/ferret_sweep] [--rounds 2] [--reuse]
+       python benchmarks/ferret_sweep.py --replot DIR/ferret_sweep.json   (the PNG again from a finished JSON)
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def plot(points: list[dict], reference: dict, path: Path) -> None:
     ax.axhline(reference["metric_final"] * (1 + WITHIN), color="grey", ls=":", label=f"dense LoRA + {WITHIN:.0%}")
     ax.axhline(reference["metric_base"], color="r", ls=":", label="base model")
     ax.set_xscale("log")
+    ax.set_yscale("log")  # past the point where it diverges, perplexity runs to astronomical values
     ax.set_xlabel("fewer bytes up than dense full-parameter fp32 FedAvg (x)")
-    ax.set_ylabel("held-out response perplexity (lower is better)")
+    ax.set_ylabel("held-out response perplexity (log; lower is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -53,7 +55,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ferret_sweep"))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="reuse finished runs whose run config is unchanged")
+    parser.add_argument("--replot", type=Path, default=None, help="redraw the PNG beside this ferret_sweep.json")
     args = parser.parse_args()
+    if args.replot is not None:
+        document = json.loads(args.replot.read_text())
+        plot(document["points"], document["dense_lora"], args.replot.with_suffix(".png"))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     base = {"preset": "sft", "num-server-rounds": args.rounds, "seed": 0}
     reference = run_variant("lora-dense", {"codec": "dense"}, base, args.out, reuse=args.reuse)
