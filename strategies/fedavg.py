@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -24,7 +23,6 @@ class RunningMean:
         self.dtypes: dict[str, torch.dtype] = {}
         self.weights: list[float] = []
         self.workspace = Workspace()
-        self.workspaces: list[Workspace] = []  # one per worker folding sparse tensors in parallel
 
     def add(self, update: dict[str, torch.Tensor] | dict[str, SparseTensor], weight: float) -> None:
         """Fold ``update`` in with ``weight`` (e.g. its examples). Tensors may be dense or sparse (SparseTensor:
@@ -52,18 +50,7 @@ class RunningMean:
         self.weights.append(float(weight))
         if weight == 0:
             return
-        names = list(update)
-        workers = min(torch.get_num_threads(), len(names)) if _all_sparse(update) else 1
-        if workers <= 1:
-            self._fold(update, names, weight, peaks, self.workspace)
-            return
-        # Sparse folds are scatters too small for torch's intra-op threads: fold disjoint sets of tensors at once
-        # instead (each ExactSum is touched by one worker, so the bits do not depend on the schedule).
-        while len(self.workspaces) < workers:
-            self.workspaces.append(Workspace())
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda w: self._fold(update, names[w::workers], weight, peaks, self.workspaces[w]),
-                          range(workers)))
+        self._fold(update, list(update), weight, peaks, self.workspace)
 
     def _fold(self, update: dict, names: list[str], weight: float, peaks: dict[str, float],
               workspace: Workspace) -> None:
@@ -88,12 +75,7 @@ class RunningMean:
 
     def nbytes(self) -> int:
         """Bytes held by the running sums and their scratch buffers."""
-        return (sum(acc.nbytes() for acc in self.sums.values()) + self.workspace.nbytes()
-                + sum(space.nbytes() for space in self.workspaces))
-
-
-def _all_sparse(update: dict) -> bool:
-    return all(isinstance(t, SparseTensor) for t in update.values())
+        return sum(acc.nbytes() for acc in self.sums.values()) + self.workspace.nbytes()
 
 
 def _values(tensor: torch.Tensor | SparseTensor) -> torch.Tensor:
