@@ -69,11 +69,11 @@ def _alive(pid: int | None) -> bool:
     if pid is None:
         return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError would mean it exists under another user: alive
     except ProcessLookupError:
         return False
-    except PermissionError:  # it exists, under another user
-        return True
+    except PermissionError:
+        pass
     return True
 
 

@@ -103,8 +103,10 @@ class ExactSum:
         """Add ``scale *`` the tensor that is zero except ``values`` at the flat ``positions`` (distinct, in range),
         in work proportional to the values: the same bins, so the same bits, as ``add`` of the dense tensor (every
         entry is cut on its own, and a zero adds nothing to any bin). Errors as ``add``; positions out of range or
-        of another count than the values raise ValueError."""
-        self.check_positions(positions, values, self.shape.numel())
+        of another count than the values raise ValueError. ``peak``, when given, says the caller already ran
+        ``check`` and ``check_positions``."""
+        if peak is None:
+            self.check_positions(positions, values, self.shape.numel())
         self._check_count()
         peak = self.check(values, scale) if peak is None else peak
         if values.numel():

@@ -50,16 +50,11 @@ class RunningMean:
         self.weights.append(float(weight))
         if weight == 0:
             return
-        self._fold(update, list(update), weight, peaks, self.workspace)
-
-    def _fold(self, update: dict, names: list[str], weight: float, peaks: dict[str, float],
-              workspace: Workspace) -> None:
-        for name in names:
-            tensor = update[name]
+        for name, tensor in update.items():
             if isinstance(tensor, SparseTensor):
-                self.sums[name].add_sparse(tensor.positions, tensor.values, weight, workspace, peaks[name])
+                self.sums[name].add_sparse(tensor.positions, tensor.values, weight, self.workspace, peaks[name])
             else:
-                self.sums[name].add(tensor, weight, workspace, peaks[name])
+                self.sums[name].add(tensor, weight, self.workspace, peaks[name])
 
     def __len__(self) -> int:
         return len(self.weights)

@@ -128,11 +128,12 @@ class Codec(ABC):
 
     def aggregate(self, contributions: Sequence[Any], weights: Sequence[float], rule: Rule, *, plain_mean: bool,
                   round_id: int) -> Aggregate:
-        """The round's aggregate of the held contributions under ``rule`` (``plain_mean``: the rule is FedAvg)."""
-        return TensorAggregate(rule(list(contributions), list(weights)))
+        """The round's aggregate of the held contributions under ``rule`` (``plain_mean``: the rule is FedAvg),
+        taken on their dense tensors (``dense``)."""
+        return TensorAggregate(rule([self.dense(c) for c in contributions], list(weights)))
 
     def dense(self, contribution: Any) -> Tensors:
-        """A streamed contribution as dense tensors (for a rule that changes whole updates, e.g. a norm bound)."""
+        """A contribution as dense tensors (for the rules that work on whole updates: a norm bound, median, ...)."""
         return contribution
 
     def check_downlink(self, downlink: Codec) -> None:

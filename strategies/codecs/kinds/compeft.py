@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 
 from strategies.codecs import compeft, sparse
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
-from strategies.codecs.kinds.base import Aggregate, Codec, CodecOptions, Rule, TensorAggregate, Tensors
+from strategies.codecs.kinds.base import Codec, CodecOptions, TensorAggregate, Tensors
 from strategies.codecs.sparse import SparseUpdate
 from strategies.secagg import updates as secure
 from strategies.settings import setting
@@ -75,11 +75,6 @@ class CompeftCodec(Codec):
     def nbytes(self, contribution: SparseUpdate) -> int:
         """Memory the kept positions and values hold."""
         return sum(t.nbytes() for t in contribution.values())
-
-    def aggregate(self, contributions: Sequence[Any], weights: Sequence[float], rule: Rule, *, plain_mean: bool,
-                  round_id: int) -> Aggregate:
-        """The robust rules work on whole tensors: the held contributions are made dense first."""
-        return TensorAggregate(rule([sparse.densify(c) for c in contributions], list(weights)))
 
     def dense(self, contribution: SparseUpdate) -> Tensors:
         """The contribution as dense tensors."""
