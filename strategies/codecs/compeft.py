@@ -174,8 +174,10 @@ def _flatten(name: str, tensor: torch.Tensor) -> _Flat:
     return _Flat(name, tuple(tensor.shape), _DTYPE_NAMES[tensor.dtype], values)
 
 
-def _top_k(flats: list[_Flat], density: float, scratch: np.ndarray) -> tuple[list[np.ndarray], float]:
-    """The kept entries of ``flats`` taken together (one tensor in tensor scope, all in global scope), and std."""
+def _top_k(flats: list[_Flat], density: float, scratch: np.ndarray
+           ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """The kept entries of ``flats`` taken together (one tensor in tensor scope, all in global scope) as
+    (positions, negative) per tensor, and the std."""
     total = sum(flat.values.size for flat in flats)
     first = _FirstPass(stride=ms.sample_stride(total))
     offset = 0
@@ -186,7 +188,7 @@ def _top_k(flats: list[_Flat], density: float, scratch: np.ndarray) -> tuple[lis
     sample = np.concatenate(first.samples) if len(first.samples) > 1 else first.samples[0]
     bounds = ms.bounds_from_sample(sample, first.sample_size, k / total)
     candidates = [ms.Candidates.collect(flat.chunks(), bounds.floor) for flat in flats]
-    if sum(c.keys.size for c in candidates) < k and bounds.floor > ms.SMALLEST_NONZERO_KEY:
+    if sum(c.positions.size for c in candidates) < k and bounds.floor > ms.SMALLEST_NONZERO_KEY:
         # The sample misjudged (or there are fewer than k non-zeros): take every non-zero entry.
         candidates = [ms.Candidates.collect(flat.chunks(), ms.SMALLEST_NONZERO_KEY) for flat in flats]
     return ms.select_top(candidates, k, bounds.ceiling), first.std(float(flats[0].values[0]))
@@ -213,8 +215,7 @@ def _select_numpy(update: dict[str, torch.Tensor], density: float, scope: str
     stds: list[float] = []
     for group in groups:
         chosen, std = _top_k(group, density, scratch)
-        kept += [(positions, np.signbit(flat.values[positions]))
-                 for flat, positions in zip(group, chosen, strict=True)]
+        kept += chosen
         stds.append(std)
     return kept, stds
 

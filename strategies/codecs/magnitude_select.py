@@ -63,54 +63,60 @@ def bounds_from_sample(sample_keys: np.ndarray, sample_size: int, kept_fraction:
 
 @dataclass
 class Candidates:
-    """The entries of one tensor whose key is at or above a floor: positions and keys, in position order."""
+    """The entries of one tensor whose key is at or above a floor: positions and raw fp32 bits (magnitude key and
+    sign together, so the kept signs need no second gather from the tensor), in position order."""
 
     positions: np.ndarray
-    keys: np.ndarray
+    bits: np.ndarray
 
     @classmethod
     def collect(cls, chunks: list[tuple[int, np.ndarray]], floor: int) -> Candidates:
         """Candidates at or above ``floor`` from ``(offset, fp32 chunk)`` pairs covering one tensor."""
-        positions, keys = [], []
+        positions, bits = [], []
         for offset, chunk in chunks:
-            chunk_keys = magnitude_keys(chunk)
-            picked = np.flatnonzero(chunk_keys >= floor)
+            picked = np.flatnonzero(magnitude_keys(chunk) >= floor)  # an index gathers faster than a mask here
             positions.append(picked + offset if offset else picked)
-            keys.append(chunk_keys[picked])
+            bits.append(chunk.view(np.uint32)[picked])
         if len(positions) == 1:
-            return cls(positions[0], keys[0])
-        return cls(np.concatenate(positions), np.concatenate(keys))
+            return cls(positions[0], bits[0])
+        return cls(np.concatenate(positions), np.concatenate(bits))
 
 
-def _kth_largest(candidates: list[Candidates], k: int, ceiling: int) -> int:
-    """The k-th largest candidate key; partitions only the keys under ``ceiling`` when the ceiling holds."""
-    below = [c.keys < ceiling for c in candidates]
-    above = sum(c.keys.size - int(np.count_nonzero(mask)) for c, mask in zip(candidates, below, strict=True))
+def _kth_largest(keys: np.ndarray, k: int, ceiling: int) -> int:
+    """The k-th largest of ``keys``; partitions only the keys under ``ceiling`` when the ceiling holds."""
+    above = int(np.count_nonzero(keys >= ceiling))
     if above < k:
-        middle = np.concatenate([c.keys[mask] for c, mask in zip(candidates, below, strict=True)])
+        middle = keys[np.flatnonzero(keys < ceiling)]
         rank = k - above  # the rank-th largest of the middle keys
         return int(np.partition(middle, middle.size - rank)[middle.size - rank])
-    every_key = np.concatenate([c.keys for c in candidates])
-    return int(np.partition(every_key, every_key.size - k)[every_key.size - k])
+    return int(np.partition(keys, keys.size - k)[keys.size - k])
 
 
-def select_top(candidates: list[Candidates], k: int, ceiling: int = FIRST_NON_FINITE_KEY) -> list[np.ndarray]:
-    """Positions of the ``k`` largest keys over all ``candidates``, per tensor; ties go to earlier positions.
+def _negative(bits: np.ndarray) -> np.ndarray:
+    return bits >= np.uint32(0x80000000)  # the sign bit, as one bool array
 
-    If the candidates hold ``k`` keys or fewer, all of them are kept.
+
+def select_top(candidates: list[Candidates], k: int, ceiling: int = FIRST_NON_FINITE_KEY
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Positions and sign bits (True: negative) of the ``k`` largest keys over all ``candidates``, per tensor;
+    ties go to earlier tensors, then to lower positions. If the candidates hold ``k`` keys or fewer, all are kept.
     """
-    total = sum(c.keys.size for c in candidates)
+    total = sum(c.positions.size for c in candidates)
     if k >= total:
-        return [c.positions for c in candidates]
-    threshold = _kth_largest(candidates, k, ceiling)
-    masks = [c.keys >= threshold for c in candidates]
-    excess = sum(int(np.count_nonzero(mask)) for mask in masks) - k  # ties at the threshold beyond the k-th
-    if excess:
-        for c, mask in reversed(list(zip(candidates, masks, strict=True))):  # drop the latest ties first
-            at_threshold = np.flatnonzero(c.keys == threshold)
-            dropped = at_threshold[max(0, at_threshold.size - excess):]
-            mask[dropped] = False
-            excess -= dropped.size
-            if not excess:
-                break
-    return [c.positions[mask] for c, mask in zip(candidates, masks, strict=True)]
+        return [(c.positions, _negative(c.bits)) for c in candidates]
+    bits = np.concatenate([c.bits for c in candidates]) if len(candidates) > 1 else candidates[0].bits
+    keys = bits & _MAGNITUDE_MASK
+    threshold = _kth_largest(keys, k, ceiling)
+    kept = np.flatnonzero(keys >= threshold)  # indices into the candidates, in tensor-then-position order
+    if kept.size > k:  # ties at the threshold beyond the k-th: drop the latest
+        ties = np.flatnonzero(keys[kept] == threshold)  # where the ties sit in ``kept``
+        kept = np.delete(kept, ties[ties.size - (kept.size - k):])
+    negative = _negative(bits[kept])
+    ends = np.cumsum([c.positions.size for c in candidates])
+    cuts = np.searchsorted(kept, ends)
+    chosen, begin, start = [], 0, 0
+    for c, end, cut in zip(candidates, ends.tolist(), cuts.tolist(), strict=True):
+        index = kept[begin:cut]
+        chosen.append((c.positions[index - start] if start else c.positions[index], negative[begin:cut]))
+        begin, start = cut, end
+    return chosen
