@@ -6,7 +6,8 @@ federation differs: every client downloads and uploads the whole fp32 adapter ea
 with Flower's own FedAvg, and nothing is compressed, validated beyond Flower's checks, or kept warm. The server
 evaluates the global adapter with fedsqueeze's held-out evaluation after every round and writes ``metrics.jsonl``
 (round, train-phase seconds, evaluation seconds, the task's metrics, fp32 bytes up and down per client) and
-``summary.json`` under the run config's ``out-dir``.
+``summary.json`` under the run config's ``out-dir``, and the final global adapter (fp32 safetensors) as
+``global_state.safetensors``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
+from safetensors.torch import save_file
 
 from client.quiet import quiet_libraries
 from client.task.build import Task, build_task, load_splits
@@ -110,8 +112,9 @@ def run_baseline(grid: Grid, cfg: RunConfig) -> dict:
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=cfg.num_clients,
                       min_available_nodes=cfg.num_clients)
     started = time.perf_counter()
-    strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds,
-                   train_config=ConfigRecord(cfg.task.to_record()), evaluate_fn=clock)
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds,
+                            train_config=ConfigRecord(cfg.task.to_record()), evaluate_fn=clock)
+    save_file(result.arrays.to_torch_state_dict(), out_dir / "global_state.safetensors")
     summary = {"metric": hooks.metric, "metric_base": clock.base[hooks.metric],
                "metric_final": clock.rows[-1][hooks.metric] if clock.rows else None,
                "rounds": len(clock.rows), "bytes_up_total": sum(r["bytes_up"] for r in clock.rows),
