@@ -128,6 +128,7 @@ def _secure_encoder(config: dict, context: Context, settings: CodecSettings, lay
 
 def train(msg: Message, context: Context) -> Message:
     """Train the received global adapter on this node's data and reply with an encoded update."""
+    received_at = time.perf_counter()
     quiet_libraries()
     threads = int(os.environ.get("FEDSQUEEZE_CLIENT_THREADS", "0"))
     if threads > 0:
@@ -149,6 +150,7 @@ def train(msg: Message, context: Context) -> Message:
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
                            lr=spec.lr, seed=client_training_seed(spec.seed, round_id, partition_id),
                            prox_mu=spec.fedprox_mu)
+    trained = time.perf_counter()
     delta = loaded.task.trainable_delta(received, on_device=True)  # DP and the codec run where training ran
     del received
     seed = int(config[SEED_KEY]) if SEED_KEY in config else None
@@ -162,7 +164,7 @@ def train(msg: Message, context: Context) -> Message:
                else _codec_encoder(uplink, round_id, seed))
     encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
                                                           encoder)
-    train_s = time.perf_counter() - started
+    finished = time.perf_counter()
     log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up, %d bytes down", partition_id, round_id,
              result.train_loss, result.num_examples, len(encoded_update), bytes_down)
     content = RecordDict({
@@ -175,7 +177,10 @@ def train(msg: Message, context: Context) -> Message:
             "bytes-down": bytes_down,
             **feedback_metrics,
             **extra,
-            "train-s": train_s,
+            "steps": result.steps,
+            "train-s": trained - started,
+            "encode-s": finished - trained,
+            "client-s": finished - received_at,
             "task-built": float(built),
             "partition-id": partition_id,
             "state-digest-48": downlink.digest_prefix(trained_from),

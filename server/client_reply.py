@@ -4,6 +4,7 @@ hand accepted updates to the round's aggregator."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,8 @@ from strategies.downlink import digest_prefix
 
 # Figures a client may report beside its update, recorded per client in metrics.jsonl (key as sent → as stored).
 REPORTED = {"residual-norm": "residual_norm", "residual-carried": "residual_carried", "update-norm": "update_norm",
-            "secagg-clipped": "secagg_clipped", "train-s": "train_s", "task-built": "task_built"}
+            "secagg-clipped": "secagg_clipped", "train-s": "train_s", "encode-s": "encode_s", "client-s": "client_s",
+            "steps": "steps", "task-built": "task_built"}
 
 
 @dataclass
@@ -34,6 +36,7 @@ class ClientReply:
     in_sync: bool | None = None  # trained from this round's global state (None: never said)
     num_examples: float = 0.0
     train_loss: float = math.nan
+    reply_s: float | None = None  # from sending its message to its reply arriving (None: no reply)
     contribution: Any = None
 
     @property
@@ -48,6 +51,10 @@ class ClientReply:
                                "bytes_down": self.bytes_down, "status": self.status, **self.reported}
         if self.in_sync is not None:
             row["in_sync"] = self.in_sync
+        if self.num_examples:
+            row["examples"] = self.num_examples
+        if self.reply_s is not None:
+            row["reply_s"] = self.reply_s
         row["dense_fp32_bytes_up"] = dense_fp32_bytes if self.bytes_up else 0
         row["dense_fp32_bytes_down"] = dense_fp32_bytes
         return row
@@ -151,16 +158,24 @@ def _take(outcome: RoundOutcome, reply: Message, accept: Callable[[bytes], Any],
 
 
 def collect_replies(replies: Iterable[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str,
-                    payload_key: str = messages.ENCODED_UPDATE, sink: RoundAggregator | None = None
-                    ) -> RoundOutcome:
+                    payload_key: str = messages.ENCODED_UPDATE, sink: RoundAggregator | None = None,
+                    on_reply: Callable[[int], None] | None = None) -> RoundOutcome:
     """Validate (and decode) each reply as it comes; ``sent`` maps each sampled node to the bytes sent down to it,
     and ``digest`` is the global state's, which every client must report having trained from. Accepted updates go
-    to ``sink`` at once (and are dropped here), or, without one, stay in their ClientReply."""
+    to ``sink`` at once (and are dropped here), or, without one, stay in their ClientReply. Each client's time from
+    send to reply is recorded; ``on_reply`` hears the count of replies so far after each one."""
     outcome = RoundOutcome({node: ClientReply(node, bytes_down) for node, bytes_down in sent.items()})
     received = 0
+    sent_at = time.perf_counter()  # the messages go out when the first reply is asked for
     for reply in replies:
         received += 1
+        arrived_s = time.perf_counter() - sent_at
         _take(outcome, reply, accept, digest, payload_key, sink)
+        client = outcome.clients.get(reply.metadata.src_node_id)
+        if client is not None and client.reply_s is None:
+            client.reply_s = arrived_s
+        if on_reply is not None:
+            on_reply(received)
     if received < len(sent):
         outcome.failures.append(f"{len(sent) - received} client(s) sent no reply before the round timeout")
     return outcome

@@ -27,6 +27,7 @@ from server.progress import RoundProgress
 from server.replies import stream_replies
 from server.run_config import RESUMABLE_CHANGES, RunConfig
 from server.secure_round import SecurePlan, SecureResult, plan_round, run_protocol
+from server.timings import describe_straggler, round_timings
 from strategies import messages
 from strategies.codecs.kinds.base import Aggregate, TensorAggregate
 from strategies.codecs.registry import SEED_KEY, shared_seed
@@ -113,7 +114,7 @@ def train_messages(plan: RoundPlan, global_state: GlobalState, cfg: RunConfig) -
 def configure(fed: Federation, state: CoordinatorState, round_id: int) -> tuple[RoundPlan, list[Message]]:
     """Sample the round's clients, plan secure aggregation, and build their train messages."""
     sampled = sorted(state.sampler.sample(fed.node_ids, fed.per_round))
-    fed.progress.status(f"round {round_id}: training on {len(sampled)} clients")
+    fed.progress.begin_round(round_id, len(sampled))
     cfg = fed.cfg
     secure = (plan_round(cfg, round_id, sampled, fed.layout, shared_seed(cfg.uplink.impl, cfg.seed, round_id),
                          state.previous_update) if cfg.secure.enabled else None)
@@ -127,14 +128,18 @@ def collect(fed: Federation, state: CoordinatorState, plan: RoundPlan, out: list
     once, secure rounds keep each client's public keys for the protocol."""
     cfg, global_state = fed.cfg, state.global_state
     replies = stream_replies(fed.grid, out, cfg.round_timeout_s)
+
+    def replied(count: int) -> None:
+        fed.progress.clients(count, len(plan.sampled))
+
     del out
     aggregator = RoundAggregator(cfg.aggregation, global_state.version + 1, cfg.uplink.impl)
     if plan.secure is None:
         outcome = collect_replies(replies, plan.bytes_down, acceptor(cfg, plan.round_id, fed.layout), plan.digest,
-                                  sink=aggregator)
+                                  sink=aggregator, on_reply=replied)
     else:
         outcome = collect_replies(replies, plan.bytes_down, lambda keys: keys, plan.digest,
-                                  payload_key=messages.SECAGG_KEYS)
+                                  payload_key=messages.SECAGG_KEYS, on_reply=replied)
     for node in plan.sampled:  # a node that answered rebuilt this round's state; any other may have lost it
         (global_state.confirmed if node in outcome.answered else global_state.forget)(node)
     return outcome, aggregator
@@ -251,6 +256,7 @@ def record(fed: Federation, state: CoordinatorState, row: dict[str, Any], round_
     """Append the round's metrics, checkpoint the coordinator, and report progress."""
     row["round_s"] = round_s
     row["eval_s"] = time.perf_counter() - round_started - round_s
+    row.update(round_timings(row["clients"], round_s))
     state.record_bytes(row["clients"])
     state.last_round = row["round"]
     fed.metrics_log.append(row)
@@ -259,9 +265,12 @@ def record(fed: Federation, state: CoordinatorState, row: dict[str, Any], round_
     metric = fed.model.metric
     scored = f"{metric} {state.latest_metrics[metric]:.3f}" if row["evaluated"] else "not evaluated this round"
     problems = len(row["problems"])
+    share = f" ({row['train_share']:.0%} training)" if row["train_share"] is not None else ""
+    slow = "".join(f", straggler: {describe_straggler(s)}" for s in row["stragglers"])
     fed.progress.round_done(row["round"], f"{scored}, {row['clients_ok']}/{row['clients_sampled']} clients, "
-                                          f"{row['bytes_up'] / 1e6:.3f} MB up, {row['bytes_down'] / 1e6:.3f} MB down"
-                                          + (f", {problems} problem(s)" if problems else ""))
+                                          f"{row['bytes_up'] / 1e6:.3f} MB up, {row['bytes_down'] / 1e6:.3f} MB down, "
+                                          f"{round_s:.1f} s{share}" + (f", {problems} problem(s)" if problems else "")
+                            + slow, scored=scored, bytes_up=row["bytes_up"], bytes_down=row["bytes_down"])
 
 
 def run_round(fed: Federation, state: CoordinatorState, round_id: int) -> None:

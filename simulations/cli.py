@@ -7,16 +7,17 @@ import json
 import logging
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
-from client.task.data import DataNotFoundError
-from client.task.model_sources import ModelNotFoundError
 from server.logs import configure_logging
-from server.run_config import ConfigError
 from simulations.config_args import parse_run_config
+from simulations.terminal import LOG_NAME, TerminalCapture
 
 log = logging.getLogger("fedsqueeze")
-USER_ERRORS = (ConfigError, ModelNotFoundError, DataNotFoundError, ValueError, FileNotFoundError)
+# ConfigError, ModelNotFoundError and DataNotFoundError are among these; naming them here would import torch and
+# transformers before every command, `fedsqueeze report` included.
+USER_ERRORS = (ValueError, FileNotFoundError)
 
 
 def _quiet_environment() -> None:
@@ -43,18 +44,44 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         raise ValueError("simulate needs --out DIR (or --resume DIR)")
     if args.preset:
         user_config["preset"] = args.preset
-    fail = frozenset(int(p) for p in args.fail_partitions.split(",") if p.strip()) if args.fail_partitions else None
-    byzantine = frozenset(int(p) for p in args.byzantine_partitions.split(",") if p.strip())
-    summary = simulate(user_config, out_dir=Path(args.out), max_parallel=args.max_parallel,
-                       fail_partitions=fail or frozenset(), byzantine_partitions=byzantine,
-                       byzantine_attack=args.byzantine_attack, client_gpus=args.client_gpus,
-                       ray_address=args.ray_address)
+    fail = _partitions(args.fail_partitions, "--fail-partitions")
+    byzantine = _partitions(args.byzantine_partitions, "--byzantine-partitions")
+    slow = _partitions(args.slow_partitions, "--slow-partitions")
+    capture = TerminalCapture(Path(args.out) / LOG_NAME, verbose=args.verbose)
+    with ExitStack() as stack:  # output is captured once the input has been checked: bad input writes nothing
+        summary = simulate(user_config, out_dir=Path(args.out), max_parallel=args.max_parallel,
+                           fail_partitions=fail, byzantine_partitions=byzantine,
+                           byzantine_attack=args.byzantine_attack, client_gpus=args.client_gpus,
+                           ray_address=args.ray_address, slow_partitions=slow, slow_s=args.slow_s,
+                           on_checked=lambda: stack.enter_context(capture))
     keys = ("preset", "metric", "metric_base", "metric_final", "bytes_up_total", "bytes_up_dense_equivalent",
             "clients_failed_total", "wall_s")
     scores = {k: v for k, v in summary.items() if k.endswith(("_base", "_final")) and not k.startswith(
         ("metric_", "examples_", "response_tokens_"))}
     print(json.dumps({**{k: summary[k] for k in keys}, **scores}, indent=2))
-    print(f"outputs in {Path(args.out).resolve()}", file=sys.stderr)
+    print(f"outputs in {Path(args.out).resolve()} (log.txt: everything Flower, Ray and the libraries printed)",
+          file=sys.stderr)
+    return 0
+
+
+def _partitions(text: str, flag: str) -> frozenset[int]:
+    try:
+        return frozenset(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated partition ids, got {text!r}") from None
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from simulations.report import ReportError, render, report
+
+    try:
+        figures, plots = report(Path(args.directory), plots=not args.no_plots)
+    except ReportError as exc:
+        print(f"fedsqueeze: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(figures, indent=2) if args.json else render(figures))
+    if plots:
+        print(f"plots     {len(plots)} drawn again under {Path(args.directory) / 'plots'}", file=sys.stderr)
     return 0
 
 
@@ -66,7 +93,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     config = (AttackConfig.quick() if args.quick else AttackConfig()).with_overrides(
         parse_run_config(args.run_config))
     torch.set_num_threads(max(1, args.threads))
-    result = run(Path(args.out), config)
+    with TerminalCapture(Path(args.out) / LOG_NAME, verbose=args.verbose):
+        result = run(Path(args.out), config)
     print(json.dumps({"rows": len(result["rows"]), "wall_s": result["wall_s"]}, indent=2))
     print(f"outputs in {Path(args.out).resolve()} (attacks.json, attacks.md, plots/)", file=sys.stderr)
     return 0
@@ -106,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=2 num-clients=4"')
     sim.add_argument("--max-parallel", type=int, default=0, help="clients training at once (default min(n, 3))")
     sim.add_argument("--fail-partitions", default="", help="comma-separated partition ids that fail on purpose")
+    sim.add_argument("--slow-partitions", default="",
+                     help="comma-separated partition ids that reply --slow-s seconds late (stragglers)")
+    sim.add_argument("--slow-s", type=float, default=10.0, help="how late the slow partitions reply (default 10)")
+    sim.add_argument("--verbose", action="store_true",
+                     help="show Flower's, Ray's and the libraries' log lines on the terminal too (always in "
+                          "OUT/log.txt)")
     sim.add_argument("--client-gpus", type=float, default=0.0,
                      help="fraction of a GPU per client, e.g. 0.25 for four clients per GPU (default 0: CPU); "
                           "above 0 the run's device defaults to cuda")
@@ -120,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='attack settings, e.g. "batches=20 defences=none,dp-1 attacks=token"')
     attack.add_argument("--quick", action="store_true", help="a two-minute version (few batches, main defences)")
     attack.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    attack.add_argument("--verbose", action="store_true",
+                        help="show the libraries' log lines on the terminal too (always in OUT/log.txt)")
     attack.set_defaults(func=_cmd_attack)
 
     generate = sub.add_parser("generate", help="answer prompts with a run's exported adapter (greedy)")
@@ -130,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=64, help="tokens per answer at most (default 64)")
     generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     generate.set_defaults(func=_cmd_generate)
+
+    summary = sub.add_parser("report", help="summarise a run directory (finished, stopped or resumed) and redraw "
+                                           "its plots")
+    summary.add_argument("directory", help="the run's --out directory")
+    summary.add_argument("--json", action="store_true", help="print the figures as JSON")
+    summary.add_argument("--no-plots", action="store_true", help="do not redraw the plots")
+    summary.set_defaults(func=_cmd_report)
 
     from simulations.deploy_cli import add_deploy_commands
 

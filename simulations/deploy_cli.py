@@ -18,6 +18,7 @@ from client.supernode import POLL_ENV, poll_seconds
 from server.certs import generate_dev_certificates
 from server.launch import register_node, submit_command, superlink_command, write_connection
 from server.node_keys import NODE_KEYS_DIR, generate_node_keys
+from simulations.terminal import stream_filtered
 
 
 def _tool_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -112,7 +113,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fedsqueeze-flwr-") as home:
         write_connection(Path(home), address=args.superlink, root_certificates=root)
         env = {**os.environ, "FLWR_HOME": home}
-        return _run(submit_command(args.run_config, stream=not args.no_stream), env=env)
+        command = submit_command(args.run_config, stream=not args.no_stream)
+        if args.no_stream:
+            return _run(command, env=env)
+        print(f"+ {' '.join(command)}  (Flower's lines go to {args.log})", file=sys.stderr, flush=True)
+        return stream_filtered(command, _tool_env(env), Path(args.log), verbose=args.verbose)
 
 
 def _cmd_register_node(args: argparse.Namespace) -> int:
@@ -176,6 +181,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--superlink", default="127.0.0.1:8000", help="SuperLink control API address")
     submit.add_argument("--run-config", default="", help="overrides in TOML form: \"preset='encoder' num-clients=2\"")
     submit.add_argument("--no-stream", action="store_true", help="return once submitted instead of streaming logs")
+    submit.add_argument("--log", default="runs/submit/log.txt",
+                        help="where every streamed line goes, timestamped (default runs/submit/log.txt); the "
+                             "terminal shows the run's own lines and errors")
+    submit.add_argument("--verbose", action="store_true", help="show every streamed line on the terminal too")
     submit.set_defaults(func=_cmd_submit)
 
     register = sub.add_parser("register-node", help="allow a SuperNode's public key on a coordinator with --node-auth")

@@ -1,8 +1,10 @@
-"""Fault injection for simulations: make chosen clients fail, or lie (Byzantine updates), to exercise the
-coordinator's handling and its robust aggregation rules."""
+"""Fault injection for simulations: make chosen clients fail, lie (Byzantine updates) or straggle, to exercise the
+coordinator's handling, its robust aggregation rules and its timing reports."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -21,6 +23,17 @@ class InjectedClientFailure(RuntimeError):
     """Raised on purpose by a simulated client chosen to fail."""
 
 
+def _client_app_with(mod: Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+                     ) -> ClientApp:
+    """fedsqueeze's ClientApp (every message type it handles) with ``mod`` around each message."""
+    app = ClientApp(mods=[mod])
+    app.train()(train)
+    app.train("secagg_share")(secagg_share)
+    app.train("secagg_mask")(secagg_mask)
+    app.train("secagg_unmask")(secagg_unmask)
+    return app
+
+
 def client_app_with_failures(failing_partitions: set[int], at: str = "train") -> ClientApp:
     """The fedsqueeze ClientApp, except that nodes holding ``failing_partitions`` raise on messages of type ``at``
     (``train``, or a secure-aggregation stage such as ``train.secagg_mask``: a dropout mid-protocol)."""
@@ -31,12 +44,7 @@ def client_app_with_failures(failing_partitions: set[int], at: str = "train") ->
             raise InjectedClientFailure(f"injected failure on partition {partition_id} at {at}")
         return call_next(msg, context)
 
-    app = ClientApp(mods=[fail_mod])
-    app.train()(train)
-    app.train("secagg_share")(secagg_share)
-    app.train("secagg_mask")(secagg_mask)
-    app.train("secagg_unmask")(secagg_unmask)
-    return app
+    return _client_app_with(fail_mod)
 
 
 def attacked_tensor(values: torch.Tensor, attack: str, generator: torch.Generator) -> torch.Tensor:
@@ -83,3 +91,18 @@ def client_app_with_byzantine(partitions: set[int], attack: str) -> ClientApp:
     app = ClientApp(mods=[lie_mod])
     app.train()(train)
     return app
+
+
+def client_app_with_delay(slow_partitions: set[int], seconds: float) -> ClientApp:
+    """The fedsqueeze ClientApp, except that nodes holding ``slow_partitions`` wait ``seconds`` before replying to
+    a train message: a straggler (a slow link or a slow machine) for tests of timing and round deadlines."""
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"a client delay must be a finite number of seconds >= 0, got {seconds}")
+
+    def delay_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        reply = call_next(msg, context)
+        if int(context.node_config["partition-id"]) in slow_partitions and msg.metadata.message_type == "train":
+            time.sleep(seconds)
+        return reply
+
+    return _client_app_with(delay_mod)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from client.task.partition import client_partition
 from server.app import model_hooks
 from server.federation import resume_point, run_federation
 from server.run_config import RunConfig, resolve
-from simulations.faults import client_app_with_byzantine, client_app_with_failures
+from simulations.faults import client_app_with_byzantine, client_app_with_delay, client_app_with_failures
 
 log = logging.getLogger("fedsqueeze")
 
@@ -69,11 +70,14 @@ def with_gpu_device(user_config: dict[str, Any], client_gpus: float) -> dict[str
 def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 0,
              fail_partitions: frozenset[int] = frozenset(), fail_at: str = "train",
              byzantine_partitions: frozenset[int] = frozenset(), byzantine_attack: str = "sign-flip",
-             client_gpus: float = 0.0, ray_address: str = "") -> dict[str, Any]:
+             client_gpus: float = 0.0, ray_address: str = "", slow_partitions: frozenset[int] = frozenset(),
+             slow_s: float = 0.0, on_checked: Callable[[], object] | None = None) -> dict[str, Any]:
     """Run a whole federation in-process and return its summary (also written to ``out_dir``).
 
     ``fail_partitions`` raise on messages of type ``fail_at`` (tests of failures and dropouts);
-    ``byzantine_partitions`` send ``byzantine_attack`` instead of their update (robust-aggregation tests).
+    ``byzantine_partitions`` send ``byzantine_attack`` instead of their update (robust-aggregation tests);
+    ``slow_partitions`` reply ``slow_s`` seconds late (stragglers). ``on_checked`` is called once the input has
+    been checked and before anything is written or started (the CLI starts capturing output there).
     With ``resume=true`` in the run config the run continues after the last checkpointed round in ``out_dir``.
     ``max_parallel`` clients train at once (default: as many as there are clients, at most 3), each on one
     torch thread, the fastest layout measured on 2 CPU cores.
@@ -90,8 +94,12 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
     backend = backend_config(parallel=parallel, client_gpus=client_gpus, ray_address=ray_address)
     preflight(cfg)
     resume_point(cfg, out_dir)  # a checkpoint of another run is refused here, before Ray starts
-    if fail_partitions and byzantine_partitions:
-        raise ValueError("choose failing or Byzantine partitions, not both")
+    if sum(map(bool, (fail_partitions, byzantine_partitions, slow_partitions))) > 1:
+        raise ValueError("choose one of failing, Byzantine or slow partitions")
+    if not (math.isfinite(slow_s) and slow_s >= 0):
+        raise ValueError(f"a client delay must be a finite number of seconds >= 0, got {slow_s}")
+    if on_checked is not None:
+        on_checked()
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
     server_app = ServerApp()
@@ -104,8 +112,11 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
     app = client_app_with_failures(set(fail_partitions), fail_at) if fail_partitions else client_app
     if byzantine_partitions:
         app = client_app_with_byzantine(set(byzantine_partitions), byzantine_attack)
+    if slow_partitions:
+        app = client_app_with_delay(set(slow_partitions), slow_s)
     run_simulation(server_app=server_app, client_app=app, num_supernodes=cfg.num_clients,
                    backend_config=backend)
     if not result:
-        raise RuntimeError("the simulation ended without a summary; see the log above")
+        raise RuntimeError(f"the simulation ended without a summary; see {out_dir / 'log.txt'} (fedsqueeze "
+                           "simulate) or the log above")
     return result

@@ -25,6 +25,7 @@ from simulations.crash_resume import (
     run_config_text,
     simulate_command,
 )
+from simulations.report import report
 
 
 def _checkpoint(round_id: int) -> checkpoint.Checkpoint:
@@ -113,11 +114,15 @@ def test_a_simulation_killed_mid_run_resumes_to_the_uninterrupted_adapter(tmp_pa
                             env=child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     reached = kill_after_checkpoint(proc, killed, 1, timeout_s=600)
     assert reached < RESUME_RUN["num-server-rounds"] and not (killed / "summary.json").exists()
+    stopped, _ = report(killed, plots=False)  # the report reads a stopped run from its checkpoint
+    assert stopped["state"] == f"stopped after round {reached}" and stopped["rounds_done"] == reached
     resumed = subprocess.run(simulate_command("--resume", str(killed)), env=child_env(), capture_output=True, text=True,
                              timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming after round {reached}" in resumed.stderr
     _assert_same_run(reference, killed)
+    finished, _ = report(killed, plots=False)
+    assert finished["state"] == "finished" and finished["rounds_done"] == RESUME_RUN["num-server-rounds"]
 
 
 def _kill_serverapp() -> int:
