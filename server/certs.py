@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from server.secret_files import write_secret
+
 CA_CERT, SERVER_CERT, SERVER_KEY = "ca.crt", "server.pem", "server.key"
 
 
@@ -23,7 +25,8 @@ def generate_dev_certificates(out_dir: Path, hosts: tuple[str, ...] = ("localhos
                               days: int = 30) -> dict[str, Path]:
     """Write ca.crt, server.pem and server.key (P-256) valid for ``hosts``; returns their paths.
 
-    The CA key is never written: the CA exists only to sign this one server certificate.
+    The CA key is never written: the CA exists only to sign this one server certificate. server.key is 0600 from
+    its creation.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
@@ -52,8 +55,6 @@ def generate_dev_certificates(out_dir: Path, hosts: tuple[str, ...] = ("localhos
     paths = {"ca": out_dir / CA_CERT, "cert": out_dir / SERVER_CERT, "key": out_dir / SERVER_KEY}
     paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM,
-                                                      serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
-    paths["key"].chmod(0o600)
+    write_secret(paths["key"], server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
     return paths

@@ -10,6 +10,7 @@ from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION_NAME = "fedsqueeze"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def superlink_command(*, certs_dir: Path | None, fleet_address: str = "0.0.0.0:9092",
@@ -20,7 +21,14 @@ def superlink_command(*, certs_dir: Path | None, fleet_address: str = "0.0.0.0:9
     ``node_auth`` turns on Flower's CLI-managed SuperNode authentication: only SuperNodes whose public keys were
     registered (register_node) may connect. It needs TLS, so it raises ValueError without ``certs_dir``.
     Runtime dependency installation stays off: the coordinator's environment already has fedsqueeze.
+    The Control API stays on loopback (ValueError otherwise): open-source Flower authenticates none of its callers,
+    and anyone who reaches it can submit an app whose code then runs on every node; submit from elsewhere through
+    an SSH tunnel.
     """
+    if control_host not in LOOPBACK:
+        raise ValueError(f"the Control API must stay on loopback, not {control_host}: Flower authenticates none of "
+                         "its callers (anyone reaching it could run code on every node); submit from another machine "
+                         "through an SSH tunnel: ssh -N -L 8000:127.0.0.1:8000 COORDINATOR")
     if node_auth and certs_dir is None:
         raise ValueError("SuperNode authentication needs TLS: give the certificates directory "
                          "(make a dev set with: fedsqueeze certs DIR), not --insecure")

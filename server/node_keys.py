@@ -6,12 +6,13 @@ Formats are the ones flwr 1.39 reads: the SuperNode loads its private key with `
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from server.secret_files import write_secret
 
 NODE_KEYS_DIR = "node-keys"
 
@@ -22,15 +23,6 @@ class NodeKeyPair:
 
     private_key: Path
     public_key: Path
-
-
-def _write_secret(path: Path, data: bytes) -> None:
-    # Created 0600 from the start, so the key is never readable by others, not even briefly.
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    path.chmod(0o600)  # in case a umask or filesystem widened it
 
 
 def generate_node_keys(out_dir: Path, count: int, prefix: str = "node") -> list[NodeKeyPair]:
@@ -45,7 +37,7 @@ def generate_node_keys(out_dir: Path, count: int, prefix: str = "node") -> list[
     for index in range(count):
         key = ec.generate_private_key(ec.SECP384R1())
         pair = NodeKeyPair(out_dir / f"{prefix}-{index}.key", out_dir / f"{prefix}-{index}.pub")
-        _write_secret(pair.private_key, key.private_bytes(serialization.Encoding.PEM,
+        write_secret(pair.private_key, key.private_bytes(serialization.Encoding.PEM,
                                                           serialization.PrivateFormat.OpenSSH,
                                                           serialization.NoEncryption()))
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)

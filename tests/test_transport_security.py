@@ -133,3 +133,20 @@ def test_only_the_registered_node_with_the_right_ca_joins_and_trains(tmp_path: P
     finally:
         stop_processes(list(processes.values()))
     assert all(proc.poll() is not None for proc in processes.values())
+
+
+def test_the_control_api_stays_on_loopback_and_keys_are_private_from_creation(tmp_path: Path) -> None:
+    from server.launch import LOOPBACK
+
+    for host in ("0.0.0.0", "10.1.2.3", "coord.example.org"):
+        with pytest.raises(ValueError, match="must stay on loopback"):
+            superlink_command(certs_dir=None, control_host=host)
+    for host in LOOPBACK:
+        assert superlink_command(certs_dir=None, control_host=host)[4] == host
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("not to be overwritten")
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "server.key").symlink_to(target)  # a planted link is replaced, never followed
+    certs = generate_dev_certificates(tmp_path / "certs")
+    assert certs["key"].stat().st_mode & 0o777 == 0o600 and not certs["key"].is_symlink()
+    assert target.read_text() == "not to be overwritten"
