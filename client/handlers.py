@@ -117,11 +117,12 @@ def _codec_encoder(settings: CodecSettings, round_id: int, seed: int | None
     return encode
 
 
-def _secure_encoder(config: dict, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]],
-                    metrics: dict[str, float]) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
+def _secure_encoder(config: dict, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]]
+                    ) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
     def encode(delta: dict[str, torch.Tensor]) -> tuple[bytes, Sent]:
         keys, party_input = secure.start(config, context, settings, layout, _on_cpu(delta))
-        metrics["secagg-clipped"] = float(party_input.clipped)
+        if party_input.clipped:  # stays on the node: how often the clip bites is about this client's update
+            log.info("secure aggregation clipped %d entries of this update", party_input.clipped)
         return keys, party_input.sent
     return encode
 
@@ -155,36 +156,36 @@ def train(msg: Message, context: Context) -> Message:
     del received
     seed = int(config[SEED_KEY]) if SEED_KEY in config else None
     secure_round = bool(config.get("secagg", False))
-    extra: dict[str, float] = {}
     dp = DPSettings(float(config.get("dp-noise-multiplier", 0.0)), float(config.get("dp-clip", 0.0)))
-    if dp.enabled:
-        delta, norm = privatize(delta, dp, int(config["clients-per-round"]), secure=secure_round)
-        extra["update-norm"] = norm
-    encoder = (_secure_encoder(config, context, uplink, layout, extra) if secure_round
+    if dp.enabled:  # the pre-clip norm stays here: it is exactly what DP must not reveal
+        delta, _norm = privatize(delta, dp, int(config["clients-per-round"]), secure=secure_round)
+    encoder = (_secure_encoder(config, context, uplink, layout) if secure_round
                else _codec_encoder(uplink, round_id, seed))
     encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
                                                           encoder)
     finished = time.perf_counter()
     log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up, %d bytes down", partition_id, round_id,
              result.train_loss, result.num_examples, len(encoded_update), bytes_down)
+    metrics: dict[str, float] = {
+        "num-examples": result.num_examples,
+        "train-loss": result.train_loss,
+        "bytes-up": len(encoded_update),
+        "bytes-down": bytes_down,
+        **feedback_metrics,
+        "steps": result.steps,
+        "train-s": trained - started,
+        "encode-s": finished - trained,
+        "client-s": finished - received_at,
+        "task-built": float(built),
+        "partition-id": partition_id,
+        "state-digest-48": downlink.digest_prefix(trained_from),
+    }
+    if secure_round:  # the coordinator may learn only the sum: nothing about this client's own update
+        metrics = {key: value for key, value in metrics.items() if key not in messages.PRIVATE_UNDER_SECAGG}
     content = RecordDict({
         messages.UPDATE: ConfigRecord({messages.SECAGG_KEYS if secure_round else messages.ENCODED_UPDATE:
                                        encoded_update}),
-        messages.METRICS: MetricRecord({
-            "num-examples": result.num_examples,
-            "train-loss": result.train_loss,
-            "bytes-up": len(encoded_update),
-            "bytes-down": bytes_down,
-            **feedback_metrics,
-            **extra,
-            "steps": result.steps,
-            "train-s": trained - started,
-            "encode-s": finished - trained,
-            "client-s": finished - received_at,
-            "task-built": float(built),
-            "partition-id": partition_id,
-            "state-digest-48": downlink.digest_prefix(trained_from),
-        }),
+        messages.METRICS: MetricRecord(metrics),
     })
     return Message(content=content, reply_to=msg)
 

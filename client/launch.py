@@ -8,18 +8,29 @@ from pathlib import Path
 
 from client.warm_channel import TRAINER_SOCKET_KEY
 
+IDENTITY_KEY = "secagg-identity-key"  # node config keys read by client/secure.py (kept import-light here)
+TRUSTED_NODES = "secagg-trusted-nodes"
+
 
 def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
                       root_certificates: Path | None, clientappio_port: int = 9094,
                       device: str = "", auth_private_key: Path | None = None,
-                      trainer_socket: Path | None = None, capped_poll: bool = False) -> list[str]:
+                      trainer_socket: Path | None = None, capped_poll: bool = False,
+                      trusted_nodes: Path | None = None) -> list[str]:
     """The ``flower-supernode`` command line for one client node (TLS when ``root_certificates`` is given).
 
     ``auth_private_key`` is this node's OpenSSH EC private key for a SuperLink with SuperNode authentication (its
     public key must be registered there first). Authentication needs TLS: ValueError without ``root_certificates``.
     ``trainer_socket`` names the node's warm trainer (trainer_command): each message is then run there.
     ``capped_poll`` runs the SuperNode through ``client/supernode.py`` (Flower's loop, shorter idle wait).
+    ``trusted_nodes`` (the federation's node public keys, pinned on this node: a file or a folder of .pub) makes the
+    node sign its secure-aggregation keys with ``auth_private_key`` and accept only keys its peers signed.
     """
+    if trusted_nodes is not None:
+        if auth_private_key is None:
+            raise ValueError("--trusted-nodes needs this node's own key (--auth-key): it signs the node's round keys")
+        if not trusted_nodes.exists():
+            raise FileNotFoundError(f"trusted node keys {trusted_nodes} are missing")
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
     if auth_private_key is not None:
@@ -32,6 +43,9 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
         node_config += f' device="{device}"'
     if trainer_socket is not None:
         node_config += f' {TRAINER_SOCKET_KEY}="{trainer_socket}"'
+    if trusted_nodes is not None and auth_private_key is not None:
+        node_config += (f' {IDENTITY_KEY}="{auth_private_key.resolve()}"'
+                        f' {TRUSTED_NODES}="{trusted_nodes.resolve()}"')
     program = [sys.executable, "-m", "client.supernode"] if capped_poll else ["flower-supernode"]
     command = [*program, "--superlink", superlink, "--port", str(clientappio_port),
                "--node-config", node_config]

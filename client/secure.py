@@ -1,26 +1,63 @@
 """The client's side of secure aggregation: turn the update into ring words, then answer the protocol's stages.
 
 The party's state (its secrets included) stays in this node's Flower node state between the stages' messages.
+A node that pins the federation's node identities (node config ``secagg-trusted-nodes``, with its own key in
+``secagg-identity-key``; in simulation ``FEDSQUEEZE_NODE_IDENTITIES``) signs its round keys and accepts its
+neighbours' keys only when a distinct pinned identity signed them for this very setup
+(``strategies/secagg/identity.py``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import secrets
+from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from client.launch import IDENTITY_KEY, TRUSTED_NODES  # node config: own key; the pinned node keys
 from strategies import messages
 from strategies.codecs.registry import SEED_KEY, CodecSettings
 from strategies.secagg import audit, common
+from strategies.secagg.identity import SigningIdentity, TrustedIdentities
 from strategies.secagg.party import Party
 from strategies.secagg.ring import Quantizer
 from strategies.secagg.updates import PartyInput, SecureEncoding, encode_input
 
 PARTY_STATE = "secagg-party"
 STAGES = {"secagg_share": "share_keys", "secagg_mask": "masked_input", "secagg_unmask": "unmask"}
+IDENTITIES_ENV = "FEDSQUEEZE_NODE_IDENTITIES"  # simulation: a folder of node-<partition>.key / .pub (certs --nodes)
+
+
+def node_identity(context: Context) -> tuple[SigningIdentity | None, TrustedIdentities | None]:
+    """This node's signing identity and the identities it trusts, from its node config (in simulation from the
+    folder ``FEDSQUEEZE_NODE_IDENTITIES`` names); (None, None) when it pins none. ValueError when only half is
+    configured or a file does not load."""
+    config = context.node_config
+    key, trusted = config.get(IDENTITY_KEY), config.get(TRUSTED_NODES)
+    folder = os.environ.get(IDENTITIES_ENV)
+    if folder and not key and not trusted:
+        key, trusted = str(Path(folder) / f"node-{int(config['partition-id'])}.key"), folder
+    if not key and not trusted:
+        return None, None
+    if not key or not trusted:
+        raise ValueError(f"node config needs both {IDENTITY_KEY} and {TRUSTED_NODES} to take part in "
+                         "authenticated secure aggregation")
+    return SigningIdentity.from_file(Path(str(key))), _trusted(Path(str(trusted)))
+
+
+def _trusted(path: Path) -> TrustedIdentities:
+    if not path.is_dir():
+        return TrustedIdentities.from_file(path)
+    keys: dict[bytes, str] = {}
+    for file in sorted(path.glob("*.pub")):
+        keys.update(TrustedIdentities.from_file(file).names)
+    if not keys:
+        raise ValueError(f"{path} holds no .pub node keys")
+    return TrustedIdentities(keys)
 
 
 def encoding_for(config: dict, settings: CodecSettings, layout: dict[str, tuple[int, ...]], parties: int
@@ -43,9 +80,12 @@ def start(config: dict, context: Context, settings: CodecSettings, layout: dict[
         raise ValueError(f"secagg setup segments {list(setup.segments)} differ from this client's encoding "
                          f"{encoding.segments()}")
     party_input = encode_input(encoding, update, np.random.default_rng(secrets.randbits(128)))
+    if setup.message.run and setup.message.run != context.run_id:
+        raise ValueError(f"secagg setup is for run {setup.message.run}, this node is in run {context.run_id}")
+    identity, _ = node_identity(context)
     party = Party.start(setup_bytes, context.node_id, party_input.words)
     audit.record(f"round{setup.round}-party{context.node_id}", party_input.words)
-    keys = party.advertise_keys()
+    keys = party.advertise_keys(identity)
     context.state[PARTY_STATE] = ConfigRecord({"state": party.save()})
     return keys, party_input
 
@@ -55,7 +95,11 @@ def answer(msg: Message, context: Context, action: str) -> Message:
     if PARTY_STATE not in context.state:
         raise ValueError("no secure-aggregation round is under way on this node")
     party = Party.load(context.state[PARTY_STATE]["state"])  # type: ignore[arg-type]
-    output = getattr(party, STAGES[action])(msg.content[messages.SECAGG][messages.SECAGG_INPUT])
+    request = msg.content[messages.SECAGG][messages.SECAGG_INPUT]
+    if action == "secagg_share":
+        output = party.share_keys(request, node_identity(context)[1])
+    else:
+        output = getattr(party, STAGES[action])(request)
     if action == "secagg_unmask":
         del context.state[PARTY_STATE]
     else:

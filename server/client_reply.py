@@ -17,9 +17,8 @@ from strategies.codecs import UpdateRejected
 from strategies.downlink import digest_prefix
 
 # Figures a client may report beside its update, recorded per client in metrics.jsonl (key as sent → as stored).
-REPORTED = {"residual-norm": "residual_norm", "residual-carried": "residual_carried", "update-norm": "update_norm",
-            "secagg-clipped": "secagg_clipped", "train-s": "train_s", "encode-s": "encode_s", "client-s": "client_s",
-            "steps": "steps", "task-built": "task_built"}
+REPORTED = {"residual-norm": "residual_norm", "residual-carried": "residual_carried", "train-s": "train_s",
+            "encode-s": "encode_s", "client-s": "client_s", "steps": "steps", "task-built": "task_built"}
 
 
 @dataclass
@@ -84,8 +83,8 @@ class RoundOutcome:
 
     @property
     def train_losses(self) -> list[float]:
-        """Accepted clients' training losses, in partition order."""
-        return [c.train_loss for c in self._accepted()]
+        """Accepted clients' training losses, in partition order (none under secure aggregation)."""
+        return [c.train_loss for c in self._accepted() if math.isfinite(c.train_loss)]
 
     @property
     def bytes_up(self) -> int:
@@ -116,17 +115,19 @@ def read_reply(content: RecordDict, accept: Callable[[bytes], Any], digest: str,
             raise UpdateRejected(f"{payload_key} is not bytes")
         client.bytes_up = len(payload)
         client.partition_id = int(metrics["partition-id"]) if "partition-id" in metrics else None
-        client.reported = {name: float(metrics[key]) for key, name in REPORTED.items() if key in metrics}
+        secure = payload_key == messages.SECAGG_KEYS  # only the sum may be learnt: record nothing of the update
+        client.reported = {name: float(metrics[key]) for key, name in REPORTED.items()
+                           if key in metrics and not (secure and key in messages.PRIVATE_UNDER_SECAGG)}
         client.in_sync = int(metrics["state-digest-48"]) == digest_prefix(digest)
         if not client.in_sync:
             raise UpdateRejected("client trained from another global state than this round's (digest differs)")
         num_examples = float(metrics["num-examples"])
-        train_loss = float(metrics["train-loss"])
+        train_loss = math.nan if secure else float(metrics["train-loss"])
     except (KeyError, TypeError, OverflowError) as exc:
         raise UpdateRejected(f"reply lacks or mistypes {exc}") from exc
     if not 0 < num_examples < float("inf"):
         raise UpdateRejected(f"num-examples must be positive and finite, got {num_examples}")
-    if not math.isfinite(train_loss):
+    if not (secure or math.isfinite(train_loss)):
         raise UpdateRejected(f"train-loss must be finite, got {train_loss}")
     return accept(payload), num_examples, train_loss
 

@@ -117,7 +117,7 @@ def configure(fed: Federation, state: CoordinatorState, round_id: int) -> tuple[
     fed.progress.begin_round(round_id, len(sampled))
     cfg = fed.cfg
     secure = (plan_round(cfg, round_id, sampled, fed.layout, shared_seed(cfg.uplink.impl, cfg.seed, round_id),
-                         state.previous_update) if cfg.secure.enabled else None)
+                         state.previous_update, run_id=fed.grid.run.run_id) if cfg.secure.enabled else None)
     plan = RoundPlan(round_id, sampled, secure, {}, state.global_state.digest())
     return plan, train_messages(plan, state.global_state, cfg)
 

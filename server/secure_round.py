@@ -54,8 +54,9 @@ class SecureResult:
 
 
 def plan_round(cfg: RunConfig, round_id: int, parties: list[int], layout: dict[str, tuple[int, ...]],
-               shared_seed: int | None, previous_update: dict[str, torch.Tensor] | None) -> SecurePlan:
-    """The round's SecAggSetup over ``parties`` and the encoding every party must use."""
+               shared_seed: int | None, previous_update: dict[str, torch.Tensor] | None, run_id: int = 0
+               ) -> SecurePlan:
+    """The round's SecAggSetup over ``parties`` in Flower run ``run_id`` and the encoding every party must use."""
     codec = cfg.uplink.impl
     tag = f"fedsqueeze-support:{cfg.seed}:{round_id}".encode()
     support, extra = codec.secure_round_config(cfg.uplink.options, layout, previous_update, tag)
@@ -63,7 +64,7 @@ def plan_round(cfg: RunConfig, round_id: int, parties: list[int], layout: dict[s
                               parties=len(parties), layout=dict(layout), seed=shared_seed or 0, support=support)
     # The run config checked neighbours and threshold against this many clients per round.
     setup = common.make_setup(round_id, parties, encoding.segments(), neighbours=cfg.secure.neighbours,
-                              threshold=cfg.secure.threshold)
+                              threshold=cfg.secure.threshold, run=run_id)
     return SecurePlan(setup, encoding, {"secagg-setup": setup, "secagg-clip": cfg.secure.clip,
                                         "secagg-precision-bits": cfg.secure.precision_bits, **extra})
 

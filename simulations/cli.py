@@ -53,6 +53,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                            fail_partitions=fail, byzantine_partitions=byzantine,
                            byzantine_attack=args.byzantine_attack, client_gpus=args.client_gpus,
                            ray_address=args.ray_address, slow_partitions=slow, slow_s=args.slow_s,
+                           node_identities=Path(args.node_identities) if args.node_identities else None,
                            on_checked=lambda: stack.enter_context(capture))
     keys = ("preset", "metric", "metric_base", "metric_final", "bytes_up_total", "bytes_up_dense_equivalent",
             "clients_failed_total", "wall_s")
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--slow-partitions", default="",
                      help="comma-separated partition ids that reply --slow-s seconds late (stragglers)")
     sim.add_argument("--slow-s", type=float, default=10.0, help="how late the slow partitions reply (default 10)")
+    sim.add_argument("--node-identities", default="", metavar="DIR",
+                     help="node key pairs (fedsqueeze certs DIR --nodes N; pass DIR/node-keys): simulated node i "
+                          "signs its secure-aggregation keys with node-i.key and trusts every .pub there")
     sim.add_argument("--verbose", action="store_true",
                      help="show Flower's, Ray's and the libraries' log lines on the terminal too (always in "
                           "OUT/log.txt)")

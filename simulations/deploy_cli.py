@@ -79,7 +79,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
     root = None if args.insecure else Path(args.root_certificates)
     node = dict(superlink=args.superlink, partition_id=args.partition_id, num_partitions=args.num_partitions,
                 root_certificates=root, clientappio_port=args.clientappio_port, device=args.device,
-                auth_private_key=Path(args.auth_key) if args.auth_key else None)
+                auth_private_key=Path(args.auth_key) if args.auth_key else None,
+                trusted_nodes=Path(args.trusted_nodes) if args.trusted_nodes else None)
     if args.cold:
         return _run(supernode_command(**node))
     poll_seconds({POLL_ENV: str(args.poll_s)})  # ValueError (one line, exit 2) before anything starts
@@ -169,6 +170,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--device", default="", help="cpu, cuda or cuda:N for this node (default: the run's)")
     node.add_argument("--auth-key", default=None,
                       help="this node's private key (from certs --nodes) for a coordinator with --node-auth")
+    node.add_argument("--trusted-nodes", default=None,
+                      help="the federation's node public keys as this node pinned them (a file of OpenSSH keys or a "
+                           "folder of .pub): the node then signs its secure-aggregation keys with --auth-key and "
+                           "accepts only keys a distinct pinned node signed")
     node.add_argument("--cold", action="store_true",
                       help="no warm trainer: every message loads the model again in a fresh ClientApp process "
                            "(plain flower-supernode behaviour)")

@@ -16,6 +16,7 @@ from flwr.simulation import run_simulation
 
 from client.app import app as client_app
 from client.quiet import quiet_libraries
+from client.secure import IDENTITIES_ENV
 from client.task.build import load_splits
 from client.task.model_sources import resolve_model
 from client.task.partition import client_partition
@@ -71,12 +72,15 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
              fail_partitions: frozenset[int] = frozenset(), fail_at: str = "train",
              byzantine_partitions: frozenset[int] = frozenset(), byzantine_attack: str = "sign-flip",
              client_gpus: float = 0.0, ray_address: str = "", slow_partitions: frozenset[int] = frozenset(),
-             slow_s: float = 0.0, on_checked: Callable[[], object] | None = None) -> dict[str, Any]:
+             slow_s: float = 0.0, node_identities: Path | None = None,
+             on_checked: Callable[[], object] | None = None) -> dict[str, Any]:
     """Run a whole federation in-process and return its summary (also written to ``out_dir``).
 
     ``fail_partitions`` raise on messages of type ``fail_at`` (tests of failures and dropouts);
     ``byzantine_partitions`` send ``byzantine_attack`` instead of their update (robust-aggregation tests);
-    ``slow_partitions`` reply ``slow_s`` seconds late (stragglers). ``on_checked`` is called once the input has
+    ``slow_partitions`` reply ``slow_s`` seconds late (stragglers). ``node_identities`` is a folder of node key
+    pairs (``fedsqueeze certs DIR --nodes N`` writes DIR/node-keys): simulated node i signs its secure-aggregation
+    keys with node-i.key and trusts every .pub there. ``on_checked`` is called once the input has
     been checked and before anything is written or started (the CLI starts capturing output there).
     With ``resume=true`` in the run config the run continues after the last checkpointed round in ``out_dir``.
     ``max_parallel`` clients train at once (default: as many as there are clients, at most 3), each on one
@@ -98,6 +102,11 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         raise ValueError("choose one of failing, Byzantine or slow partitions")
     if not (math.isfinite(slow_s) and slow_s >= 0):
         raise ValueError(f"a client delay must be a finite number of seconds >= 0, got {slow_s}")
+    if node_identities is not None:
+        missing = [i for i in range(cfg.num_clients) if not (node_identities / f"node-{i}.key").is_file()]
+        if missing:
+            raise FileNotFoundError(f"{node_identities} has no node-{missing[0]}.key (write {cfg.num_clients} with: "
+                                    f"fedsqueeze certs DIR --nodes {cfg.num_clients}, then pass DIR/node-keys)")
     if on_checked is not None:
         on_checked()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,8 +123,17 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         app = client_app_with_byzantine(set(byzantine_partitions), byzantine_attack)
     if slow_partitions:
         app = client_app_with_delay(set(slow_partitions), slow_s)
-    run_simulation(server_app=server_app, client_app=app, num_supernodes=cfg.num_clients,
-                   backend_config=backend)
+    previous = os.environ.get(IDENTITIES_ENV)
+    if node_identities is not None:
+        os.environ[IDENTITIES_ENV] = str(node_identities.resolve())  # Ray's local workers inherit it
+    try:
+        run_simulation(server_app=server_app, client_app=app, num_supernodes=cfg.num_clients,
+                       backend_config=backend)
+    finally:  # this run's identities must not leak into the next simulation of this process
+        if previous is None:
+            os.environ.pop(IDENTITIES_ENV, None)
+        else:
+            os.environ[IDENTITIES_ENV] = previous
     if not result:
         raise RuntimeError(f"the simulation ended without a summary; see {out_dir / 'log.txt'} (fedsqueeze "
                            "simulate) or the log above")

@@ -16,6 +16,9 @@ SECAGG = "secagg"                  # ConfigRecord of the later secure-aggregatio
 SECAGG_INPUT = "input"
 SECAGG_OUTPUT = "output"
 METRICS = "metrics"                # MetricRecord: num-examples, train-loss, bytes-up, bytes-down, train-s
+# Figures that describe one client's own update or data. Under secure aggregation the coordinator may learn only
+# the sum, so a client does not send these then, and the coordinator records none of them if one does.
+PRIVATE_UNDER_SECAGG = ("train-loss", "residual-norm", "residual-carried")
 
 
 def downlink_record(message: DownlinkMessage) -> ConfigRecord:

@@ -8,6 +8,7 @@ import numpy as np
 
 from strategies.secagg import common
 from strategies.secagg.aggregator import Aggregator
+from strategies.secagg.identity import SigningIdentity, TrustedIdentities
 from strategies.secagg.party import Party
 
 
@@ -22,8 +23,11 @@ class Dropouts:
 
 
 def run_round(setup: bytes, inputs: dict[int, list[np.ndarray]], drops: Dropouts | None = None,
-              tamper=None) -> tuple[list[np.ndarray], Aggregator, dict[str, dict[int, bytes]]]:
-    """Run every stage; each party's state goes through save/load between stages, as on a Flower node.
+              tamper=None, identities: dict[int, SigningIdentity] | None = None,
+              trusted: TrustedIdentities | None = None
+              ) -> tuple[list[np.ndarray], Aggregator, dict[str, dict[int, bytes]]]:
+    """Run every stage; each party's state goes through save/load between stages, as on a Flower node. With
+    ``identities`` each party signs its keys; with ``trusted`` each party checks its neighbours' signatures.
 
     Returns the sums, the aggregator, and every message the server received, by stage."""
     drops = drops or Dropouts()
@@ -37,7 +41,10 @@ def run_round(setup: bytes, inputs: dict[int, list[np.ndarray]], drops: Dropouts
             if party in gone:
                 continue
             state = Party.load(states[party])
-            replies[party] = getattr(state, call)() if request is None else getattr(state, call)(request)
+            extra = {"advertise_keys": {"identity": (identities or {}).get(party)},
+                     "share_keys": {"trusted": trusted}}.get(call, {})
+            replies[party] = getattr(state, call)(**extra) if request is None else getattr(state, call)(request,
+                                                                                                        **extra)
             states[party] = state.save()
         if tamper is not None:
             replies = tamper(stage, replies)

@@ -81,13 +81,35 @@ def test_sft_with_compeft_learns_and_its_adapter_reloads_in_a_fresh_process(tmp_
     assert json.loads(answered.stdout.strip().splitlines()[-1])["prompt"] == "Define the word 'dog'."
 
 
-def test_sft_under_secure_aggregation(tmp_path: Path, tiny_causal_lm: str) -> None:
-    summary = simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1}), out_dir=tmp_path,
-                       max_parallel=3)
+def test_sft_under_secure_aggregation_with_signed_keys(tmp_path: Path, tiny_causal_lm: str) -> None:
+    from server.node_keys import generate_node_keys
 
-    row = _rows(tmp_path, "metrics.jsonl")[0]
+    generate_node_keys(tmp_path / "node-keys", 3)  # as fedsqueeze certs DIR --nodes 3 writes them
+    summary = simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1}), out_dir=tmp_path / "run",
+                       max_parallel=3, node_identities=tmp_path / "node-keys")
+
+    row = _rows(tmp_path / "run", "metrics.jsonl")[0]
     assert row["applied"] and row["secagg"]["aborted"] is None and len(row["secagg"]["survivors"]) == 3
     assert summary["secagg"] and summary["perplexity_final"] < summary["perplexity_base"]
+    # Nothing about one client's own update in the clear: no loss, norm, clip count or residual per client.
+    assert row["train_loss"] is None
+    for client in row["clients"]:
+        assert not {"train_loss", "update_norm", "secagg_clipped", "residual_norm", "residual_carried"} & set(client)
+
+
+def test_keys_signed_by_a_node_nobody_pinned_are_refused_in_the_flower_path(tmp_path: Path, tiny_causal_lm: str
+                                                                          ) -> None:
+    from server.node_keys import generate_node_keys
+
+    pairs = generate_node_keys(tmp_path / "node-keys", 3)
+    pairs[2].public_key.unlink()  # node 2 signs with a key the federation never pinned
+    simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1}), out_dir=tmp_path / "run",
+             max_parallel=3, node_identities=tmp_path / "node-keys")
+
+    row = _rows(tmp_path / "run", "metrics.jsonl")[0]
+    assert not row["applied"] and row["secagg"]["aborted"]
+    refusals = [p for p in row["problems"] if "signed by a key this node does not trust" in p]
+    assert len(refusals) == 2, row["problems"]  # nodes 0 and 1 each refused node 2's keys before sharing
 
 
 def test_sft_resumed_after_a_round_ends_bit_identical_to_the_uninterrupted_run(tmp_path: Path,

@@ -44,8 +44,9 @@ class Setup:
 
 
 def make_setup(round_id: int, parties: list[int], segments: list[tuple[int, int]], *, neighbours: int | None = None,
-               threshold: int | None = None, graph_seed: bytes | None = None) -> bytes:
-    """A SecAggSetup for ``parties`` (defaults: logarithmic degree, majority threshold, seed from the round)."""
+               threshold: int | None = None, graph_seed: bytes | None = None, run: int = 0) -> bytes:
+    """A SecAggSetup for ``parties`` (defaults: logarithmic degree, majority threshold, seed from the round) in
+    Flower run ``run``."""
     parties = sorted(set(parties))
     k = graph.default_neighbours(len(parties)) if neighbours is None else min(neighbours, len(parties) - 1)
     t = graph.default_threshold(k) if threshold is None else threshold
@@ -53,7 +54,7 @@ def make_setup(round_id: int, parties: list[int], segments: list[tuple[int, int]
     seed = graph_seed if graph_seed is not None else hashlib.sha256(b"fedsqueeze/secagg/graph" +
                                                                     round_id.to_bytes(8, "big")).digest()
     message = secagg_pb2.SecAggSetup(protocol_version=PROTOCOL_VERSION, round=round_id, parties=parties,
-                                     neighbours=k, threshold=t, graph_seed=seed,
+                                     neighbours=k, threshold=t, graph_seed=seed, run=run,
                                      segments=[secagg_pb2.SecAggSegment(length=n, bits=b) for n, b in segments])
     return message.SerializeToString()
 

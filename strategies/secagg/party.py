@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from protos.fedsqueeze.v1 import secagg_pb2
 from strategies.secagg import common, ring, shamir
 from strategies.secagg.errors import SecAggError
+from strategies.secagg.identity import SigningIdentity, TrustedIdentities, advertisement_bytes
 
 NEW, ADVERTISED, SHARED, MASKED, UNMASKED = range(5)
 _STAGE_NAMES = ("new", "keys advertised", "keys shared", "masked input sent", "unmasked")
@@ -71,23 +72,33 @@ class Party:
         if message.round != self.setup.round:
             raise SecAggError(f"{what} is for round {message.round}, this is round {self.setup.round}")
 
-    def advertise_keys(self) -> bytes:
-        """Stage 1: fresh X25519 key pairs for this round; returns SecAggPublicKeys."""
+    def advertise_keys(self, identity: SigningIdentity | None = None) -> bytes:
+        """Stage 1: fresh X25519 key pairs for this round; returns SecAggPublicKeys, signed with this node's
+        long-term ``identity`` when given (bound to the exact setup, this party and both keys)."""
         self._advance(NEW)
         self.state.cipher_secret = X25519PrivateKey.generate().private_bytes_raw()
         self.state.mask_secret = X25519PrivateKey.generate().private_bytes_raw()
-        return secagg_pb2.SecAggPublicKeys(round=self.setup.round, party=self.me,
+        keys = secagg_pb2.SecAggPublicKeys(round=self.setup.round, party=self.me,
                                            cipher_key=common.public_bytes(self.state.cipher_secret),
-                                           mask_key=common.public_bytes(self.state.mask_secret)).SerializeToString()
+                                           mask_key=common.public_bytes(self.state.mask_secret))
+        if identity is not None:
+            keys.identity = self.state.identity = identity.public_der
+            keys.signature = identity.sign(advertisement_bytes(self.state.setup, self.me, keys.cipher_key,
+                                                               keys.mask_key))
+        return keys.SerializeToString()
 
-    def share_keys(self, key_list: bytes) -> bytes:
+    def share_keys(self, key_list: bytes, trusted: TrustedIdentities | None = None) -> bytes:
         """Stage 2: Shamir-share the self-mask seed and the mask key among this party and its neighbours whose
-        keys arrived; returns a SecAggShareBundle of ciphertexts, one per neighbour."""
+        keys arrived; returns a SecAggShareBundle of ciphertexts, one per neighbour. With ``trusted`` (the node
+        identities this node pinned), every neighbour's keys must be signed by a distinct trusted identity other
+        than this party's own, for this very setup: a substituted or replayed key aborts the round here, before
+        any secret is shared."""
         self._advance(ADVERTISED)
         keys = common.parse(secagg_pb2.SecAggKeyList, key_list, "secagg key list")
         self._round(keys, "key list")
         mine = self.setup.neighbours[self.me]
         seen: set[bytes] = {common.public_bytes(self.state.cipher_secret), common.public_bytes(self.state.mask_secret)}
+        signers: set[bytes] = {self.state.identity} if self.state.identity else set()
         peers = []
         for entry in keys.keys:
             if entry.party not in mine:
@@ -98,6 +109,13 @@ class Party:
                 raise SecAggError(f"party {entry.party} has malformed public keys")
             if entry.cipher_key in seen or entry.mask_key in seen or entry.cipher_key == entry.mask_key:
                 raise SecAggError(f"party {entry.party} reuses a public key")
+            if trusted is not None:
+                signed = advertisement_bytes(self.state.setup, entry.party, entry.cipher_key, entry.mask_key)
+                trusted.verify(entry.identity, entry.signature, signed, f"the keys of party {entry.party}")
+                if entry.identity in signers:
+                    raise SecAggError(f"the keys of party {entry.party} are signed by an identity that signs for "
+                                      "another party of this round (one node posing as several); refused")
+                signers.add(entry.identity)
             seen.update((entry.cipher_key, entry.mask_key))
             peers.append(entry)
         if len(peers) + 1 < self.setup.threshold:

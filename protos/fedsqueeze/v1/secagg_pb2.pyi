@@ -15,7 +15,7 @@ class SecAggSegment(_message.Message):
     def __init__(self, length: _Optional[int] = ..., bits: _Optional[int] = ...) -> None: ...
 
 class SecAggSetup(_message.Message):
-    __slots__ = ("protocol_version", "round", "parties", "neighbours", "threshold", "graph_seed", "segments")
+    __slots__ = ("protocol_version", "round", "parties", "neighbours", "threshold", "graph_seed", "segments", "run")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PARTIES_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class SecAggSetup(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     GRAPH_SEED_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     round: int
     parties: _containers.RepeatedScalarFieldContainer[int]
@@ -30,19 +31,24 @@ class SecAggSetup(_message.Message):
     threshold: int
     graph_seed: bytes
     segments: _containers.RepeatedCompositeFieldContainer[SecAggSegment]
-    def __init__(self, protocol_version: _Optional[int] = ..., round: _Optional[int] = ..., parties: _Optional[_Iterable[int]] = ..., neighbours: _Optional[int] = ..., threshold: _Optional[int] = ..., graph_seed: _Optional[bytes] = ..., segments: _Optional[_Iterable[_Union[SecAggSegment, _Mapping]]] = ...) -> None: ...
+    run: int
+    def __init__(self, protocol_version: _Optional[int] = ..., round: _Optional[int] = ..., parties: _Optional[_Iterable[int]] = ..., neighbours: _Optional[int] = ..., threshold: _Optional[int] = ..., graph_seed: _Optional[bytes] = ..., segments: _Optional[_Iterable[_Union[SecAggSegment, _Mapping]]] = ..., run: _Optional[int] = ...) -> None: ...
 
 class SecAggPublicKeys(_message.Message):
-    __slots__ = ("round", "party", "cipher_key", "mask_key")
+    __slots__ = ("round", "party", "cipher_key", "mask_key", "identity", "signature")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     CIPHER_KEY_FIELD_NUMBER: _ClassVar[int]
     MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     round: int
     party: int
     cipher_key: bytes
     mask_key: bytes
-    def __init__(self, round: _Optional[int] = ..., party: _Optional[int] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ...) -> None: ...
+    identity: bytes
+    signature: bytes
+    def __init__(self, round: _Optional[int] = ..., party: _Optional[int] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., identity: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SecAggKeyList(_message.Message):
     __slots__ = ("round", "keys")
@@ -127,7 +133,7 @@ class SecAggUnmaskResponse(_message.Message):
     def __init__(self, round: _Optional[int] = ..., party: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ...) -> None: ...
 
 class SecAggPartyState(_message.Message):
-    __slots__ = ("setup", "party", "stage", "cipher_secret", "mask_secret", "self_mask_seed", "neighbour_keys", "received", "inputs")
+    __slots__ = ("setup", "party", "stage", "cipher_secret", "mask_secret", "self_mask_seed", "neighbour_keys", "received", "inputs", "identity")
     SETUP_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +143,7 @@ class SecAggPartyState(_message.Message):
     NEIGHBOUR_KEYS_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
     setup: bytes
     party: int
     stage: int
@@ -146,4 +153,5 @@ class SecAggPartyState(_message.Message):
     neighbour_keys: SecAggKeyList
     received: _containers.RepeatedCompositeFieldContainer[SecAggShares]
     inputs: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, setup: _Optional[bytes] = ..., party: _Optional[int] = ..., stage: _Optional[int] = ..., cipher_secret: _Optional[bytes] = ..., mask_secret: _Optional[bytes] = ..., self_mask_seed: _Optional[bytes] = ..., neighbour_keys: _Optional[_Union[SecAggKeyList, _Mapping]] = ..., received: _Optional[_Iterable[_Union[SecAggShares, _Mapping]]] = ..., inputs: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    identity: bytes
+    def __init__(self, setup: _Optional[bytes] = ..., party: _Optional[int] = ..., stage: _Optional[int] = ..., cipher_secret: _Optional[bytes] = ..., mask_secret: _Optional[bytes] = ..., self_mask_seed: _Optional[bytes] = ..., neighbour_keys: _Optional[_Union[SecAggKeyList, _Mapping]] = ..., received: _Optional[_Iterable[_Union[SecAggShares, _Mapping]]] = ..., inputs: _Optional[_Iterable[bytes]] = ..., identity: _Optional[bytes] = ...) -> None: ...
