@@ -45,6 +45,7 @@ class Checkpoint:
     previous_update: dict[str, torch.Tensor] | None = None
     sampler_state: Any = None
     dp_rounds: int = 0
+    dp_multipliers: list[float] = field(default_factory=list)  # each accounted round's noise multiplier
     totals: dict[str, int] = field(default_factory=dict)
     base: dict[str, float] = field(default_factory=dict)
     current: dict[str, float] = field(default_factory=dict)
@@ -99,6 +100,7 @@ def save(out_dir: Path, checkpoint: Checkpoint) -> Path:
         "run_config": checkpoint.run_config, "version": checkpoint.version,
         "has_residual": checkpoint.residual is not None, "has_previous": checkpoint.previous_update is not None,
         "sampler_state": _jsonable(checkpoint.sampler_state), "dp_rounds": checkpoint.dp_rounds,
+        "dp_multipliers": checkpoint.dp_multipliers,
         "totals": checkpoint.totals, "base": checkpoint.base, "current": checkpoint.current,
         "rows": checkpoint.rows, "wall_s": checkpoint.wall_s,
         "optimizer_moments": sorted(checkpoint.optimizer_moments), "optimizer_steps": checkpoint.optimizer_steps,
@@ -140,6 +142,7 @@ def load(out_dir: Path) -> Checkpoint | None:
         history={int(v): t.numpy().tobytes() for v, t in group("history").items()},
         previous_update=group("previous") if manifest["has_previous"] else None,
         sampler_state=_tupled(manifest["sampler_state"]), dp_rounds=int(manifest["dp_rounds"]),
+        dp_multipliers=[float(m) for m in manifest.get("dp_multipliers", [])],
         totals=dict(manifest["totals"]), base=dict(manifest["base"]), current=dict(manifest["current"]),
         rows=list(manifest["rows"]), wall_s=float(manifest["wall_s"]),
         optimizer_moments={key: group(f"optimizer-{key}") for key in manifest.get("optimizer_moments", [])},

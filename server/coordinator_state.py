@@ -66,8 +66,9 @@ class CoordinatorState:
         state.totals.update(saved.totals)
         state.latest_metrics, state.previous_update = saved.current, saved.previous_update
         state.last_round = saved.round
-        for _ in range(saved.dp_rounds if state.ledger is not None else 0):
-            state.epsilon = state.ledger.step()  # type: ignore[union-attr]
+        if state.ledger is not None:  # checkpoints before per-round multipliers: every round at the configured z
+            for multiplier in saved.dp_multipliers or [None] * saved.dp_rounds:
+                state.epsilon = state.ledger.step(multiplier)
         return state
 
     def to_checkpoint(self, run_config: dict[str, Any], rows: list[dict[str, Any]], wall_s: float) -> Checkpoint:
@@ -77,6 +78,7 @@ class CoordinatorState:
             round=self.last_round, run_config=run_config, state=held.state, version=held.version,
             residual=held.residual, history=dict(held.history), previous_update=self.previous_update,
             sampler_state=self.sampler.getstate(), dp_rounds=self.ledger.rounds if self.ledger is not None else 0,
+            dp_multipliers=list(self.ledger.multipliers) if self.ledger is not None else [],
             totals=dict(self.totals), base=self.base_metrics, current=self.latest_metrics, rows=rows, wall_s=wall_s,
             optimizer_moments=self.optimizer.state_dict(), optimizer_steps=self.optimizer.steps)
 

@@ -32,6 +32,7 @@ from strategies import messages
 from strategies.codecs.kinds.base import Aggregate, TensorAggregate
 from strategies.codecs.registry import SEED_KEY, shared_seed
 from strategies.downlink import GlobalState
+from strategies.privacy import summed_noise_multiplier
 
 log = logging.getLogger("fedsqueeze")
 
@@ -204,8 +205,9 @@ def apply(fed: Federation, state: CoordinatorState, plan: RoundPlan, outcome: Ro
         return False
     if plan.secure is not None:
         state.previous_update = result.delta  # public now: every party applies it
-    if state.ledger is not None:
-        state.epsilon = state.ledger.step()
+    if state.ledger is not None:  # the multiplier the survivors' sum carried, not the one configured
+        state.epsilon = state.ledger.step(summed_noise_multiplier(
+            fed.cfg.dp, len(plan.sampled), len(outcome.accepted), secure=plan.secure is not None))
     return True
 
 

@@ -74,8 +74,21 @@ def privatize(update: Mapping[str, torch.Tensor], settings: DPSettings, clients_
     return out, norm
 
 
+def summed_noise_multiplier(settings: DPSettings, sampled: int, summed: int, secure: bool) -> float:
+    """The noise multiplier the round's aggregate actually carries. Under secure aggregation each of the
+    ``sampled`` clients added noise of std zC/sqrt(sampled), so the sum of the ``summed`` survivors carries
+    zC·sqrt(summed/sampled): the multiplier is z·sqrt(summed/sampled), below z whenever a client dropped. Without
+    secure aggregation every client added the full zC, and z is what one client's update carries."""
+    if not secure:
+        return settings.noise_multiplier
+    if not 0 < summed <= sampled:
+        raise ValueError(f"{summed} summed clients of {sampled} sampled")
+    return settings.noise_multiplier * math.sqrt(summed / sampled)
+
+
 class PrivacyLedger:
-    """The (epsilon, delta) spent so far: Opacus's RDP accountant over the rounds that were applied."""
+    """The (epsilon, delta) spent so far: Opacus's RDP accountant over the rounds that were applied, each with the
+    noise multiplier its aggregate carried."""
 
     def __init__(self, settings: DPSettings, sample_rate: float, delta: float) -> None:
         if not 0 < sample_rate <= 1:
@@ -84,12 +97,21 @@ class PrivacyLedger:
             raise ValueError(f"dp-delta must be in (0, 1), got {delta}")
         self.settings, self.sample_rate, self.delta = settings, sample_rate, delta
         self.accountant = RDPAccountant()
-        self.rounds = 0
+        self.multipliers: list[float] = []
 
-    def step(self) -> float:
-        """Account one more round; returns epsilon so far."""
-        self.accountant.step(noise_multiplier=self.settings.noise_multiplier, sample_rate=self.sample_rate)
-        self.rounds += 1
+    @property
+    def rounds(self) -> int:
+        """Rounds accounted so far."""
+        return len(self.multipliers)
+
+    def step(self, noise_multiplier: float | None = None) -> float:
+        """Account one more round whose aggregate carried ``noise_multiplier`` (default: the configured z);
+        returns epsilon so far."""
+        multiplier = self.settings.noise_multiplier if noise_multiplier is None else noise_multiplier
+        if not (math.isfinite(multiplier) and multiplier > 0):
+            raise ValueError(f"a round's noise multiplier must be positive and finite, got {multiplier}")
+        self.accountant.step(noise_multiplier=multiplier, sample_rate=self.sample_rate)
+        self.multipliers.append(multiplier)
         return self.epsilon()
 
     def epsilon(self) -> float:

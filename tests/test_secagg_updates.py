@@ -11,7 +11,7 @@ from opacus.accountants import RDPAccountant
 
 from strategies.codecs import ferret
 from strategies.codecs.registry import codec_settings
-from strategies.privacy import DPSettings, PrivacyLedger, privatize
+from strategies.privacy import DPSettings, PrivacyLedger, privatize, summed_noise_multiplier
 from strategies.secagg import common
 from strategies.secagg.ring import Quantizer
 from strategies.secagg.updates import (
@@ -132,3 +132,24 @@ def test_ledger_reports_opacus_rdp_epsilon() -> None:
         reference.step(noise_multiplier=1.1, sample_rate=0.5)
     assert epsilons[-1] == pytest.approx(reference.get_epsilon(delta=1e-5))
     assert epsilons[0] < epsilons[1] < epsilons[2]
+
+
+def test_epsilon_under_dropouts_counts_only_the_noise_the_survivors_summed() -> None:
+    """8 of 10 sampled clients survive: their sum carries z*sqrt(8/10) times the clip, and epsilon is Opacus's for
+    that multiplier, larger than the one the configured z would claim."""
+    settings = DPSettings(noise_multiplier=1.0, clip=1.0)
+    survivors = [10, 8, 6]
+    ledger = PrivacyLedger(settings, sample_rate=0.5, delta=1e-5)
+    for summed in survivors:
+        ledger.step(summed_noise_multiplier(settings, sampled=10, summed=summed, secure=True))
+    honest, claimed = RDPAccountant(), RDPAccountant()
+    for summed in survivors:
+        honest.step(noise_multiplier=math.sqrt(summed / 10), sample_rate=0.5)
+        claimed.step(noise_multiplier=1.0, sample_rate=0.5)
+    assert ledger.epsilon() == pytest.approx(honest.get_epsilon(delta=1e-5))
+    assert ledger.epsilon() > claimed.get_epsilon(delta=1e-5) * 1.05
+    assert ledger.multipliers == pytest.approx([1.0, math.sqrt(0.8), math.sqrt(0.6)])
+    # Local DP: every client added the full noise, so dropouts change nothing.
+    assert summed_noise_multiplier(settings, sampled=10, summed=6, secure=False) == 1.0
+    with pytest.raises(ValueError, match="summed clients"):
+        summed_noise_multiplier(settings, sampled=10, summed=11, secure=True)
