@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from client.app_trust import parse_pins
 from client.warm_channel import TRAINER_SOCKET_KEY
 
 IDENTITY_KEY = "secagg-identity-key"  # node config keys read by client/secure.py (kept import-light here)
@@ -16,7 +17,7 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
                       root_certificates: Path | None, clientappio_port: int = 9094,
                       device: str = "", auth_private_key: Path | None = None,
                       trainer_socket: Path | None = None, capped_poll: bool = False,
-                      trusted_nodes: Path | None = None) -> list[str]:
+                      trusted_nodes: Path | None = None, app_sha256: tuple[str, ...] = ()) -> list[str]:
     """The ``flower-supernode`` command line for one client node (TLS when ``root_certificates`` is given).
 
     ``auth_private_key`` is this node's OpenSSH EC private key for a SuperLink with SuperNode authentication (its
@@ -25,7 +26,10 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
     ``capped_poll`` runs the SuperNode through ``client/supernode.py`` (Flower's loop, shorter idle wait).
     ``trusted_nodes`` (the federation's node public keys, pinned on this node: a file or a folder of .pub) makes the
     node sign its secure-aggregation keys with ``auth_private_key`` and accept only keys its peers signed.
+    ``app_sha256`` (hashes, or files of them; client/app_trust.py) makes the node run only app bundles it pinned; it
+    runs the SuperNode through ``client/supernode.py``. ValueError/FileNotFoundError for a malformed or missing pin.
     """
+    pins = sorted(parse_pins(app_sha256))
     if trusted_nodes is not None:
         if auth_private_key is None:
             raise ValueError("--trusted-nodes needs this node's own key (--auth-key): it signs the node's round keys")
@@ -46,7 +50,9 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
     if trusted_nodes is not None and auth_private_key is not None:
         node_config += (f' {IDENTITY_KEY}="{auth_private_key.resolve()}"'
                         f' {TRUSTED_NODES}="{trusted_nodes.resolve()}"')
-    program = [sys.executable, "-m", "client.supernode"] if capped_poll else ["flower-supernode"]
+    program = [sys.executable, "-m", "client.supernode"] if capped_poll or pins else ["flower-supernode"]
+    for pin in pins:
+        program += ["--app-sha256", pin]
     command = [*program, "--superlink", superlink, "--port", str(clientappio_port),
                "--node-config", node_config]
     if root_certificates is None:

@@ -4,15 +4,20 @@ Flower 1.39's SuperNode sleeps a fixed 3 s whenever a pull finds no message, so 
 average (up to 3 s) before the node even sees it: a secure-aggregation round is four such exchanges. The node's
 main loop is otherwise Flower's own; this entry point only caps that wait at ``FEDSQUEEZE_SUPERNODE_POLL_S``
 (default 0.5 s; 3 restores Flower's). The cost is proportionally more idle pulls on the SuperLink.
-Usage: python -m client.supernode [flower-supernode arguments]
+With ``--app-sha256 HEX_OR_FILE`` (repeatable; client/app_trust.py) the node runs only app bundles with a pinned
+sha256 and refuses every other run before any of its code starts.
+Usage: python -m client.supernode [--app-sha256 HEX_OR_FILE]... [flower-supernode arguments]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
 from types import ModuleType
+
+from client.app_trust import parse_pins, pin_node_apps
 
 POLL_ENV = "FEDSQUEEZE_SUPERNODE_POLL_S"
 DEFAULT_POLL_S = 0.5
@@ -45,17 +50,31 @@ def poll_seconds(environ: dict[str, str] | os._Environ = os.environ) -> float:
     return value
 
 
+def split_pin_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``--app-sha256`` values, and the other arguments (Flower's, left for flower-supernode's own parser)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--app-sha256", action="append", default=[])
+    known, rest = parser.parse_known_args(argv)
+    return known.app_sha256, rest
+
+
 def main() -> int:
-    """Run Flower's SuperNode with the capped idle wait."""
+    """Run Flower's SuperNode with the capped idle wait and, when asked, only pinned app bundles."""
+    pin_values, flower_args = split_pin_args(sys.argv[1:])
     try:
         cap_s = poll_seconds()
-    except ValueError as exc:
+        pins = parse_pins(pin_values)
+    except (ValueError, FileNotFoundError) as exc:
         print(f"fedsqueeze: error: {exc}", file=sys.stderr)
         return 2
     from flwr.supernode import start_client_internal
     from flwr.supernode.cli import flower_supernode
 
     start_client_internal.time = CappedSleepTime(cap_s)  # the loop's only use of time is sleep
+    if pins:
+        pin_node_apps(pins)
+        print(f"fedsqueeze: this node runs only app bundles with sha256 {', '.join(sorted(pins))}", flush=True)
+    sys.argv = [sys.argv[0], *flower_args]  # flower_supernode parses sys.argv itself
     flower_supernode()
     return 0
 

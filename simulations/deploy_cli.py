@@ -1,4 +1,5 @@
-"""``fedsqueeze coordinator | node | submit | certs | register-node``: real SuperLink/SuperNodes over gRPC."""
+"""``fedsqueeze coordinator | node | submit | certs | register-node | app-hash``: real SuperLink/SuperNodes over
+gRPC."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from client.app_trust import app_sha256
 from client.launch import supernode_command, trainer_command
 from client.supernode import POLL_ENV, poll_seconds
 from server.certs import generate_dev_certificates
-from server.launch import register_node, submit_command, superlink_command, write_connection
+from server.launch import APP_DIR, register_node, submit_command, superlink_command, write_connection
 from server.node_keys import NODE_KEYS_DIR, generate_node_keys
 from simulations.terminal import stream_filtered
 
@@ -80,10 +82,11 @@ def _cmd_node(args: argparse.Namespace) -> int:
     node = dict(superlink=args.superlink, partition_id=args.partition_id, num_partitions=args.num_partitions,
                 root_certificates=root, clientappio_port=args.clientappio_port, device=args.device,
                 auth_private_key=Path(args.auth_key) if args.auth_key else None,
-                trusted_nodes=Path(args.trusted_nodes) if args.trusted_nodes else None)
-    if args.cold:
-        return _run(supernode_command(**node))
+                trusted_nodes=Path(args.trusted_nodes) if args.trusted_nodes else None,
+                app_sha256=tuple(args.app_sha256 or ()))
     poll_seconds({POLL_ENV: str(args.poll_s)})  # ValueError (one line, exit 2) before anything starts
+    if args.cold:  # a pinned cold node runs Flower's loop through client/supernode.py, so --poll-s applies
+        return _run(supernode_command(**node), env={**os.environ, POLL_ENV: str(args.poll_s)})
     socket_dir = Path(tempfile.mkdtemp(prefix="fedsqueeze-trainer-"))  # 0700: only this user reaches the socket
     socket_path = socket_dir / "trainer.sock"
     supernode = supernode_command(**node, trainer_socket=socket_path, capped_poll=True)  # checks the arguments
@@ -107,6 +110,11 @@ def _cmd_node(args: argparse.Namespace) -> int:
         for process in reversed(processes):
             _stop(process)
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _cmd_app_hash(args: argparse.Namespace) -> int:
+    print(app_sha256(Path(args.dir)))
+    return 0
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -174,6 +182,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
                       help="the federation's node public keys as this node pinned them (a file of OpenSSH keys or a "
                            "folder of .pub): the node then signs its secure-aggregation keys with --auth-key and "
                            "accepts only keys a distinct pinned node signed")
+    node.add_argument("--app-sha256", action="append", default=None, metavar="HEX_OR_FILE",
+                      help="run only app bundles with this sha256 (from app-hash on the tree you reviewed; or a file "
+                           "of them, one a line; repeatable): other runs get an error reply and none of their code "
+                           "starts on this node")
     node.add_argument("--cold", action="store_true",
                       help="no warm trainer: every message loads the model again in a fresh ClientApp process "
                            "(plain flower-supernode behaviour)")
@@ -191,6 +203,11 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
                              "terminal shows the run's own lines and errors")
     submit.add_argument("--verbose", action="store_true", help="show every streamed line on the terminal too")
     submit.set_defaults(func=_cmd_submit)
+
+    app_hash = sub.add_parser("app-hash", help="print the sha256 of the app bundle flwr run ships for DIR "
+                                               "(pin it on nodes with node --app-sha256)")
+    app_hash.add_argument("dir", nargs="?", default=str(APP_DIR), help="the Flower app directory (default: this app)")
+    app_hash.set_defaults(func=_cmd_app_hash)
 
     register = sub.add_parser("register-node", help="allow a SuperNode's public key on a coordinator with --node-auth")
     register.add_argument("public_keys", nargs="+", metavar="PUBKEY", help="OpenSSH public key file (node-N.pub)")
