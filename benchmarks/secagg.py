@@ -2,14 +2,19 @@
 
 Prints JSON. For each number of clients n and update size d, one round of each protocol runs in this process on
 the same fp32 updates, sequentially, on one thread:
-- ours: quantise (clip, stochastic rounding, ring of 2^b), the four SecAgg+ stages, unmask and dequantise;
+- ours: quantise (clip, stochastic rounding, ring of 2^b), the four SecAgg+ stages, unmask and dequantise
+  (honest-but-curious server: unsigned keys);
+- ours against a malicious server: the same with node identities (P-384 SuperNode keys): signed keys checked
+  against the pinned list, signed mask peers, the confirmation stage (every survivor signs the survivor/dropped
+  story and checks a strict majority's signatures), share digests checked on every revealed share;
 - Flower's: ``SecAggPlusWorkflow`` (its legacy API: ``DefaultWorkflow`` + ``LegacyContext`` + ``NumPyClient`` with
   ``secaggplus_mod``), driven by an in-process Grid that hands each message straight to the ClientApp, with the
   same number of shares and the same threshold.
-Client seconds are the mean time one client spends per round; server seconds the rest of the round. Bytes per
-client are what one client uploads in the round (all stages), and the masked input alone, against an fp32 update
-(4d bytes) and Flower's int64 words (8d). Usage:
-python benchmarks/secagg.py [--clients 10 50 100] [--sizes 10000 1000000] [--flower-max-work 100000000]
+Client seconds are the mean time one client spends per round; server seconds the rest of the round (ours: the
+median of --repeats rounds; Flower's: one round, its cost). Bytes per client are what one client uploads in the
+round (all stages), and the masked input alone, against an fp32 update (4d bytes) and Flower's int64 words (8d);
+ours also count what one client receives (setup, key lists, forwarded shares, requests). Usage:
+python benchmarks/secagg.py [--clients 10 50 100] [--sizes 10000 1000000] [--repeats 3] [--flower-max-work 1e8]
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from itertools import count
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from strategies.codecs.registry import CodecSettings
 from strategies.secagg import common, graph
 from strategies.secagg.aggregator import Aggregator
+from strategies.secagg.identity import SigningIdentity, TrustedIdentities
 from strategies.secagg.party import Party
 from strategies.secagg.ring import Quantizer
 from strategies.secagg.updates import SecureEncoding, encode_input, mean_update
@@ -48,8 +55,15 @@ def make_updates(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return [(rng.standard_normal(size) * 0.006).astype(np.float32) for _ in range(n)]
 
 
-def run_ours(updates: list[np.ndarray]) -> dict[str, float]:
-    """One fedsqueeze SecAgg+ round; returns timings, bytes and the error of the mean."""
+def node_identities(n: int) -> tuple[list[SigningIdentity], TrustedIdentities]:
+    """n node keys of the kind SuperNodes authenticate with (P-384) and the federation's pinned list of them."""
+    identities = [SigningIdentity(ec.generate_private_key(ec.SECP384R1())) for _ in range(n)]
+    return identities, TrustedIdentities({identity.public_der: f"node-{i}" for i, identity in enumerate(identities)})
+
+
+def run_ours(updates: list[np.ndarray], malicious: bool = False) -> dict[str, float]:
+    """One fedsqueeze SecAgg+ round (``malicious``: with node identities and the confirmation stage); returns
+    timings, bytes and the error of the mean."""
     n, size = len(updates), updates[0].size
     layout = {"update": (size,)}
     encoding = SecureEncoding(settings=CodecSettings(), quantizer=Quantizer(CLIP, PRECISION_BITS), parties=n,
@@ -59,6 +73,7 @@ def run_ours(updates: list[np.ndarray]) -> dict[str, float]:
     setup = common.make_setup(1, parties, encoding.segments(), neighbours=k)
     client_s = {p: 0.0 for p in parties}
     up = {p: 0 for p in parties}
+    down = {p: len(setup) for p in parties}
     server_s = 0.0
     rng = np.random.default_rng(1)
 
@@ -68,6 +83,8 @@ def run_ours(updates: list[np.ndarray]) -> dict[str, float]:
         client_s[party] += time.perf_counter() - started
         return result
 
+    identities, trusted = node_identities(n) if malicious else ([None] * n, None)
+    signer = dict(zip(parties, identities, strict=True))
     states: dict[int, Party] = {}
     for p, update in zip(parties, updates, strict=True):
         words = on_client(p, lambda u: encode_input(encoding, {"update": torch.from_numpy(u)}, rng).words, update)
@@ -75,10 +92,13 @@ def run_ours(updates: list[np.ndarray]) -> dict[str, float]:
     started = time.perf_counter()
     aggregator = Aggregator(setup)
     server_s += time.perf_counter() - started
-    replies = {p: on_client(p, states[p].advertise_keys) for p in parties}
+    replies = {p: on_client(p, states[p].advertise_keys, signer[p]) for p in parties}
     masked_bytes = 0
-    for method, call in (("collect_keys", "share_keys"), ("route_shares", "masked_input"),
-                         ("collect_masked", "unmask"), ("finish", None)):
+    stages = [("collect_keys", "share_keys"), ("route_shares", "masked_input"), ("collect_masked", "unmask"),
+              ("finish", None)]
+    if malicious:
+        stages[2:3] = [("collect_masked", "confirm"), ("collect_confirmations", "unmask")]
+    for method, call in stages:
         for p, data in replies.items():
             up[p] += len(data)
         started = time.perf_counter()
@@ -86,7 +106,10 @@ def run_ours(updates: list[np.ndarray]) -> dict[str, float]:
         server_s += time.perf_counter() - started
         if call is None:
             break
-        replies = {p: on_client(p, getattr(states[p], call), request) for p, request in out.items()}
+        extra = {p: signer[p] if call in ("masked_input", "confirm") else trusted for p in parties}
+        for p, request in out.items():
+            down[p] += len(request)
+        replies = {p: on_client(p, getattr(states[p], call), request, extra[p]) for p, request in out.items()}
         if call == "masked_input":
             masked_bytes = max(len(data) for data in replies.values())
     started = time.perf_counter()
@@ -94,9 +117,15 @@ def run_ours(updates: list[np.ndarray]) -> dict[str, float]:
     server_s += time.perf_counter() - started
     error = float(np.abs(mean - np.mean(updates, axis=0)).max())
     return {"client_s": float(np.mean(list(client_s.values()))), "server_s": server_s,
-            "bytes_up_per_client": float(np.mean(list(up.values()))), "masked_input_bytes": masked_bytes,
+            "bytes_up_per_client": float(np.mean(list(up.values()))),
+            "bytes_down_per_client": float(np.mean(list(down.values()))), "masked_input_bytes": masked_bytes,
             "ring_bits": encoding.segments()[0][1], "neighbours": k, "threshold": graph.default_threshold(k),
             "max_abs_error_of_mean": error}
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over repeated runs."""
+    return {key: type(value)(np.median([run[key] for run in runs])) for key, value in runs[0].items()}
 
 
 def _nbytes(content) -> int:
@@ -219,6 +248,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of ours per point (medians reported)")
     parser.add_argument("--flower-max-work", type=float, default=1e8,
                         help="skip Flower's workflow where clients x size exceeds this (memory and time)")
     args = parser.parse_args()
@@ -228,9 +258,13 @@ def main() -> None:
     for size in args.sizes:
         for n in args.clients:
             updates = make_updates(n, size)
-            ours = run_ours(updates)
+            ours = median_of([run_ours(updates) for _ in range(args.repeats)])
+            malicious = median_of([run_ours(updates, malicious=True) for _ in range(args.repeats)])
             row = {"clients": n, "entries": size, "fp32_bytes": 4 * size, "flower_int64_bytes": 8 * size,
-                   "ours": ours,
+                   "ours": ours, "ours_malicious": malicious,
+                   "malicious_over_honest": {key: malicious[key] / ours[key] for key in
+                                             ("client_s", "server_s", "bytes_up_per_client",
+                                              "bytes_down_per_client")},
                    "ours_masked_vs_fp32": ours["masked_input_bytes"] / (4 * size),
                    "ours_masked_vs_flower_int64": ours["masked_input_bytes"] / (8 * size)}
             if n * size <= args.flower_max_work:
@@ -239,6 +273,8 @@ def main() -> None:
                 row["client_s_ours_over_flower"] = ours["client_s"] / flower["client_s"]
                 row["server_s_ours_over_flower"] = ours["server_s"] / flower["server_s"]
                 row["bytes_up_ours_over_flower"] = ours["bytes_up_per_client"] / flower["bytes_up_per_client"]
+                row["client_s_malicious_over_flower"] = malicious["client_s"] / flower["client_s"]
+                row["server_s_malicious_over_flower"] = malicious["server_s"] / flower["server_s"]
             else:
                 row["flower"] = f"skipped: {n} x {size} entries exceeds --flower-max-work {args.flower_max_work:g}"
             results.append(row)

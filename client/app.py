@@ -43,6 +43,12 @@ def secagg_mask(msg: Message, context: Context) -> Message:
     return handle(msg, context)
 
 
+@app.train("secagg_confirm")
+def secagg_confirm(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 4a (node identities): sign the survivor/dropped story this node was told."""
+    return handle(msg, context)
+
+
 @app.train("secagg_unmask")
 def secagg_unmask(msg: Message, context: Context) -> Message:
     """Secure aggregation, stage 4: reveal the shares that remove the masks of the round."""

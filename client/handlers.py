@@ -16,6 +16,7 @@ from datasets import Dataset
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client import node_state, secure
+from client.privacy_floor import FloorRefusal
 from client.quiet import quiet_libraries
 from client.task.build import Task, build_task, load_splits
 from client.task.loop import client_training_seed, train_locally
@@ -138,6 +139,11 @@ def train(msg: Message, context: Context) -> Message:
     round_id = int(config["round"])
     spec = TaskSpec.from_record({k: v for k, v in config.items() if k in TaskSpec.__dataclass_fields__})
     uplink = CodecSettings.from_record(config)
+    try:
+        secure.admit(config, context, uplink.codec)  # before anything slow: the node's own privacy floor
+    except FloorRefusal as exc:
+        log.warning("refused round %d: %s", round_id, exc)
+        return Message(content=RecordDict({messages.REFUSAL: ConfigRecord({"reason": str(exc)})}), reply_to=msg)
     downlink_settings = CodecSettings.from_record(config, prefix="downlink-")
     partition_id, num_partitions = _node_partition(context)
     for key in ("device", "quantization"):  # a node may choose its own device and base quantisation
@@ -200,6 +206,11 @@ def secagg_mask(msg: Message, context: Context) -> Message:
     return secure.answer(msg, context, "secagg_mask")
 
 
+def secagg_confirm(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 4a (node identities): sign the survivor/dropped story this node was told."""
+    return secure.answer(msg, context, "secagg_confirm")
+
+
 def secagg_unmask(msg: Message, context: Context) -> Message:
     """Secure aggregation, stage 4: reveal the shares that remove the masks of the round."""
     return secure.answer(msg, context, "secagg_unmask")
@@ -209,6 +220,7 @@ HANDLERS: dict[str, Callable[[Message, Context], Message]] = {
     "train": train,
     "train.secagg_share": secagg_share,
     "train.secagg_mask": secagg_mask,
+    "train.secagg_confirm": secagg_confirm,
     "train.secagg_unmask": secagg_unmask,
 }
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from client.app_trust import parse_pins
+from client.privacy_floor import FLOOR_KEY, PrivacyFloor
 from client.warm_channel import TRAINER_SOCKET_KEY
 
 IDENTITY_KEY = "secagg-identity-key"  # node config keys read by client/secure.py (kept import-light here)
@@ -17,7 +18,8 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
                       root_certificates: Path | None, clientappio_port: int = 9094,
                       device: str = "", auth_private_key: Path | None = None,
                       trainer_socket: Path | None = None, capped_poll: bool = False,
-                      trusted_nodes: Path | None = None, app_sha256: tuple[str, ...] = ()) -> list[str]:
+                      trusted_nodes: Path | None = None, app_sha256: tuple[str, ...] = (),
+                      privacy_floor: str = "") -> list[str]:
     """The ``flower-supernode`` command line for one client node (TLS when ``root_certificates`` is given).
 
     ``auth_private_key`` is this node's OpenSSH EC private key for a SuperLink with SuperNode authentication (its
@@ -28,7 +30,10 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
     node sign its secure-aggregation keys with ``auth_private_key`` and accept only keys its peers signed.
     ``app_sha256`` (hashes, or files of them; client/app_trust.py) makes the node run only app bundles it pinned; it
     runs the SuperNode through ``client/supernode.py``. ValueError/FileNotFoundError for a malformed or missing pin.
+    ``privacy_floor`` (client/privacy_floor.py, ``"secagg=true min-parties=5"``) is the least protection this node
+    accepts of a round; ValueError naming a bad entry.
     """
+    PrivacyFloor.parse(privacy_floor)
     pins = sorted(parse_pins(app_sha256))
     if trusted_nodes is not None:
         if auth_private_key is None:
@@ -47,6 +52,8 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
         node_config += f' device="{device}"'
     if trainer_socket is not None:
         node_config += f' {TRAINER_SOCKET_KEY}="{trainer_socket}"'
+    if privacy_floor.strip():
+        node_config += f' {FLOOR_KEY}="{" ".join(privacy_floor.split())}"'
     if trusted_nodes is not None and auth_private_key is not None:
         node_config += (f' {IDENTITY_KEY}="{auth_private_key.resolve()}"'
                         f' {TRUSTED_NODES}="{trusted_nodes.resolve()}"')

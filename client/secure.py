@@ -19,16 +19,20 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.launch import IDENTITY_KEY, TRUSTED_NODES  # node config: own key; the pinned node keys
+from client.privacy_floor import CONTRIBUTED, FloorRefusal, PrivacyFloor
 from strategies import messages
 from strategies.codecs.registry import SEED_KEY, CodecSettings
 from strategies.secagg import audit, common
+from strategies.secagg.errors import SecAggError
 from strategies.secagg.identity import SigningIdentity, TrustedIdentities
 from strategies.secagg.party import Party
 from strategies.secagg.ring import Quantizer
 from strategies.secagg.updates import PartyInput, SecureEncoding, encode_input
 
 PARTY_STATE = "secagg-party"
-STAGES = {"secagg_share": "share_keys", "secagg_mask": "masked_input", "secagg_unmask": "unmask"}
+STAGES = {"secagg_share": "share_keys", "secagg_mask": "masked_input", "secagg_confirm": "confirm",
+          "secagg_unmask": "unmask"}
+SIGNS = {"masked_input", "confirm"}  # steps a party signs with its own identity; the others check the pinned ones
 IDENTITIES_ENV = "FEDSQUEEZE_NODE_IDENTITIES"  # simulation: a folder of node-<partition>.key / .pub (certs --nodes)
 
 
@@ -60,6 +64,37 @@ def _trusted(path: Path) -> TrustedIdentities:
     return TrustedIdentities(keys)
 
 
+def admit(config: dict, context: Context, codec: str) -> None:
+    """Check a train message against this node's privacy floor and the checks every node makes of a secure
+    round, before any training: FloorRefusal naming the first problem. A secure round must be for this run, list
+    exactly the ``clients-per-round`` its DP noise is scaled for, no more parties than the federation has pinned
+    nodes, and come after every secure round this node already contributed to in this run (a round is never
+    answered twice, so a coordinator cannot replay one with a changed party set)."""
+    floor = PrivacyFloor.of_node(context.node_config)
+    if not config.get("secagg", False):
+        floor.check(config, codec, None, None)
+        return
+    try:
+        setup = common.read_setup(config["secagg-setup"])  # type: ignore[arg-type]
+    except (KeyError, SecAggError) as exc:
+        raise FloorRefusal(f"the secure round's setup is missing or malformed: {exc}") from exc
+    floor.check(config, codec, len(setup.parties), setup.threshold)
+    if setup.message.run and setup.message.run != context.run_id:
+        raise FloorRefusal(f"secagg setup is for run {setup.message.run}, this node is in run {context.run_id}")
+    if int(config.get("clients-per-round", -1)) != len(setup.parties):  # type: ignore[arg-type]
+        raise FloorRefusal(f"the round scales DP noise for {config.get('clients-per-round')} clients but its "
+                           f"secure-aggregation setup lists {len(setup.parties)} parties")
+    _, trusted = node_identity(context)
+    if trusted is not None and len(setup.parties) > len(trusted.names):
+        raise FloorRefusal(f"the setup lists {len(setup.parties)} parties and the federation has only "
+                           f"{len(trusted.names)} pinned nodes")
+    last = int(context.state[CONTRIBUTED]["round"]) if CONTRIBUTED in context.state else 0  # type: ignore[arg-type]
+    if setup.round <= last:
+        raise FloorRefusal(f"this node already contributed to secure round {last} of this run; round "
+                           f"{setup.round} is not after it (a replayed round); refused")
+    context.state[CONTRIBUTED] = ConfigRecord({"round": setup.round})
+
+
 def encoding_for(config: dict, settings: CodecSettings, layout: dict[str, tuple[int, ...]], parties: int
                  ) -> SecureEncoding:
     """The round's SecureEncoding from the train config (the coordinator builds the same one)."""
@@ -80,8 +115,6 @@ def start(config: dict, context: Context, settings: CodecSettings, layout: dict[
         raise ValueError(f"secagg setup segments {list(setup.segments)} differ from this client's encoding "
                          f"{encoding.segments()}")
     party_input = encode_input(encoding, update, np.random.default_rng(secrets.randbits(128)))
-    if setup.message.run and setup.message.run != context.run_id:
-        raise ValueError(f"secagg setup is for run {setup.message.run}, this node is in run {context.run_id}")
     identity, _ = node_identity(context)
     party = Party.start(setup_bytes, context.node_id, party_input.words)
     audit.record(f"round{setup.round}-party{context.node_id}", party_input.words)
@@ -96,10 +129,9 @@ def answer(msg: Message, context: Context, action: str) -> Message:
         raise ValueError("no secure-aggregation round is under way on this node")
     party = Party.load(context.state[PARTY_STATE]["state"])  # type: ignore[arg-type]
     request = msg.content[messages.SECAGG][messages.SECAGG_INPUT]
-    if action == "secagg_share":
-        output = party.share_keys(request, node_identity(context)[1])
-    else:
-        output = getattr(party, STAGES[action])(request)
+    identity, trusted = node_identity(context)
+    step = STAGES[action]
+    output = getattr(party, step)(request, identity if step in SIGNS else trusted)
     if action == "secagg_unmask":
         del context.state[PARTY_STATE]
     else:

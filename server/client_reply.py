@@ -30,7 +30,7 @@ class ClientReply:
     bytes_down: int = 0
     partition_id: int | None = None
     bytes_up: int = 0
-    status: str = "no reply"  # "ok", "failed", "rejected", "dropped" (left the secure protocol), "no reply"
+    status: str = "no reply"  # "ok", "failed", "rejected", "refused" (its privacy floor), "dropped", "no reply"
     reported: dict[str, float] = field(default_factory=dict)
     in_sync: bool | None = None  # trained from this round's global state (None: never said)
     num_examples: float = 0.0
@@ -66,6 +66,7 @@ class RoundOutcome:
     clients: dict[int, ClientReply] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)  # nodes that declined the round (their privacy floor)
     answered: set[int] = field(default_factory=set)  # nodes that replied without an error (so hold this round's state)
 
     def _accepted(self) -> list[ClientReply]:
@@ -93,8 +94,8 @@ class RoundOutcome:
 
     @property
     def problems(self) -> list[str]:
-        """Failures, then rejections."""
-        return self.failures + self.rejections
+        """Failures, then rejections, then refusals."""
+        return self.failures + self.rejections + self.refusals
 
     def rows(self, dense_fp32_bytes: int) -> list[dict[str, Any]]:
         """Every client's metrics entry, by node id."""
@@ -140,6 +141,11 @@ def _take(outcome: RoundOutcome, reply: Message, accept: Callable[[bytes], Any],
     if reply.has_error():
         outcome.failures.append(f"node {node}: client failed: {reply.error.reason}")
         client.status = "failed"
+        return
+    if messages.REFUSAL in reply.content.config_records:
+        reason = reply.content.config_records[messages.REFUSAL].get("reason", "no reason given")
+        outcome.refusals.append(f"node {node}: refused the round: {reason}")
+        client.status = "refused"
         return
     if node in outcome.answered:
         outcome.rejections.append(f"node {node}: update rejected: a second reply in one round (duplicate)")

@@ -119,6 +119,7 @@ def _summary(fed: Federation, state: CoordinatorState) -> dict[str, Any]:
                              if totals["bytes_down_total"] else None),
         "clients_failed_total": sum(r["clients_failed"] for r in rows),
         "updates_rejected_total": sum(r["updates_rejected"] for r in rows),
+        "clients_refused_total": sum(r.get("clients_refused", 0) for r in rows),
         "rounds_skipped": sum(not r["applied"] for r in rows), "secagg": cfg.secure.enabled,
         **({"server_optimizer": cfg.values["server-optimizer"],
             "server_lr": cfg.server_optimizer.effective_lr} if cfg.server_optimizer.enabled else {}),

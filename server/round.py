@@ -242,11 +242,13 @@ def metrics_row(fed: Federation, state: CoordinatorState, plan: RoundPlan, outco
         "train_loss": sum(losses) / len(losses) if losses else None,
         "clients_sampled": len(plan.sampled), "clients_ok": len(accepted),
         "clients_failed": len(outcome.failures), "updates_rejected": len(outcome.rejections),
+        "clients_refused": len(outcome.refusals),
         "problems": outcome.problems, "applied": applied,
         "bytes_up": sum(c["bytes_up"] for c in clients), "bytes_up_accepted": outcome.bytes_up,
         "bytes_up_per_client": outcome.bytes_up / len(accepted) if accepted else 0,
         "bytes_down": sum(c["bytes_down"] for c in clients), "state_version": state.global_state.version,
-        **({"secagg": {"survivors": secure.survivors, "dropped": secure.dropped, "aborted": secure.aborted}}
+        **({"secagg": {"survivors": secure.survivors, "dropped": secure.dropped, "aborted": secure.aborted,
+                       "signed": secure.signed}}
            if secure is not None else {}),
         **({"dp_epsilon": state.epsilon} if state.ledger is not None else {}),
         "clients": clients,

@@ -25,7 +25,8 @@ from strategies.secagg.ring import Quantizer
 from strategies.secagg.updates import SecureEncoding, mean_update
 
 log = logging.getLogger("fedsqueeze")
-STAGES = (("secagg_share", "route_shares"), ("secagg_mask", "collect_masked"), ("secagg_unmask", "finish"))
+STAGES = (("secagg_share", "route_shares"), ("secagg_mask", "collect_masked"),
+          ("secagg_confirm", "collect_confirmations"), ("secagg_unmask", "finish"))
 
 
 @dataclass
@@ -51,6 +52,7 @@ class SecureResult:
     dropped: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     aborted: str | None = None
+    signed: bool = False  # the parties signed their keys: the round ran the malicious-server checks
 
 
 def plan_round(cfg: RunConfig, round_id: int, parties: list[int], layout: dict[str, tuple[int, ...]],
@@ -114,6 +116,8 @@ def run_protocol(grid: Grid, plan: SecurePlan, keys: dict[int, bytes], round_id:
     try:
         requests = aggregator.collect_keys(keys)
         for action, method in STAGES:
+            if method == "collect_confirmations" and not aggregator.authenticated:
+                continue  # unsigned keys: an honest-but-curious round, no confirmation stage
             # Masked inputs (the size of an update each) go into the ring sum as they arrive; the rest are small.
             streamed = aggregator.add_masked if method == "collect_masked" else None
             replies = _exchange(grid, action, requests, round_id, timeout, clients, result.problems, streamed)
@@ -122,10 +126,12 @@ def run_protocol(grid: Grid, plan: SecurePlan, keys: dict[int, bytes], round_id:
             else:
                 requests = getattr(aggregator, method)(replies)
     except SecAggAbort as exc:
+        result.signed = aggregator.authenticated
         result.aborted = str(exc)
         result.problems.extend(aggregator.problems)
         return result
     result.problems.extend(aggregator.problems)
+    result.signed = aggregator.authenticated
     result.survivors, result.dropped = aggregator.survivors, aggregator.dropped
     audit.record(f"round{round_id}-sum", sums, survivors=np.array(aggregator.survivors, dtype=np.uint64))
     count = len(aggregator.survivors)

@@ -54,6 +54,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                            byzantine_attack=args.byzantine_attack, client_gpus=args.client_gpus,
                            ray_address=args.ray_address, slow_partitions=slow, slow_s=args.slow_s,
                            node_identities=Path(args.node_identities) if args.node_identities else None,
+                           node_floor=args.node_floor,
                            on_checked=lambda: stack.enter_context(capture))
     keys = ("preset", "metric", "metric_base", "metric_final", "bytes_up_total", "bytes_up_dense_equivalent",
             "clients_failed_total", "wall_s")
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--node-identities", default="", metavar="DIR",
                      help="node key pairs (fedsqueeze certs DIR --nodes N; pass DIR/node-keys): simulated node i "
                           "signs its secure-aggregation keys with node-i.key and trusts every .pub there")
+    sim.add_argument("--node-floor", default="", metavar="'KEY=VALUE ...'",
+                     help="the privacy floor every simulated node holds, e.g. 'secagg=true min-parties=3 "
+                          "min-dp-noise=0.5 codecs=compeft' (a round below it is refused by the node)")
     sim.add_argument("--verbose", action="store_true",
                      help="show Flower's, Ray's and the libraries' log lines on the terminal too (always in "
                           "OUT/log.txt)")

@@ -83,7 +83,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
                 root_certificates=root, clientappio_port=args.clientappio_port, device=args.device,
                 auth_private_key=Path(args.auth_key) if args.auth_key else None,
                 trusted_nodes=Path(args.trusted_nodes) if args.trusted_nodes else None,
-                app_sha256=tuple(args.app_sha256 or ()))
+                app_sha256=tuple(args.app_sha256 or ()), privacy_floor=args.privacy_floor)
     poll_seconds({POLL_ENV: str(args.poll_s)})  # ValueError (one line, exit 2) before anything starts
     if args.cold:  # a pinned cold node runs Flower's loop through client/supernode.py, so --poll-s applies
         return _run(supernode_command(**node), env={**os.environ, POLL_ENV: str(args.poll_s)})
@@ -186,6 +186,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
                       help="run only app bundles with this sha256 (from app-hash on the tree you reviewed; or a file "
                            "of them, one a line; repeatable): other runs get an error reply and none of their code "
                            "starts on this node")
+    node.add_argument("--privacy-floor", default="", metavar="'KEY=VALUE ...'",
+                      help="the least protection this node accepts of a round, e.g. 'secagg=true min-parties=5 "
+                           "min-threshold=3 min-dp-noise=0.8 max-dp-clip=1 codecs=compeft,dense': a round below it "
+                           "is refused before training, and the coordinator records the refusal and its reason")
     node.add_argument("--cold", action="store_true",
                       help="no warm trainer: every message loads the model again in a fresh ClientApp process "
                            "(plain flower-supernode behaviour)")

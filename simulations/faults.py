@@ -11,7 +11,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client.app import secagg_mask, secagg_share, secagg_unmask, train
+from client.app import secagg_confirm, secagg_mask, secagg_share, secagg_unmask, train
 from strategies import messages
 from strategies.codecs.registry import CodecSettings
 
@@ -30,6 +30,7 @@ def _client_app_with(mod: Callable[[Message, Context, Callable[[Message, Context
     app.train()(train)
     app.train("secagg_share")(secagg_share)
     app.train("secagg_mask")(secagg_mask)
+    app.train("secagg_confirm")(secagg_confirm)
     app.train("secagg_unmask")(secagg_unmask)
     return app
 

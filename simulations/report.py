@@ -135,6 +135,7 @@ def summarise(record: RunRecord) -> dict[str, Any]:
         "bytes_up": up, "bytes_down": down, "dense_fp32_bytes_up": dense_up, "dense_fp32_bytes_down": dense_down,
         "clients_failed": sum(r.get("clients_failed", 0) for r in rows),
         "updates_rejected": sum(r.get("updates_rejected", 0) for r in rows),
+        "clients_refused": sum(r.get("clients_refused", 0) for r in rows),
         "rounds_skipped": sum(not r.get("applied", True) for r in rows),
         "stragglers": sum(len(r.get("stragglers", [])) for r in rows),
         "median_round_s": statistics.median(r["round_s"] for r in rows) if rows and all(
@@ -161,7 +162,8 @@ def render(figures: dict[str, Any]) -> str:
         f"bytes      up {_mb(figures['bytes_up'])} ({_ratio(figures['dense_fp32_bytes_up'], figures['bytes_up'])}), "
         f"down {_mb(figures['bytes_down'])} ({_ratio(figures['dense_fp32_bytes_down'], figures['bytes_down'])})",
         f"problems   {figures['clients_failed']} client failure(s), {figures['updates_rejected']} rejected "
-        f"update(s), {figures['rounds_skipped']} round(s) skipped, {figures['stragglers']} straggler(s)",
+        f"update(s), {figures['clients_refused']} refusal(s) by a node's privacy floor, "
+        f"{figures['rounds_skipped']} round(s) skipped, {figures['stragglers']} straggler(s)",
         f"time       {number(figures['wall_s'], 4)} s in all; median round {number(figures['median_round_s'], 3)} s, "
         f"median slowest training {number(figures['median_slowest_training_s'], 3)} s",
     ]

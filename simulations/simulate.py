@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
 from client.app import app as client_app
+from client.privacy_floor import FLOOR_ENV, PrivacyFloor
 from client.quiet import quiet_libraries
 from client.secure import IDENTITIES_ENV
 from client.task.build import load_splits
@@ -72,7 +73,7 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
              fail_partitions: frozenset[int] = frozenset(), fail_at: str = "train",
              byzantine_partitions: frozenset[int] = frozenset(), byzantine_attack: str = "sign-flip",
              client_gpus: float = 0.0, ray_address: str = "", slow_partitions: frozenset[int] = frozenset(),
-             slow_s: float = 0.0, node_identities: Path | None = None,
+             slow_s: float = 0.0, node_identities: Path | None = None, node_floor: str = "",
              on_checked: Callable[[], object] | None = None) -> dict[str, Any]:
     """Run a whole federation in-process and return its summary (also written to ``out_dir``).
 
@@ -80,7 +81,8 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
     ``byzantine_partitions`` send ``byzantine_attack`` instead of their update (robust-aggregation tests);
     ``slow_partitions`` reply ``slow_s`` seconds late (stragglers). ``node_identities`` is a folder of node key
     pairs (``fedsqueeze certs DIR --nodes N`` writes DIR/node-keys): simulated node i signs its secure-aggregation
-    keys with node-i.key and trusts every .pub there. ``on_checked`` is called once the input has
+    keys with node-i.key and trusts every .pub there. ``node_floor`` is the privacy floor every simulated node holds
+    (client/privacy_floor.py: ``"secagg=true min-parties=3"``). ``on_checked`` is called once the input has
     been checked and before anything is written or started (the CLI starts capturing output there).
     With ``resume=true`` in the run config the run continues after the last checkpointed round in ``out_dir``.
     ``max_parallel`` clients train at once (default: as many as there are clients, at most 3), each on one
@@ -107,6 +109,7 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         if missing:
             raise FileNotFoundError(f"{node_identities} has no node-{missing[0]}.key (write {cfg.num_clients} with: "
                                     f"fedsqueeze certs DIR --nodes {cfg.num_clients}, then pass DIR/node-keys)")
+    PrivacyFloor.parse(node_floor)  # ValueError naming a bad entry, before anything starts
     if on_checked is not None:
         on_checked()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,17 +126,21 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         app = client_app_with_byzantine(set(byzantine_partitions), byzantine_attack)
     if slow_partitions:
         app = client_app_with_delay(set(slow_partitions), slow_s)
-    previous = os.environ.get(IDENTITIES_ENV)
-    if node_identities is not None:
-        os.environ[IDENTITIES_ENV] = str(node_identities.resolve())  # Ray's local workers inherit it
+    node_env = {IDENTITIES_ENV: str(node_identities.resolve()) if node_identities is not None else None,
+                FLOOR_ENV: node_floor or None}
+    previous = {key: os.environ.get(key) for key in node_env}
+    for key, value in node_env.items():  # Ray's local workers inherit these
+        if value is not None:
+            os.environ[key] = value
     try:
         run_simulation(server_app=server_app, client_app=app, num_supernodes=cfg.num_clients,
                        backend_config=backend)
-    finally:  # this run's identities must not leak into the next simulation of this process
-        if previous is None:
-            os.environ.pop(IDENTITIES_ENV, None)
-        else:
-            os.environ[IDENTITIES_ENV] = previous
+    finally:  # this run's node settings must not leak into the next simulation of this process
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     if not result:
         raise RuntimeError(f"the simulation ended without a summary; see {out_dir / 'log.txt'} (fedsqueeze "
                            "simulate) or the log above")

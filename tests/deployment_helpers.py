@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from server.certs import generate_dev_certificates
-from server.launch import submit_command, superlink_command, write_connection
+from server.launch import register_node, submit_command, superlink_command, write_connection
+from server.node_keys import generate_node_keys
 
 
 def free_port() -> int:
@@ -67,31 +68,45 @@ def start_process(name: str, command: list[str], *, logs: Path, env: dict[str, s
 
 
 def node_command(*, superlink: str, partition_id: int, num_partitions: int, root_certificates: Path,
-                 clientappio_port: int, warm: bool = True) -> list[str]:
-    """``fedsqueeze node`` as the README runs it: a SuperNode and (unless ``warm`` is False) its warm trainer."""
+                 clientappio_port: int, warm: bool = True, auth_key: Path | None = None,
+                 trusted_nodes: Path | None = None) -> list[str]:
+    """``fedsqueeze node`` as the README runs it: a SuperNode and (unless ``warm`` is False) its warm trainer;
+    with ``auth_key`` and ``trusted_nodes`` it authenticates and signs its secure-aggregation steps."""
     command = [sys.executable, "-m", "simulations.cli", "node", "--superlink", superlink,
                "--partition-id", str(partition_id), "--num-partitions", str(num_partitions),
                "--root-certificates", str(root_certificates), "--clientappio-port", str(clientappio_port)]
+    if auth_key is not None:
+        command += ["--auth-key", str(auth_key)]
+    if trusted_nodes is not None:
+        command += ["--trusted-nodes", str(trusted_nodes)]
     return command + ([] if warm else ["--cold"])
 
 
 def start_tls_federation(tmp_path: Path, *, logs: Path, env: dict[str, str],
-                         processes: dict[str, subprocess.Popen], nodes: int = 2, warm: bool = True
-                         ) -> dict[str, Path]:
+                         processes: dict[str, subprocess.Popen], nodes: int = 2, warm: bool = True,
+                         identities: bool = False) -> dict[str, Path]:
     """A SuperLink with dev TLS certificates and ``nodes`` client nodes (``fedsqueeze node``, one partition each),
-    and the flwr connection to submit runs to it; returns the certificate paths."""
+    and the flwr connection to submit runs to it; returns the certificate paths. With ``identities`` the SuperLink
+    authenticates nodes, each node's key is registered, and every node pins all of them (``--trusted-nodes``), so
+    secure aggregation runs with signed keys and the confirmation stage."""
     certs = generate_dev_certificates(tmp_path / "certs")
     fleet_port, control_port = free_port(), free_port()
     start_process("superlink", superlink_command(certs_dir=certs["ca"].parent, fleet_address=f"127.0.0.1:{fleet_port}",
-                                                 control_port=control_port), logs=logs, env=env, processes=processes)
+                                                 control_port=control_port, node_auth=identities),
+                  logs=logs, env=env, processes=processes)
     wait_for_port(fleet_port, 60)
     wait_for_port(control_port, 60)
+    write_connection(Path(env["FLWR_HOME"]), address=f"localhost:{control_port}", root_certificates=certs["ca"])
+    keys = generate_node_keys(tmp_path / "certs" / "node-keys", nodes) if identities else []
+    for pair in keys:
+        register_node(pair.public_key, env=env)
     for partition in range(nodes):
+        signed = dict(auth_key=keys[partition].private_key, trusted_nodes=tmp_path / "certs" / "node-keys") \
+            if identities else {}
         start_process(f"supernode{partition}", node_command(
             superlink=f"localhost:{fleet_port}", partition_id=partition, num_partitions=nodes,
-            root_certificates=certs["ca"], clientappio_port=free_port(), warm=warm),
+            root_certificates=certs["ca"], clientappio_port=free_port(), warm=warm, **signed),
             logs=logs, env=env, processes=processes)
-    write_connection(Path(env["FLWR_HOME"]), address=f"localhost:{control_port}", root_certificates=certs["ca"])
     return certs
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from strategies.secagg import common
 from strategies.secagg.aggregator import Aggregator
+from strategies.secagg.errors import SecAggError
 from strategies.secagg.identity import SigningIdentity, TrustedIdentities
 from strategies.secagg.party import Party
 
@@ -19,32 +20,47 @@ class Dropouts:
     before_keys: set[int] = field(default_factory=set)
     before_shares: set[int] = field(default_factory=set)
     before_masked: set[int] = field(default_factory=set)
+    before_confirm: set[int] = field(default_factory=set)
     before_unmask: set[int] = field(default_factory=set)
 
 
 def run_round(setup: bytes, inputs: dict[int, list[np.ndarray]], drops: Dropouts | None = None,
               tamper=None, identities: dict[int, SigningIdentity] | None = None,
-              trusted: TrustedIdentities | None = None
+              trusted: TrustedIdentities | None = None, rewrite=None, refusals: dict[int, str] | None = None,
+              aggregator: Aggregator | None = None
               ) -> tuple[list[np.ndarray], Aggregator, dict[str, dict[int, bytes]]]:
     """Run every stage; each party's state goes through save/load between stages, as on a Flower node. With
     ``identities`` each party signs its keys; with ``trusted`` each party checks its neighbours' signatures.
+    ``tamper(stage, replies)`` changes what parties sent the server; ``rewrite(stage, requests)`` what the server
+    sends the parties (a lying server). With ``refusals``, a party that refuses (SecAggError) is recorded there
+    and treated as silent, as a Flower error reply is; without, the error propagates.
 
     Returns the sums, the aggregator, and every message the server received, by stage."""
     drops = drops or Dropouts()
     states = {p: Party.start(setup, p, inputs[p]).save() for p in inputs}
     seen: dict[str, dict[int, bytes]] = {}
-    aggregator = Aggregator(setup)
+    aggregator = aggregator or Aggregator(setup)
 
     def step(stage: str, gone: set[int], requests: dict[int, bytes | None], call: str) -> dict[int, bytes]:
         replies = {}
+        if rewrite is not None:
+            requests = rewrite(stage, requests)
         for party, request in requests.items():
-            if party in gone:
+            if party in gone or (refusals is not None and party in refusals):
                 continue
             state = Party.load(states[party])
-            extra = {"advertise_keys": {"identity": (identities or {}).get(party)},
-                     "share_keys": {"trusted": trusted}}.get(call, {})
-            replies[party] = getattr(state, call)(**extra) if request is None else getattr(state, call)(request,
-                                                                                                        **extra)
+            identity = (identities or {}).get(party)
+            extra = {"advertise_keys": {"identity": identity}, "share_keys": {"trusted": trusted},
+                     "masked_input": {"identity": identity}, "confirm": {"identity": identity},
+                     "unmask": {"trusted": trusted}}[call]
+            try:
+                replies[party] = getattr(state, call)(**extra) if request is None else \
+                    getattr(state, call)(request, **extra)
+            except SecAggError as exc:
+                if refusals is None:
+                    raise
+                refusals[party] = str(exc)
+                continue
             states[party] = state.save()
         if tamper is not None:
             replies = tamper(stage, replies)
@@ -54,6 +70,8 @@ def run_round(setup: bytes, inputs: dict[int, list[np.ndarray]], drops: Dropouts
     keys = aggregator.collect_keys(step("keys", drops.before_keys, dict.fromkeys(inputs), "advertise_keys"))
     forwarded = aggregator.route_shares(step("shares", drops.before_shares, keys, "share_keys"))
     requests = aggregator.collect_masked(step("masked", drops.before_masked, forwarded, "masked_input"))
+    if aggregator.authenticated:
+        requests = aggregator.collect_confirmations(step("confirm", drops.before_confirm, requests, "confirm"))
     sums = aggregator.finish(step("unmask", drops.before_unmask, requests, "unmask"))
     return sums, aggregator, seen
 

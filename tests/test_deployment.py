@@ -1,7 +1,8 @@
 """Real deployment over gRPC with TLS: a flower-superlink, two client nodes (``fedsqueeze node``: a flower-supernode
 and its warm trainer), a run submitted with flwr run: the encoder classification preset in plain FedAvg, and
 instruction tuning (kind=sft, a tiny causal LM made from a config with SmolLM2's tokenizer) under secure
-aggregation."""
+aggregation against a lying coordinator (registered node keys, pinned by every node: signed keys, signed mask peers
+and the confirmation stage over gRPC)."""
 
 import json
 import subprocess
@@ -21,7 +22,7 @@ def test_two_supernodes_train_over_grpc_with_tls(tmp_path: Path, secure: bool, t
     logs.mkdir()
     processes: dict[str, subprocess.Popen] = {}
     try:
-        start_tls_federation(tmp_path, logs=logs, env=env, processes=processes)
+        start_tls_federation(tmp_path, logs=logs, env=env, processes=processes, identities=secure)
         out_dir = tmp_path / "run"
         rounds = 1 if secure else 2  # each secure-aggregation stage is one more Flower message exchange (~12 s)
         task = (f"preset='sft' model='{tiny_causal_lm}' per-topic=20 heldout=16 max-length=64 local-steps=4 "
@@ -36,6 +37,7 @@ def test_two_supernodes_train_over_grpc_with_tls(tmp_path: Path, secure: bool, t
         assert [[c["task_built"] for c in r["clients"]] for r in rows] == [[1.0, 1.0]] + [[0.0, 0.0]] * (rounds - 1)
         if secure:
             assert len(rows[0]["secagg"]["survivors"]) == 2 and rows[0]["secagg"]["aborted"] is None
+            assert rows[0]["secagg"]["signed"]  # signed keys, signed mask peers and confirmations, over gRPC
             assert all(c["bytes_up"] < 0.7 * c["dense_fp32_bytes_up"] for c in rows[0]["clients"])
         improved = (summary["metric_final"] > summary["metric_base"] if summary["higher_is_better"]
                     else summary["metric_final"] < summary["metric_base"])

@@ -90,7 +90,8 @@ class KeySubstitution:
             key = common.share_key(self.cipher[item.receiver], self.target_keys.cipher_key, self.info.round,
                                    self.target, item.receiver)
             plain = AESGCM(key).decrypt(item.ciphertext[:12], item.ciphertext[12:],
-                                        common.share_aad(self.info.round, self.target, item.receiver))
+                                        common.share_aad(self.info.round, self.target, item.receiver,
+                                                         item.self_mask_digest + item.mask_key_digest))
             shares = secagg_pb2.SecAggShares.FromString(plain)
             seed_points.append((self.info.x(item.receiver), shares.self_mask_share))
             key_points.append((self.info.x(item.receiver), shares.mask_key_share))
@@ -104,9 +105,12 @@ class KeySubstitution:
                                              self_mask_share=os.urandom(33), mask_key_share=os.urandom(33))
             key = common.share_key(self.cipher[j], self.target_keys.cipher_key, self.info.round, self.target, j)
             nonce = os.urandom(12)
+            digests = (common.share_digest(SELF_MASK, self.info.round, j, self.target, shares.self_mask_share),
+                       common.share_digest(PAIR_MASK, self.info.round, j, self.target, shares.mask_key_share))
             sealed = AESGCM(key).encrypt(nonce, shares.SerializeToString(),
-                                         common.share_aad(self.info.round, j, self.target))
-            items.append(secagg_pb2.SecAggCiphertext(sender=j, receiver=self.target, ciphertext=nonce + sealed))
+                                         common.share_aad(self.info.round, j, self.target, b"".join(digests)))
+            items.append(secagg_pb2.SecAggCiphertext(sender=j, receiver=self.target, ciphertext=nonce + sealed,
+                                                     self_mask_digest=digests[0], mask_key_digest=digests[1]))
         return secagg_pb2.SecAggShareBundle(round=self.info.round, shares=items).SerializeToString()
 
     def unmask(self, masked: bytes, seed: bytes) -> np.ndarray:

@@ -129,19 +129,33 @@ def test_malformed_replies_drop_their_sender_and_the_rest_still_sum_exactly() ->
     _assert_exact(sums, inputs, aggregator.survivors)
 
 
-def test_a_false_share_is_caught() -> None:
-    setup, parties = _setup(5, neighbours=4, threshold=5)
-    inputs = random_inputs(parties, SEGMENTS, 5)
-
+def _false_share(liar: int):
+    """A tamper that makes ``liar`` reveal a false share in its unmask response."""
     def tamper(stage: str, replies: dict[int, bytes]) -> dict[int, bytes]:
         if stage == "unmask":
-            response = secagg_pb2.SecAggUnmaskResponse.FromString(replies[parties[0]])
+            response = secagg_pb2.SecAggUnmaskResponse.FromString(replies[liar])
             response.shares[1].share = (12345).to_bytes(shamir.SHARE_BYTES, "big")
-            replies[parties[0]] = response.SerializeToString()
+            replies[liar] = response.SerializeToString()
         return replies
+    return tamper
 
-    with pytest.raises(SecAggAbort, match="commitment"):
-        run_round(setup, inputs, tamper=tamper)
+
+def test_a_false_share_is_caught_and_its_revealer_named() -> None:
+    setup, parties = _setup(5, neighbours=4, threshold=5)
+    inputs = random_inputs(parties, SEGMENTS, 5)
+    with pytest.raises(SecAggAbort, match=rf"parties \[{parties[0]}\] revealed false shares"):
+        run_round(setup, inputs, tamper=_false_share(parties[0]))
+
+
+def test_with_more_shares_than_the_threshold_a_false_share_is_set_aside_and_the_round_stays_exact() -> None:
+    setup, parties = _setup(7, neighbours=6, threshold=4)
+    inputs = random_inputs(parties, SEGMENTS, 7)
+    drops = Dropouts(before_unmask={parties[6]})  # and one more dropout: 5 honest revealers remain for t = 4
+    for liar in (parties[0], parties[3]):
+        sums, aggregator, _ = run_round(setup, inputs, drops=drops, tamper=_false_share(liar))
+        assert aggregator.culprits == {liar}
+        assert any(f"party {liar} revealed a false share" in p for p in aggregator.problems)
+        _assert_exact(sums, inputs, aggregator.survivors)
 
 
 def test_the_servers_view_of_one_party_looks_uniform_and_reveals_no_input() -> None:

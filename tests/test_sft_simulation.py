@@ -90,6 +90,7 @@ def test_sft_under_secure_aggregation_with_signed_keys(tmp_path: Path, tiny_caus
 
     row = _rows(tmp_path / "run", "metrics.jsonl")[0]
     assert row["applied"] and row["secagg"]["aborted"] is None and len(row["secagg"]["survivors"]) == 3
+    assert row["secagg"]["signed"]
     assert summary["secagg"] and summary["perplexity_final"] < summary["perplexity_base"]
     # Nothing about one client's own update in the clear: no loss, norm, clip count or residual per client.
     assert row["train_loss"] is None
@@ -102,7 +103,8 @@ def test_keys_signed_by_a_node_nobody_pinned_are_refused_in_the_flower_path(tmp_
     from server.node_keys import generate_node_keys
 
     pairs = generate_node_keys(tmp_path / "node-keys", 3)
-    pairs[2].public_key.unlink()  # node 2 signs with a key the federation never pinned
+    stranger = generate_node_keys(tmp_path / "elsewhere", 1)[0]  # node 2 signs with a key nobody pinned: the
+    pairs[2].public_key.write_text(stranger.public_key.read_text())  # federation's list pins another in its place
     simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1}), out_dir=tmp_path / "run",
              max_parallel=3, node_identities=tmp_path / "node-keys")
 
@@ -110,6 +112,19 @@ def test_keys_signed_by_a_node_nobody_pinned_are_refused_in_the_flower_path(tmp_
     assert not row["applied"] and row["secagg"]["aborted"]
     refusals = [p for p in row["problems"] if "signed by a key this node does not trust" in p]
     assert len(refusals) == 2, row["problems"]  # nodes 0 and 1 each refused node 2's keys before sharing
+
+
+def test_nodes_refuse_a_round_below_their_floor_and_the_coordinator_records_why(tmp_path: Path,
+                                                                              tiny_causal_lm: str) -> None:
+    """The coordinator switches secure aggregation off; every node's floor demands it."""
+    summary = simulate(_tiny_sft(tiny_causal_lm, **{"num-server-rounds": 1}), out_dir=tmp_path / "run",
+                       max_parallel=3, node_floor="secagg=true min-parties=3")
+    row = _rows(tmp_path / "run", "metrics.jsonl")[0]
+    assert not row["applied"] and row["clients_ok"] == 0 and row["clients_refused"] == 3
+    assert {c["status"] for c in row["clients"]} == {"refused"}
+    assert all("refused the round: this node trains only for securely aggregated rounds" in p
+               for p in row["problems"]), row["problems"]
+    assert summary["perplexity_final"] == summary["perplexity_base"]  # nothing trained, nothing lost
 
 
 def test_sft_resumed_after_a_round_ends_bit_identical_to_the_uninterrupted_run(tmp_path: Path,

@@ -13,7 +13,7 @@ from protos.fedsqueeze.v1 import secagg_pb2
 from strategies.secagg import graph, prg, ring
 from strategies.secagg.errors import SecAggError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 KEY_BYTES = 32
 MAX_PARTIES = 100_000
 MAX_SEGMENT_WORDS = 1 << 32
@@ -119,10 +119,26 @@ def pair_seed(secret: bytes, peer_public: bytes, round_id: int, a: int, b: int) 
     return prg.derive(agree(secret, peer_public), _pair_info(b"pair-mask", round_id, a, b))
 
 
-def share_aad(round_id: int, sender: int, receiver: int) -> bytes:
-    """Associated data binding a share ciphertext to its round, sender and receiver."""
+def share_aad(round_id: int, sender: int, receiver: int, digests: bytes = b"") -> bytes:
+    """Associated data binding a share ciphertext to its round, sender, receiver and the share digests the sender
+    published beside it (so the server cannot swap the digests a receiver checks)."""
     return b"fedsqueeze/secagg/v1/shares" + round_id.to_bytes(8, "big") + sender.to_bytes(8, "big") + \
-        receiver.to_bytes(8, "big")
+        receiver.to_bytes(8, "big") + digests
+
+
+def share_digest(kind: bytes, round_id: int, owner: int, holder: int, share: bytes) -> bytes:
+    """SHA-256 of one Shamir share (``kind``: SELF_MASK seed or mask key) bound to its round, owner and holder.
+    The owner publishes it when it deals the share; a share revealed later must match it, which names a party
+    that reveals a false share. A share is a uniformly random 521-bit number, so its digest reveals nothing."""
+    return hashlib.sha256(b"fedsqueeze/secagg/v2/share-digest" + kind + round_id.to_bytes(8, "big")
+                          + owner.to_bytes(8, "big") + holder.to_bytes(8, "big") + share).digest()
+
+
+def confirmations_needed(setup: Setup) -> int:
+    """Signed confirmations of one survivor/dropped story a party needs before it reveals anything: at least the
+    threshold, and a strict majority of the invited parties, so two different stories cannot both reach it
+    unless some party signed both (an honest one never does)."""
+    return max(setup.threshold, len(setup.parties) // 2 + 1)
 
 
 def segment_masks(seed: bytes, setup: Setup, kind: bytes) -> list[np.ndarray]:

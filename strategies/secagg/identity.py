@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from strategies.secagg.errors import SecAggError
 
 DOMAIN = b"fedsqueeze/secagg/v1/key-advertisement"
+VIEW_DOMAIN = b"fedsqueeze/secagg/v2/survivor-view"
+PEERS_DOMAIN = b"fedsqueeze/secagg/v2/mask-peers"
 _DER = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 VerifyingKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -35,6 +37,21 @@ VerifyingKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 def advertisement_bytes(setup: bytes, party: int, cipher_key: bytes, mask_key: bytes) -> bytes:
     """What a party signs: a domain tag, SHA-256 of the setup bytes it was sent, its party id and its two keys."""
     return DOMAIN + hashlib.sha256(setup).digest() + party.to_bytes(8, "big") + cipher_key + mask_key
+
+
+def _ids(parties: list[int] | set[int]) -> bytes:
+    ordered = sorted(parties)
+    return len(ordered).to_bytes(8, "big") + b"".join(p.to_bytes(8, "big") for p in ordered)
+
+
+def view_bytes(setup: bytes, party: int, survivors: list[int], dropped: list[int]) -> bytes:
+    """What a survivor signs to confirm the story it was told: the setup, itself, the survivors and the dropped."""
+    return VIEW_DOMAIN + hashlib.sha256(setup).digest() + party.to_bytes(8, "big") + _ids(survivors) + _ids(dropped)
+
+
+def mask_peers_bytes(setup: bytes, party: int, peers: list[int]) -> bytes:
+    """What a party signs about its masked input: the setup, itself and the neighbours it masked with."""
+    return PEERS_DOMAIN + hashlib.sha256(setup).digest() + party.to_bytes(8, "big") + _ids(peers)
 
 
 def _sign(key: SigningKey, data: bytes) -> bytes:
@@ -128,3 +145,17 @@ class TrustedIdentities:
             raise SecAggError(f"{what}: the signature of {self.names[identity]!r} does not verify (keys "
                               "substituted, or signed for another run, round or party list)") from exc
         return self.names[identity]
+
+
+def verify_signature(identity: bytes, signature: bytes, data: bytes, what: str) -> None:
+    """Check ``signature`` over ``data`` under the DER public key ``identity`` (one this party already accepted
+    as a pinned peer's); SecAggError naming ``what`` when it is missing or does not verify."""
+    if not identity or not signature:
+        raise SecAggError(f"{what} is not signed by the identity that signed that party's keys; refused")
+    try:
+        key = serialization.load_der_public_key(identity)
+        if not isinstance(key, VerifyingKey):
+            raise SecAggError(f"{what}: the signer's key is not an EC or Ed25519 key")
+        _verify(key, signature, data)
+    except (InvalidSignature, ValueError, UnsupportedAlgorithm) as exc:
+        raise SecAggError(f"{what}: the signature does not verify; refused") from exc

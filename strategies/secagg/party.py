@@ -1,10 +1,16 @@
 """One party's side of SecAgg+: a state machine that can be saved between Flower messages.
 
-Stages: ``Party.start`` (inputs given) → ``advertise_keys`` → ``share_keys`` → ``masked_input`` → ``unmask``.
-Each stage runs once and in order; the state (secrets included) is a SecAggPartyState that stays in the party's
-own node state. In ``unmask`` the party reveals, for each peer, either a share of its self-mask seed (the peer
-sent a masked input) or a share of its mask key (the peer dropped), never both, and refuses requests that would
-let the server learn both or that contradict what it knows.
+Stages: ``Party.start`` (inputs given) → ``advertise_keys`` → ``share_keys`` → ``masked_input`` → (``confirm``)
+→ ``unmask``. Each stage runs once and in order; the state (secrets included) is a SecAggPartyState that stays in
+the party's own node state. In ``unmask`` the party reveals, for each peer, either a share of its self-mask seed
+(the peer sent a masked input) or a share of its mask key (the peer dropped), never both, and refuses requests
+that would let the server learn both or that contradict what it knows.
+
+A party with a node identity (it signed its keys) also defends against a server that lies (Bonawitz et al. 2017
+§6, Bell et al. 2020): it signs the neighbours it masked with, it confirms the survivor/dropped story it is told
+by signing it, and it reveals nothing until a strict majority of the round's parties signed the same story and,
+for each survivor whose seed it helps rebuild, that survivor's signed mask peers show at least t - 1 of them
+survived (so the server learns only sums over groups of at least t inputs).
 """
 
 from __future__ import annotations
@@ -20,10 +26,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from protos.fedsqueeze.v1 import secagg_pb2
 from strategies.secagg import common, ring, shamir
 from strategies.secagg.errors import SecAggError
-from strategies.secagg.identity import SigningIdentity, TrustedIdentities, advertisement_bytes
+from strategies.secagg.identity import (
+    SigningIdentity,
+    TrustedIdentities,
+    advertisement_bytes,
+    mask_peers_bytes,
+    verify_signature,
+    view_bytes,
+)
 
-NEW, ADVERTISED, SHARED, MASKED, UNMASKED = range(5)
-_STAGE_NAMES = ("new", "keys advertised", "keys shared", "masked input sent", "unmasked")
+NEW, ADVERTISED, SHARED, MASKED, CONFIRMED, UNMASKED = range(6)
+_STAGE_NAMES = ("new", "keys advertised", "keys shared", "masked input sent", "survivors confirmed", "unmasked")
 SELF_MASK = b"self"
 PAIR_MASK = b"pair"
 
@@ -62,11 +75,21 @@ class Party:
         """The party's state as bytes (secrets included: keep it on this node)."""
         return self.state.SerializeToString()
 
-    def _advance(self, expected: int) -> None:
+    @property
+    def authenticated(self) -> bool:
+        """Whether this party signed its keys (and so holds the server to the malicious-server checks)."""
+        return bool(self.state.identity)
+
+    def _advance(self, expected: int, to: int | None = None) -> None:
         if self.state.stage != expected:
             raise SecAggError(f"party {self.me}: this step needs stage '{_STAGE_NAMES[expected]}', "
                               f"the party is at '{_STAGE_NAMES[self.state.stage]}'")
-        self.state.stage = expected + 1
+        self.state.stage = expected + 1 if to is None else to
+
+    def _signer(self, identity: SigningIdentity | None) -> SigningIdentity:
+        if identity is None or identity.public_der != self.state.identity:
+            raise SecAggError(f"party {self.me} signed its keys and must sign this step with the same identity")
+        return identity
 
     def _round(self, message, what: str) -> None:
         if message.round != self.setup.round:
@@ -131,21 +154,26 @@ class Party:
         for holder, seed_share, key_share, peer in zip(holders, seed_shares, key_shares, [None, *peers], strict=True):
             shares = secagg_pb2.SecAggShares(round=self.setup.round, sender=self.me, receiver=holder,
                                              self_mask_share=seed_share, mask_key_share=key_share)
+            seed_digest, key_digest = _digests(shares)
             if peer is None:
                 self.state.received.append(shares)
+                bundle.own_self_mask_digest, bundle.own_mask_key_digest = seed_digest, key_digest
                 continue
             key = common.share_key(self.state.cipher_secret, peer.cipher_key, self.setup.round, self.me, holder)
             nonce = os.urandom(12)
             sealed = AESGCM(key).encrypt(nonce, shares.SerializeToString(),
-                                         common.share_aad(self.setup.round, self.me, holder))
+                                         common.share_aad(self.setup.round, self.me, holder, seed_digest + key_digest))
             bundle.shares.append(secagg_pb2.SecAggCiphertext(sender=self.me, receiver=holder,
-                                                             ciphertext=nonce + sealed))
+                                                             ciphertext=nonce + sealed, self_mask_digest=seed_digest,
+                                                             mask_key_digest=key_digest))
         return bundle.SerializeToString()
 
-    def masked_input(self, forwarded: bytes) -> bytes:
-        """Stage 3: open the neighbours' shares, then mask the input with the self mask and one pairwise mask per
-        neighbour that shared; returns SecAggMaskedInput."""
+    def masked_input(self, forwarded: bytes, identity: SigningIdentity | None = None) -> bytes:
+        """Stage 3: open the neighbours' shares (each must match the digests its dealer published), then mask the
+        input with the self mask and one pairwise mask per neighbour that shared; returns SecAggMaskedInput. A
+        party that signed its keys signs the list of those neighbours with ``identity`` too."""
         self._advance(SHARED)
+        signer = self._signer(identity) if self.authenticated else None
         bundle = common.parse(secagg_pb2.SecAggShareBundle, forwarded, "forwarded shares")
         self._round(bundle, "forwarded shares")
         peers = {entry.party: entry for entry in self.state.neighbour_keys.keys}
@@ -156,14 +184,17 @@ class Party:
                 raise SecAggError(f"forwarded share from {item.sender} to {item.receiver} is not for this party "
                                   "from a neighbour, or repeats one")
             key = common.share_key(self.state.cipher_secret, peer.cipher_key, self.setup.round, self.me, item.sender)
+            aad = common.share_aad(self.setup.round, item.sender, self.me, item.self_mask_digest + item.mask_key_digest)
             try:
-                plain = AESGCM(key).decrypt(item.ciphertext[:12], item.ciphertext[12:],
-                                            common.share_aad(self.setup.round, item.sender, self.me))
+                plain = AESGCM(key).decrypt(item.ciphertext[:12], item.ciphertext[12:], aad)
             except (InvalidTag, ValueError) as exc:
                 raise SecAggError(f"share ciphertext from party {item.sender} does not authenticate") from exc
             shares = common.parse(secagg_pb2.SecAggShares, plain, f"shares from party {item.sender}")
             if (shares.round, shares.sender, shares.receiver) != (self.setup.round, item.sender, self.me):
                 raise SecAggError(f"shares from party {item.sender} name another round, sender or receiver")
+            if _digests(shares) != (item.self_mask_digest, item.mask_key_digest):
+                raise SecAggError(f"party {item.sender} published share digests that do not match the shares it "
+                                  "sent this party; refused (it could blame this party for a false share)")
             senders.add(item.sender)
             self.state.received.append(shares)
         if len(senders) + 1 < self.setup.threshold:
@@ -185,14 +216,16 @@ class Party:
         for words, (_, bits) in zip(total, self.setup.segments, strict=True):
             words &= common.ring_mask(bits)
             out.segments.append(ring.pack(words, bits))
+        self.state.mask_peers[:] = sorted(senders)
+        if signer is not None:
+            out.mask_peers.CopyFrom(secagg_pb2.SecAggMaskPeers(
+                party=self.me, peers=sorted(senders),
+                signature=signer.sign(mask_peers_bytes(self.state.setup, self.me, sorted(senders)))))
         del self.state.inputs[:]
         return out.SerializeToString()
 
-    def unmask(self, request: bytes) -> bytes:
-        """Stage 4: reveal self-mask shares of survivors and mask-key shares of dropped parties; returns
-        SecAggUnmaskResponse. Refuses a request naming a party as both, leaving this party out, or naming fewer
-        survivors than the threshold."""
-        self._advance(MASKED)
+    def _read_view(self, request: bytes) -> secagg_pb2.SecAggUnmaskRequest:
+        """The survivor/dropped story in ``request``, checked against what this party knows."""
         message = common.parse(secagg_pb2.SecAggUnmaskRequest, request, "unmask request")
         self._round(message, "unmask request")
         survivors, dropped = set(message.survivors), set(message.dropped)
@@ -206,7 +239,56 @@ class Party:
         if len(survivors) < self.setup.threshold:
             raise SecAggError(f"unmask request names {len(survivors)} survivors, fewer than the threshold "
                               f"{self.setup.threshold}; refused")
+        if not survivors | dropped <= set(self.setup.parties):
+            raise SecAggError("unmask request names parties outside the setup")
+        return message
+
+    def _view(self, message: secagg_pb2.SecAggUnmaskRequest) -> bytes:
+        return view_bytes(self.state.setup, self.me, list(message.survivors), list(message.dropped))
+
+    def _check_isolation(self, owner: int, peers: list[int], survivors: set[int]) -> None:
+        """Refuse to help rebuild ``owner``'s self-mask seed unless at least t - 1 of the peers it masked with
+        survived: otherwise the server would hold its input masked only by secrets it is about to learn."""
+        alive = len(set(peers) & survivors)
+        if alive < self.setup.threshold - 1:
+            raise SecAggError(f"party {owner} masked its input with {len(peers)} neighbours and the server says only "
+                              f"{alive} of them survived ({self.setup.threshold - 1} needed): revealing its self-mask "
+                              "would expose its input alone; refused")
+
+    def confirm(self, request: bytes, identity: SigningIdentity | None = None) -> bytes:
+        """Stage 4a (parties with a node identity): check the survivor/dropped story and sign it; returns
+        SecAggConfirmation. The party keeps the story and will reveal shares for this one only."""
+        self._advance(MASKED)
+        message = self._read_view(request)
+        if self.authenticated:
+            self._check_isolation(self.me, list(self.state.mask_peers), set(message.survivors))
+        self.state.view = self._view(message)
+        out = secagg_pb2.SecAggConfirmation(round=self.setup.round, party=self.me)
+        if self.authenticated:
+            out.identity = self.state.identity
+            out.signature = self._signer(identity).sign(self.state.view)
+        return out.SerializeToString()
+
+    def unmask(self, request: bytes, trusted: TrustedIdentities | None = None) -> bytes:
+        """Stage 4: reveal self-mask shares of survivors and mask-key shares of dropped parties; returns
+        SecAggUnmaskResponse. Refuses a request naming a party as both, leaving this party out, or naming fewer
+        survivors than the threshold. A party with a node identity reveals only the story it confirmed, once a
+        strict majority of the round's parties (and at least t) confirmed it under distinct ``trusted``
+        identities, and only seeds of survivors whose signed mask peers mostly survived."""
+        confirmed = self.authenticated or self.state.stage == CONFIRMED
+        if confirmed:
+            self._advance(CONFIRMED)
+        else:
+            self._advance(MASKED, to=UNMASKED)
+        message = self._read_view(request)
+        if confirmed and self._view(message) != self.state.view:
+            raise SecAggError("the unmask request tells another survivor/dropped story than the one this party "
+                              "confirmed; refused")
+        survivors, dropped = set(message.survivors), set(message.dropped)
         held = {shares.sender: shares for shares in self.state.received}
+        if self.authenticated:
+            self._check_confirmed(message, trusted)
+            self._check_mask_peers(message, set(held) & survivors)
         response = secagg_pb2.SecAggUnmaskResponse(round=self.setup.round, party=self.me)
         for owner in sorted(set(held) & (survivors | dropped)):
             in_survivors = owner in survivors
@@ -215,3 +297,52 @@ class Party:
         del self.state.received[:]
         self.state.cipher_secret = self.state.mask_secret = self.state.self_mask_seed = b""
         return response.SerializeToString()
+
+    def _check_confirmed(self, message: secagg_pb2.SecAggUnmaskRequest, trusted: TrustedIdentities | None) -> None:
+        """The request tells the story this party confirmed, and enough distinct trusted survivors signed it."""
+        if trusted is None:
+            raise SecAggError(f"party {self.me} signed its keys, so it needs the trusted identities to unmask")
+        survivors, signers, parties = set(message.survivors), set(), set()
+        for confirmation in message.confirmations:
+            if confirmation.round != self.setup.round or confirmation.party not in survivors \
+                    or confirmation.party in parties or confirmation.identity in signers:
+                continue  # not a distinct survivor's confirmation of this round: it counts for nothing
+            signed = view_bytes(self.state.setup, confirmation.party, list(message.survivors), list(message.dropped))
+            try:
+                trusted.verify(confirmation.identity, confirmation.signature, signed,
+                               f"the confirmation of party {confirmation.party}")
+            except SecAggError:
+                continue
+            signers.add(confirmation.identity)
+            parties.add(confirmation.party)
+        needed = common.confirmations_needed(self.setup)
+        if len(signers) < needed:
+            raise SecAggError(f"only {len(signers)} parties confirmed the survivor/dropped story this party was told, "
+                              f"{needed} are needed (the server may be telling parties different stories); refused")
+
+    def _check_mask_peers(self, message: secagg_pb2.SecAggUnmaskRequest, owners: set[int]) -> None:
+        """Every survivor whose self-mask share this party will reveal signed whom it masked with, and enough
+        of those survived."""
+        survivors = set(message.survivors)
+        identities = {entry.party: entry.identity for entry in self.state.neighbour_keys.keys}
+        statements = {statement.party: statement for statement in message.mask_peers}
+        for owner in sorted(owners):
+            if owner == self.me:
+                peers = list(self.state.mask_peers)
+            else:
+                statement = statements.get(owner)
+                if statement is None:
+                    raise SecAggError(f"the unmask request lacks the signed mask peers of survivor {owner}; refused")
+                peers = list(statement.peers)
+                signed = mask_peers_bytes(self.state.setup, owner, peers)
+                verify_signature(identities.get(owner, b""), statement.signature, signed,
+                                 f"the mask peers of party {owner}")
+                if not set(peers) <= self.setup.neighbours[owner] or len(set(peers)) != len(peers):
+                    raise SecAggError(f"the signed mask peers of party {owner} are not distinct neighbours of it")
+            self._check_isolation(owner, peers, survivors)
+
+
+def _digests(shares: secagg_pb2.SecAggShares) -> tuple[bytes, bytes]:
+    """The published digests of the two shares in ``shares``."""
+    return (common.share_digest(SELF_MASK, shares.round, shares.sender, shares.receiver, shares.self_mask_share),
+            common.share_digest(PAIR_MASK, shares.round, shares.sender, shares.receiver, shares.mask_key_share))

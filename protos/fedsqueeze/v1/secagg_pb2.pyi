@@ -59,24 +59,32 @@ class SecAggKeyList(_message.Message):
     def __init__(self, round: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[SecAggPublicKeys, _Mapping]]] = ...) -> None: ...
 
 class SecAggCiphertext(_message.Message):
-    __slots__ = ("sender", "receiver", "ciphertext")
+    __slots__ = ("sender", "receiver", "ciphertext", "self_mask_digest", "mask_key_digest")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RECEIVER_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     sender: int
     receiver: int
     ciphertext: bytes
-    def __init__(self, sender: _Optional[int] = ..., receiver: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+    self_mask_digest: bytes
+    mask_key_digest: bytes
+    def __init__(self, sender: _Optional[int] = ..., receiver: _Optional[int] = ..., ciphertext: _Optional[bytes] = ..., self_mask_digest: _Optional[bytes] = ..., mask_key_digest: _Optional[bytes] = ...) -> None: ...
 
 class SecAggShareBundle(_message.Message):
-    __slots__ = ("round", "self_mask_commitment", "shares")
+    __slots__ = ("round", "self_mask_commitment", "shares", "own_self_mask_digest", "own_mask_key_digest")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SELF_MASK_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    OWN_SELF_MASK_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OWN_MASK_KEY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     round: int
     self_mask_commitment: bytes
     shares: _containers.RepeatedCompositeFieldContainer[SecAggCiphertext]
-    def __init__(self, round: _Optional[int] = ..., self_mask_commitment: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[SecAggCiphertext, _Mapping]]] = ...) -> None: ...
+    own_self_mask_digest: bytes
+    own_mask_key_digest: bytes
+    def __init__(self, round: _Optional[int] = ..., self_mask_commitment: _Optional[bytes] = ..., shares: _Optional[_Iterable[_Union[SecAggCiphertext, _Mapping]]] = ..., own_self_mask_digest: _Optional[bytes] = ..., own_mask_key_digest: _Optional[bytes] = ...) -> None: ...
 
 class SecAggShares(_message.Message):
     __slots__ = ("round", "sender", "receiver", "self_mask_share", "mask_key_share")
@@ -93,24 +101,52 @@ class SecAggShares(_message.Message):
     def __init__(self, round: _Optional[int] = ..., sender: _Optional[int] = ..., receiver: _Optional[int] = ..., self_mask_share: _Optional[bytes] = ..., mask_key_share: _Optional[bytes] = ...) -> None: ...
 
 class SecAggMaskedInput(_message.Message):
-    __slots__ = ("round", "party", "segments")
+    __slots__ = ("round", "party", "segments", "mask_peers")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    MASK_PEERS_FIELD_NUMBER: _ClassVar[int]
     round: int
     party: int
     segments: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, round: _Optional[int] = ..., party: _Optional[int] = ..., segments: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    mask_peers: SecAggMaskPeers
+    def __init__(self, round: _Optional[int] = ..., party: _Optional[int] = ..., segments: _Optional[_Iterable[bytes]] = ..., mask_peers: _Optional[_Union[SecAggMaskPeers, _Mapping]] = ...) -> None: ...
+
+class SecAggMaskPeers(_message.Message):
+    __slots__ = ("party", "peers", "signature")
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    party: int
+    peers: _containers.RepeatedScalarFieldContainer[int]
+    signature: bytes
+    def __init__(self, party: _Optional[int] = ..., peers: _Optional[_Iterable[int]] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SecAggConfirmation(_message.Message):
+    __slots__ = ("round", "party", "identity", "signature")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    party: int
+    identity: bytes
+    signature: bytes
+    def __init__(self, round: _Optional[int] = ..., party: _Optional[int] = ..., identity: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SecAggUnmaskRequest(_message.Message):
-    __slots__ = ("round", "survivors", "dropped")
+    __slots__ = ("round", "survivors", "dropped", "confirmations", "mask_peers")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    MASK_PEERS_FIELD_NUMBER: _ClassVar[int]
     round: int
     survivors: _containers.RepeatedScalarFieldContainer[int]
     dropped: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, round: _Optional[int] = ..., survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+    confirmations: _containers.RepeatedCompositeFieldContainer[SecAggConfirmation]
+    mask_peers: _containers.RepeatedCompositeFieldContainer[SecAggMaskPeers]
+    def __init__(self, round: _Optional[int] = ..., survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ..., confirmations: _Optional[_Iterable[_Union[SecAggConfirmation, _Mapping]]] = ..., mask_peers: _Optional[_Iterable[_Union[SecAggMaskPeers, _Mapping]]] = ...) -> None: ...
 
 class SecAggRevealedShare(_message.Message):
     __slots__ = ("owner", "self_mask", "share")
@@ -133,7 +169,7 @@ class SecAggUnmaskResponse(_message.Message):
     def __init__(self, round: _Optional[int] = ..., party: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ...) -> None: ...
 
 class SecAggPartyState(_message.Message):
-    __slots__ = ("setup", "party", "stage", "cipher_secret", "mask_secret", "self_mask_seed", "neighbour_keys", "received", "inputs", "identity")
+    __slots__ = ("setup", "party", "stage", "cipher_secret", "mask_secret", "self_mask_seed", "neighbour_keys", "received", "inputs", "identity", "mask_peers", "view")
     SETUP_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +180,8 @@ class SecAggPartyState(_message.Message):
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    MASK_PEERS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
     setup: bytes
     party: int
     stage: int
@@ -154,4 +192,6 @@ class SecAggPartyState(_message.Message):
     received: _containers.RepeatedCompositeFieldContainer[SecAggShares]
     inputs: _containers.RepeatedScalarFieldContainer[bytes]
     identity: bytes
-    def __init__(self, setup: _Optional[bytes] = ..., party: _Optional[int] = ..., stage: _Optional[int] = ..., cipher_secret: _Optional[bytes] = ..., mask_secret: _Optional[bytes] = ..., self_mask_seed: _Optional[bytes] = ..., neighbour_keys: _Optional[_Union[SecAggKeyList, _Mapping]] = ..., received: _Optional[_Iterable[_Union[SecAggShares, _Mapping]]] = ..., inputs: _Optional[_Iterable[bytes]] = ..., identity: _Optional[bytes] = ...) -> None: ...
+    mask_peers: _containers.RepeatedScalarFieldContainer[int]
+    view: bytes
+    def __init__(self, setup: _Optional[bytes] = ..., party: _Optional[int] = ..., stage: _Optional[int] = ..., cipher_secret: _Optional[bytes] = ..., mask_secret: _Optional[bytes] = ..., self_mask_seed: _Optional[bytes] = ..., neighbour_keys: _Optional[_Union[SecAggKeyList, _Mapping]] = ..., received: _Optional[_Iterable[_Union[SecAggShares, _Mapping]]] = ..., inputs: _Optional[_Iterable[bytes]] = ..., identity: _Optional[bytes] = ..., mask_peers: _Optional[_Iterable[int]] = ..., view: _Optional[bytes] = ...) -> None: ...
