@@ -74,8 +74,8 @@ def run_variant(label: str, overrides: dict[str, object], base: dict[str, object
     if not (reuse and marker.exists() and marker.read_text() == run_config and (run_dir / "summary.json").exists()):
         # Full-parameter clients hold several copies of the model: two at a time fit 24 GB, three do not.
         parallel = ["--max-parallel", "2"] if overrides.get("trainable") == "full" else []
-        command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir), *parallel,
-                   "--run-config", run_config]
+        command = [sys.executable, "-m", "simulations.cli", "simulate", "--out", str(run_dir), "--overwrite",
+                   *parallel, "--run-config", run_config]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         marker.write_text(run_config)
     summary = json.loads((run_dir / "summary.json").read_text())

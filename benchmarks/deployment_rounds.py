@@ -45,8 +45,8 @@ def rows(out_dir: Path) -> list[dict]:
 def simulate(preset: str, rounds: int, out_dir: Path, env: dict[str, str]) -> list[dict]:
     """The in-process simulation (its own process, two clients at once)."""
     config = run_config(preset, rounds, out_dir)
-    subprocess.run([sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out_dir), "--max-parallel",
-                    "2", "--run-config", config], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "simulations.cli", "simulate", "--out", str(out_dir), "--overwrite",
+                    "--max-parallel", "2", "--run-config", config], check=True, env=env, stdout=subprocess.DEVNULL)
     return rows(out_dir)
 
 

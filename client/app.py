@@ -25,6 +25,12 @@ def handle(msg: Message, context: Context) -> Message:
     return run_message(msg, context)
 
 
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Enrolment before round 1: this node's partition and its number of training examples."""
+    return handle(msg, context)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global adapter on this node's data and reply with an encoded update."""

@@ -128,6 +128,15 @@ def _secure_encoder(config: dict, context: Context, settings: CodecSettings, lay
     return encode
 
 
+def describe(msg: Message, context: Context) -> Message:
+    """Enrolment, once before round 1: which partition this node holds (from its node config; nothing is loaded),
+    so the coordinator samples the same partitions in every run whatever node ids Flower hands out."""
+    partition_id, num_partitions = _node_partition(context)
+    return Message(content=RecordDict({messages.ENROLMENT: MetricRecord({"partition-id": partition_id,
+                                                                          "num-partitions": num_partitions})}),
+                   reply_to=msg)
+
+
 def train(msg: Message, context: Context) -> Message:
     """Train the received global adapter on this node's data and reply with an encoded update."""
     received_at = time.perf_counter()
@@ -217,6 +226,7 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 
 
 HANDLERS: dict[str, Callable[[Message, Context], Message]] = {
+    "query": describe,
     "train": train,
     "train.secagg_share": secagg_share,
     "train.secagg_mask": secagg_mask,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from server.outputs import write_json_atomic
 DIRECTORY = "checkpoint"
 MANIFEST = "checkpoint.json"
 FORMAT = 1
+# The manifest keys ``load`` cannot do without (later additions are read with a default).
+REQUIRED_KEYS = ("round", "tensors", "tensors_sha256", "run_config", "version", "has_residual", "has_previous",
+                 "sampler_state", "dp_rounds", "totals", "base", "current", "rows", "wall_s")
 
 
 class CheckpointError(ValueError):
@@ -112,6 +116,15 @@ def save(out_dir: Path, checkpoint: Checkpoint) -> Path:
     return directory / MANIFEST
 
 
+def discard(out_dir: Path) -> None:
+    """Remove the checkpoint under ``out_dir`` (a run being overwritten): the manifest first, so that a crash
+    midway leaves nothing to resume from rather than another run's state."""
+    directory = out_dir / DIRECTORY
+    (directory / MANIFEST).unlink(missing_ok=True)
+    for tensors in directory.glob("round-*.safetensors"):
+        tensors.unlink(missing_ok=True)
+
+
 def load(out_dir: Path) -> Checkpoint | None:
     """The last complete round's checkpoint under ``out_dir``, None if there is none; CheckpointError names what
     is wrong with a damaged one."""
@@ -120,22 +133,47 @@ def load(out_dir: Path) -> Checkpoint | None:
     if not path.exists():
         return None
     try:
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, this fedsqueeze reads "
-                                  f"{FORMAT}")
+        manifest = _read_manifest(path)
         tensor_path = directory / str(manifest["tensors"])
         if not tensor_path.is_file():
             raise CheckpointError(f"{path} names {tensor_path.name}, which is missing")
         if _sha256(tensor_path) != manifest["tensors_sha256"]:
             raise CheckpointError(f"{tensor_path} does not match the SHA-256 in {path} (damaged file)")
         tensors = load_file(str(tensor_path))
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"cannot read the checkpoint in {directory}: {exc}") from exc
 
     def group(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1:]: t for k, t in tensors.items() if k.startswith(prefix + "/")}
 
+    try:
+        return _checkpoint(manifest, group)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: a value is not what a checkpoint holds ({type(exc).__name__}: {exc})"
+                              ) from exc
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path`` as a dict of this format with every required key; CheckpointError naming what is
+    wrong (not JSON, not an object, another format, a missing key)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}): damaged checkpoint") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(manifest).__name__}, not a checkpoint manifest (an object)")
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, this fedsqueeze reads {FORMAT}")
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise CheckpointError(f"{path} lacks the key '{missing[0]}': damaged or not a fedsqueeze checkpoint")
+    return manifest
+
+
+def _checkpoint(manifest: dict[str, Any], group: Callable[[str], dict[str, torch.Tensor]]) -> Checkpoint:
+    """The Checkpoint a checked manifest and its tensor groups describe."""
     return Checkpoint(
         round=int(manifest["round"]), run_config=dict(manifest["run_config"]), state=group("state"),
         version=int(manifest["version"]), residual=group("residual") if manifest["has_residual"] else None,

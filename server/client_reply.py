@@ -36,6 +36,7 @@ class ClientReply:
     num_examples: float = 0.0
     train_loss: float = math.nan
     reply_s: float | None = None  # from sending its message to its reply arriving (None: no reply)
+    weight: float | None = None  # the weight its update carried, when below the examples it reported (capped)
     contribution: Any = None
 
     @property
@@ -52,6 +53,8 @@ class ClientReply:
             row["in_sync"] = self.in_sync
         if self.num_examples:
             row["examples"] = self.num_examples
+        if self.weight is not None:
+            row["weight"] = self.weight
         if self.reply_s is not None:
             row["reply_s"] = self.reply_s
         row["dense_fp32_bytes_up"] = dense_fp32_bytes if self.bytes_up else 0
@@ -134,7 +137,7 @@ def read_reply(content: RecordDict, accept: Callable[[bytes], Any], digest: str,
 
 
 def _take(outcome: RoundOutcome, reply: Message, accept: Callable[[bytes], Any], digest: str, payload_key: str,
-          sink: RoundAggregator | None) -> None:
+          sink: RoundAggregator | None, weigh: Callable[[int, float], float] | None = None) -> None:
     """Record one reply in ``outcome``: a failure, a duplicate, a rejection, or an accepted update."""
     node = reply.metadata.src_node_id
     client = outcome.clients.setdefault(node, ClientReply(node))
@@ -155,7 +158,10 @@ def _take(outcome: RoundOutcome, reply: Message, accept: Callable[[bytes], Any],
         update, client.num_examples, client.train_loss = read_reply(reply.content, accept, digest, client,
                                                                     payload_key)
         if sink is not None:
-            sink.add(client.order_key, update, client.num_examples)
+            weight = client.num_examples if weigh is None else weigh(node, client.num_examples)
+            if weight < client.num_examples:
+                client.weight = weight
+            sink.add(client.order_key, update, weight)
     except ValueError as exc:
         outcome.rejections.append(f"node {node}: update rejected: {exc}")
         client.status = "rejected"
@@ -166,18 +172,20 @@ def _take(outcome: RoundOutcome, reply: Message, accept: Callable[[bytes], Any],
 
 def collect_replies(replies: Iterable[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str,
                     payload_key: str = messages.ENCODED_UPDATE, sink: RoundAggregator | None = None,
-                    on_reply: Callable[[int], None] | None = None) -> RoundOutcome:
+                    on_reply: Callable[[int], None] | None = None,
+                    weigh: Callable[[int, float], float] | None = None) -> RoundOutcome:
     """Validate (and decode) each reply as it comes; ``sent`` maps each sampled node to the bytes sent down to it,
     and ``digest`` is the global state's, which every client must report having trained from. Accepted updates go
     to ``sink`` at once (and are dropped here), or, without one, stay in their ClientReply. Each client's time from
-    send to reply is recorded; ``on_reply`` hears the count of replies so far after each one."""
+    send to reply is recorded; ``on_reply`` hears the count of replies so far after each one. ``weigh(node,
+    examples)`` gives the weight an accepted update carries (default: the examples it reported)."""
     outcome = RoundOutcome({node: ClientReply(node, bytes_down) for node, bytes_down in sent.items()})
     received = 0
     sent_at = time.perf_counter()  # the messages go out when the first reply is asked for
     for reply in replies:
         received += 1
         arrived_s = time.perf_counter() - sent_at
-        _take(outcome, reply, accept, digest, payload_key, sink)
+        _take(outcome, reply, accept, digest, payload_key, sink, weigh)
         client = outcome.clients.get(reply.metadata.src_node_id)
         if client is not None and client.reply_s is None:
             client.reply_s = arrived_s

@@ -19,6 +19,34 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+# What a finished, stopped or resumable run leaves: a directory holding one of these is another run's.
+RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "checkpoint", "samples.jsonl", "adapter", "model")
+
+
+class OutputDirError(ValueError):
+    """An output directory a run cannot use, or must not write over; the message says which and why."""
+
+
+def check_out_dir(out_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse ``out_dir`` before anything is written: a path that is or runs through a file, a place this process
+    cannot write, or a directory holding an earlier run's outputs (``RUN_OUTPUTS``) unless the run resumes it or
+    ``overwrite`` says to replace it. Raises OutputDirError."""
+    target = out_dir.expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == target else f"runs through the file {existing}"
+        raise OutputDirError(f"output directory '{out_dir}' {where}, not a directory")
+    try:  # a real write: permission bits alone miss read-only mounts, and root passes them all
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise OutputDirError(f"output directory '{out_dir}' cannot be written ({existing}: "
+                             f"{exc.strerror or exc})") from None
+    earlier = [name for name in RUN_OUTPUTS if (target / name).exists()]
+    if earlier and not (resume or overwrite):
+        raise OutputDirError(f"output directory '{out_dir}' already holds a run ({', '.join(earlier)}): continue "
+                             f"it with --resume {out_dir}, replace it with --overwrite, or choose a new --out")
+
+
 class MetricsLog:
     """Appends one JSON line per round to ``metrics.jsonl`` and keeps the rows in memory."""
 

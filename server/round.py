@@ -21,6 +21,7 @@ from server import checkpoint
 from server.aggregation import RoundAggregator, byte_limit, check_norm
 from server.client_reply import RoundOutcome, collect_replies
 from server.coordinator_state import CoordinatorState
+from server.enrolment import Enrolment, weight_ceiling
 from server.evaluation import ModelHooks, SamplesLog
 from server.outputs import MetricsLog
 from server.progress import RoundProgress
@@ -53,6 +54,7 @@ class Federation:
     metrics_log: MetricsLog
     samples_log: SamplesLog
     started: float  # perf_counter at the run's (virtual) start: a resumed run counts its earlier wall time
+    enrolment: Enrolment  # the nodes' partitions when the run samples; node_ids is in its order
 
     @property
     def per_round(self) -> int:
@@ -135,9 +137,11 @@ def collect(fed: Federation, state: CoordinatorState, plan: RoundPlan, out: list
 
     del out
     aggregator = RoundAggregator(cfg.aggregation, global_state.version + 1, cfg.uplink.impl)
+    ceiling = weight_ceiling(cfg.task.local_steps, cfg.task.batch_size)  # what an honest client reports
     if plan.secure is None:
         outcome = collect_replies(replies, plan.bytes_down, acceptor(cfg, plan.round_id, fed.layout), plan.digest,
-                                  sink=aggregator, on_reply=replied)
+                                  sink=aggregator, on_reply=replied,
+                                  weigh=lambda node, reported: min(reported, ceiling))
     else:
         outcome = collect_replies(replies, plan.bytes_down, lambda keys: keys, plan.digest,
                                   payload_key=messages.SECAGG_KEYS, on_reply=replied)

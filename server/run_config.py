@@ -26,6 +26,11 @@ from strategies.settings import KeyedSettings, setting, typed
 
 # Keys a resumed run may change: where it writes, how long it waits, and how many rounds it runs in all.
 RESUMABLE_CHANGES = ("out-dir", "resume", "num-server-rounds", "round-timeout-s", "wait-for-clients-s")
+# Checkpoints are numbered with six digits (round-NNNNNN.safetensors), and a round takes seconds at the least, so a
+# million rounds would already be weeks of running: a larger count is a typo.
+MAX_ROUNDS = 999_999
+# Every key travels to the clients in a Flower ConfigRecord, whose integers are signed 64-bit.
+INT64 = range(-(2**63), 2**63)
 
 
 class ConfigError(ValueError):
@@ -55,6 +60,9 @@ class RunSettings(KeyedSettings):
                            ("eval-every", self.eval_every)):
             if value < 1:
                 raise ValueError(f"{key} must be at least 1, got {value}")
+        if self.num_server_rounds > MAX_ROUNDS:
+            raise ValueError(f"num-server-rounds must be in 1..{MAX_ROUNDS} (checkpoints are numbered with six "
+                             f"digits), got {self.num_server_rounds}")
         if not 0.0 < self.fraction_train <= 1.0:
             raise ValueError(f"fraction-train must be in (0, 1], got {self.fraction_train}")
         if not 0 <= self.min_train_clients <= self.num_clients:
@@ -135,6 +143,7 @@ class AggregationSettings(KeyedSettings):
             raise ValueError("aggregation-byzantine, aggregation-keep and aggregation-norm-bound must be >= 0")
 
 
+
 @dataclass(frozen=True)
 class UpdateLimits(KeyedSettings):
     """Bounds every incoming update must meet (0 = no norm bound; byte limit 0 = twice the dense fp32 size)."""
@@ -207,7 +216,7 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown run-config key '{unknown[0]}' (known keys: {', '.join(DEFAULTS)})")
     try:
-        values = {key: typed(key, default, user_config.get(key, default)) for key, default in DEFAULTS.items()}
+        values = _typed_values(user_config)
         run = RunSettings.from_values(values)
         choice = CodecChoice.from_values(values)
         uplink, downlink = _codec_settings(choice, values)
@@ -217,6 +226,7 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         _check_rule(aggregation, uplink, secure)
         optimizer = ServerOptimizerSettings.from_values(values)
         _check_server_optimizer(optimizer, uplink)
+        _check_int64(values)  # after the keys' own ranges, which say more
         return RunConfig(run=run, uplink=uplink, error_feedback=choice.error_feedback, downlink=downlink, task=task,
                          secure=secure, dp=DPSettings.from_values(values), aggregation=aggregation,
                          limits=UpdateLimits.from_values(values), server_optimizer=optimizer, values=values)
@@ -224,6 +234,27 @@ def resolve(user_config: Mapping[str, object]) -> RunConfig:
         raise
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _typed_values(user_config: Mapping[str, object]) -> dict[str, str | int | float | bool]:
+    """Every key's value, ``user_config`` over the defaults, as its default's type; ConfigError naming a key whose
+    integer is too large to be a float."""
+    values = {}
+    for key, default in DEFAULTS.items():
+        try:
+            values[key] = typed(key, default, user_config.get(key, default))
+        except OverflowError:
+            raise ConfigError(f"run-config key '{key}' is out of range, got a {len(str(user_config[key]))}-digit "
+                              "number") from None
+    return values
+
+
+def _check_int64(values: Mapping[str, object]) -> None:
+    """Refuse an integer a Flower ConfigRecord cannot carry (signed 64-bit), naming its key."""
+    for key, value in values.items():
+        if isinstance(value, int) and value not in INT64:
+            raise ConfigError(f"run-config key '{key}' must be within the signed 64-bit range every key travels "
+                              f"in, got {value}")
 
 
 def _codec_settings(choice: CodecChoice, values: Mapping[str, object]) -> tuple[CodecSettings, CodecSettings]:

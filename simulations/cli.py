@@ -35,6 +35,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.resume:
         from server.checkpoint import load
 
+        _check_resume_flags(args)
         saved = load(Path(args.resume))
         if saved is None:
             raise FileNotFoundError(f"no checkpoint in {Path(args.resume) / 'checkpoint'} to resume from")
@@ -54,7 +55,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                            byzantine_attack=args.byzantine_attack, client_gpus=args.client_gpus,
                            ray_address=args.ray_address, slow_partitions=slow, slow_s=args.slow_s,
                            node_identities=Path(args.node_identities) if args.node_identities else None,
-                           node_floor=args.node_floor,
+                           node_floor=args.node_floor, overwrite=args.overwrite,
                            on_checked=lambda: stack.enter_context(capture))
     keys = ("preset", "metric", "metric_base", "metric_final", "bytes_up_total", "bytes_up_dense_equivalent",
             "clients_failed_total", "wall_s")
@@ -64,6 +65,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     print(f"outputs in {Path(args.out).resolve()} (log.txt: everything Flower, Ray and the libraries printed)",
           file=sys.stderr)
     return 0
+
+
+def _check_resume_flags(args: argparse.Namespace) -> None:
+    """``--resume DIR`` writes to DIR: refuse an ``--out`` elsewhere (it would be ignored) and ``--overwrite``."""
+    if args.out and Path(args.out).expanduser().absolute() != Path(args.resume).expanduser().absolute():
+        raise ValueError(f"--resume {args.resume} continues that run in its own directory: drop --out {args.out} "
+                         "(copy the directory first to keep the original)")
+    if args.overwrite:
+        raise ValueError("--overwrite replaces a run and --resume continues it: choose one")
 
 
 def _partitions(text: str, flag: str) -> frozenset[int]:
@@ -129,9 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--resume", default="", metavar="DIR",
                      help="continue the run in DIR after its last complete round (same run config; "
                           "--run-config may raise num-server-rounds)")
+    sim.add_argument("--overwrite", action="store_true",
+                     help="write into an --out directory that holds an earlier run, replacing it (its checkpoint "
+                          "is discarded; without this flag such a directory is refused)")
     sim.add_argument("--byzantine-partitions", default="",
                      help="comma-separated partition ids whose updates are replaced by an attack (robustness tests)")
-    sim.add_argument("--byzantine-attack", default="sign-flip", help="sign-flip, scale (x100) or random")
+    sim.add_argument("--byzantine-attack", default="sign-flip", help="sign-flip, scale (x100), random, or inflate "
+                     "(sign-flip claiming 1000x its examples)")
     sim.add_argument("--preset", default="", help="task preset: sft (default), fortunes or encoder")
     sim.add_argument("--run-config", default="", help='overrides, e.g. "num-server-rounds=2 num-clients=4"')
     sim.add_argument("--max-parallel", type=int, default=0, help="clients training at once (default min(n, 3))")

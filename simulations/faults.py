@@ -11,12 +11,13 @@ import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client.app import secagg_confirm, secagg_mask, secagg_share, secagg_unmask, train
+from client.app import query, secagg_confirm, secagg_mask, secagg_share, secagg_unmask, train
 from strategies import messages
 from strategies.codecs.registry import CodecSettings
 
-BYZANTINE_ATTACKS = ("sign-flip", "scale", "random")
+BYZANTINE_ATTACKS = ("sign-flip", "scale", "random", "inflate")
 SCALE = 100.0
+INFLATE = 1000.0  # "inflate": a sign-flipped update that claims this many times its examples, to dominate FedAvg
 
 
 class InjectedClientFailure(RuntimeError):
@@ -27,6 +28,7 @@ def _client_app_with(mod: Callable[[Message, Context, Callable[[Message, Context
                      ) -> ClientApp:
     """fedsqueeze's ClientApp (every message type it handles) with ``mod`` around each message."""
     app = ClientApp(mods=[mod])
+    app.query()(query)
     app.train()(train)
     app.train("secagg_share")(secagg_share)
     app.train("secagg_mask")(secagg_mask)
@@ -67,8 +69,9 @@ def byzantine_payload(payload: bytes, config: dict, attack: str, seed: int) -> b
         raise ValueError(f"unknown byzantine attack '{attack}' (choose from {', '.join(BYZANTINE_ATTACKS)})")
     settings = CodecSettings.from_record(config)
     generator = torch.Generator().manual_seed(seed)
+    tensor_attack = "sign-flip" if attack == "inflate" else attack
     return settings.impl.map_values(payload, settings.options,
-                                    lambda values: attacked_tensor(values, attack, generator),
+                                    lambda values: attacked_tensor(values, tensor_attack, generator),
                                     round_id=int(config["round"]))
 
 
@@ -87,9 +90,13 @@ def client_app_with_byzantine(partitions: set[int], attack: str) -> ClientApp:
         honest = reply.content[messages.UPDATE][messages.ENCODED_UPDATE]
         lied = byzantine_payload(honest, config, attack, seed=int(config["round"]) * 1009 + partition_id)
         reply.content[messages.UPDATE] = ConfigRecord({messages.ENCODED_UPDATE: lied})
+        if attack == "inflate":
+            reply.content[messages.METRICS]["num-examples"] = INFLATE * float(
+                reply.content[messages.METRICS]["num-examples"])
         return reply
 
     app = ClientApp(mods=[lie_mod])
+    app.query()(query)
     app.train()(train)
     return app
 

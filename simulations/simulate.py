@@ -21,8 +21,10 @@ from client.secure import IDENTITIES_ENV
 from client.task.build import load_splits
 from client.task.model_sources import resolve_model
 from client.task.partition import client_partition
+from server import checkpoint
 from server.app import model_hooks
 from server.federation import resume_point, run_federation
+from server.outputs import check_out_dir
 from server.run_config import RunConfig, resolve
 from simulations.faults import client_app_with_byzantine, client_app_with_delay, client_app_with_failures
 
@@ -39,6 +41,19 @@ def preflight(cfg: RunConfig) -> None:
     # The partitioner's own checks (a category column to split by, enough domains for the clients).
     client_partition(train.dataset, 0, cfg.num_clients, kind=cfg.task.partitioner, alpha=cfg.task.dirichlet_alpha,
                      seed=cfg.task.seed, by=train.partition_by)
+
+
+def check_partitions(num_clients: int, **chosen: frozenset[int]) -> None:
+    """Refuse more than one kind of injected partition (``failing``, ``byzantine``, ``slow``), or an id that is not
+    one of the run's partitions 0..num_clients-1 (the message names the command-line flag)."""
+    if sum(map(bool, chosen.values())) > 1:
+        raise ValueError("choose one of failing, Byzantine or slow partitions")
+    flags = {"failing": "--fail-partitions", "byzantine": "--byzantine-partitions", "slow": "--slow-partitions"}
+    for kind, ids in chosen.items():
+        outside = sorted(i for i in ids if not 0 <= i < num_clients)
+        if outside:
+            raise ValueError(f"{flags[kind]}: {outside[0]} is not a partition id of this run's {num_clients} "
+                             f"clients (0..{num_clients - 1})")
 
 
 def backend_config(*, parallel: int, client_gpus: float = 0.0, ray_address: str = "") -> dict[str, Any]:
@@ -74,7 +89,7 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
              byzantine_partitions: frozenset[int] = frozenset(), byzantine_attack: str = "sign-flip",
              client_gpus: float = 0.0, ray_address: str = "", slow_partitions: frozenset[int] = frozenset(),
              slow_s: float = 0.0, node_identities: Path | None = None, node_floor: str = "",
-             on_checked: Callable[[], object] | None = None) -> dict[str, Any]:
+             overwrite: bool = False, on_checked: Callable[[], object] | None = None) -> dict[str, Any]:
     """Run a whole federation in-process and return its summary (also written to ``out_dir``).
 
     ``fail_partitions`` raise on messages of type ``fail_at`` (tests of failures and dropouts);
@@ -84,7 +99,9 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
     keys with node-i.key and trusts every .pub there. ``node_floor`` is the privacy floor every simulated node holds
     (client/privacy_floor.py: ``"secagg=true min-parties=3"``). ``on_checked`` is called once the input has
     been checked and before anything is written or started (the CLI starts capturing output there).
-    With ``resume=true`` in the run config the run continues after the last checkpointed round in ``out_dir``.
+    With ``resume=true`` in the run config the run continues after the last checkpointed round in ``out_dir``;
+    otherwise an ``out_dir`` holding an earlier run is refused (server/outputs.py) unless ``overwrite``, which
+    discards its checkpoint and writes its outputs afresh.
     ``max_parallel`` clients train at once (default: as many as there are clients, at most 3), each on one
     torch thread, the fastest layout measured on 2 CPU cores.
     ``client_gpus`` is the fraction of a GPU Ray reserves for each client (0.25: four clients share one GPU); when
@@ -96,12 +113,14 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         raise ValueError(f"client GPUs {client_gpus} requested, but this machine has no CUDA GPU "
                          "(drop --client-gpus, or join a GPU cluster with --ray-address)")
     cfg = resolve({**with_gpu_device(user_config, client_gpus), "out-dir": str(out_dir)})
+    if overwrite and cfg.resume:
+        raise ValueError("overwrite and resume contradict each other: a resumed run keeps what its directory holds")
+    check_out_dir(out_dir, resume=cfg.resume, overwrite=overwrite)
     parallel = max_parallel or min(cfg.num_clients, 3)
     backend = backend_config(parallel=parallel, client_gpus=client_gpus, ray_address=ray_address)
-    preflight(cfg)
-    resume_point(cfg, out_dir)  # a checkpoint of another run is refused here, before Ray starts
-    if sum(map(bool, (fail_partitions, byzantine_partitions, slow_partitions))) > 1:
-        raise ValueError("choose one of failing, Byzantine or slow partitions")
+    # The cheap checks of the arguments first, then the model, the data and the checkpoint (seconds each).
+    check_partitions(cfg.num_clients, failing=fail_partitions, byzantine=byzantine_partitions,
+                     slow=slow_partitions)
     if not (math.isfinite(slow_s) and slow_s >= 0):
         raise ValueError(f"a client delay must be a finite number of seconds >= 0, got {slow_s}")
     if node_identities is not None:
@@ -110,8 +129,12 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
             raise FileNotFoundError(f"{node_identities} has no node-{missing[0]}.key (write {cfg.num_clients} with: "
                                     f"fedsqueeze certs DIR --nodes {cfg.num_clients}, then pass DIR/node-keys)")
     PrivacyFloor.parse(node_floor)  # ValueError naming a bad entry, before anything starts
+    preflight(cfg)
+    resume_point(cfg, out_dir)  # a checkpoint of another run is refused here, before Ray starts
     if on_checked is not None:
         on_checked()
+    if overwrite:
+        checkpoint.discard(out_dir)  # the earlier run's: a crash in round 1 must not resume it
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
     server_app = ServerApp()

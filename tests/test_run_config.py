@@ -36,7 +36,7 @@ def test_preset_values_fill_unset_task_keys_and_overrides_win() -> None:
     ({"codec": "zip"}, "unknown codec 'zip'"),
     ({"fraction-train": 1.5}, "fraction-train"),
     ({"precision": "int4"}, "precision 'int4'"),
-    ({"lr": -1.0}, "lr must be positive"),
+    ({"lr": -1.0}, "lr must be a positive finite number"),
     ({"compeft-density": 0.0}, r"compeft-density must be in \(0, 1\]"),
     ({"compeft-density": 1.5}, r"compeft-density must be in \(0, 1\]"),
     ({"downlink-density": -0.1}, r"downlink-density must be in \(0, 1\]"),

@@ -98,8 +98,9 @@ def test_trainer_socket_is_private_and_answers_errors_in_one_line(trainer) -> No
     socket_path, _, _ = trainer
     assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
-    with pytest.raises(warm_channel.TrainerError, match=r"ValueError: fedsqueeze clients serve train, .*got 'query'"):
-        warm_channel.forward(socket_path, _message("query"), _context(socket_path))
+    with pytest.raises(warm_channel.TrainerError,
+                       match=r"ValueError: fedsqueeze clients serve query, train, .*got 'evaluate'"):
+        warm_channel.forward(socket_path, _message("evaluate"), _context(socket_path))
 
 
 def test_trainer_refuses_code_other_than_its_own(trainer) -> None:
@@ -115,7 +116,7 @@ def test_trainer_refuses_code_other_than_its_own(trainer) -> None:
         sock.connect(str(socket_path))
         warm_channel.send_frame(sock, b"\xff\xfe not a protobuf")
     with pytest.raises(warm_channel.TrainerError):
-        warm_channel.forward(socket_path, _message("query"), _context(socket_path))
+        warm_channel.forward(socket_path, _message("evaluate"), _context(socket_path))
 
 
 def test_trainer_stops_with_its_node(trainer) -> None:

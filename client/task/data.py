@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, load_dataset
+from datasets.exceptions import DatasetGenerationError
 
+from client.task.data_files import unreadable
+from client.task.hub_names import may_be_hub_id
 from client.task.kinds.base import TaskData
 
 FORTUNE_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortune", "/opt/homebrew/share/games/fortunes",
@@ -17,6 +23,11 @@ FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "p
 
 class DataNotFoundError(FileNotFoundError):
     """The requested data set is not on this machine."""
+
+
+class DataFormatError(ValueError):
+    """A data file that cannot be read (empty, binary, malformed); the message names the file and, for JSON, the
+    line."""
 
 
 def find_fortunes_dir() -> Path:
@@ -92,8 +103,7 @@ def load_table(path: str) -> Dataset:
     what is missing."""
     location = Path(path).expanduser()
     if not location.exists():
-        looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
-        if looks_like_hub_id and os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true"):
+        if may_be_hub_id(path):
             return load_dataset(path, split="train")
         raise DataNotFoundError(f"data path '{path}' does not exist")
     if location.is_dir() and (location / "dataset_info.json").is_file():
@@ -107,7 +117,27 @@ def load_table(path: str) -> Dataset:
     kind = FILE_FORMATS.get(files[0].suffix)
     if kind is None:
         raise ValueError(f"unsupported data file '{files[0]}': use csv, json, jsonl or parquet")
-    return load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    try:
+        with _datasets_errors_unlogged():
+            table = load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    except (DatasetGenerationError, ValueError, StopIteration) as exc:  # an empty file ends in StopIteration
+        raise DataFormatError(unreadable(files, kind, exc)) from None
+    if len(table) == 0:
+        raise DataFormatError(f"data '{path}' has no rows")
+    return table
+
+
+@contextmanager
+def _datasets_errors_unlogged() -> Iterator[None]:
+    """Keep ``datasets`` from logging a parse failure (with its traceback) before it raises it: the error it
+    raises becomes the one line the user reads."""
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_files(path: str, text_column: str = "text", label_column: str = "label") -> TaskData:

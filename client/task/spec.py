@@ -9,6 +9,13 @@ from client.task.adapters import AdapterSettings, check_adapter
 PRECISIONS = ("auto", "bf16", "fp32")
 TRAINABLE = ("lora", "full")
 QUANTIZATIONS = ("none", "8bit", "4bit")
+# Upper bounds that catch a typo before it allocates: the widest layers of open models are 8192 wide (a rank above a
+# layer's width adds nothing), context windows reach about a million tokens, and a step holds its whole batch.
+MAX_RANK = 8192
+MAX_LENGTH = 2**20
+MAX_BATCH = 2**16
+# Seeds go to numpy (which refuses negatives) and torch, and travel as signed 64-bit integers.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -83,10 +90,15 @@ class TaskSpec:
         for name in ("lora_r", "lora_alpha", "max_length", "heldout", "local_steps", "batch_size", "max_new_tokens"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name, most in (("lora_r", MAX_RANK), ("max_length", MAX_LENGTH), ("batch_size", MAX_BATCH)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name.replace('_', '-')} must be in 1..{most}, got {getattr(self, name)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be in 0..{MAX_SEED} (2**63 - 1: numpy and torch seeds), got {self.seed}")
         if self.eval_samples < 0:
             raise ValueError(f"eval-samples must be >= 0, got {self.eval_samples}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 < self.lr < float("inf"):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
         if not 0.0 <= self.fedprox_mu < float("inf"):
             raise ValueError(f"fedprox-mu must be >= 0 and finite, got {self.fedprox_mu}")
         if not 0.0 <= self.lora_dropout < 1.0:

@@ -45,8 +45,8 @@ class TaskKeys(KeyedSettings):
     data_columns: str = setting("data-columns", "", "`ROLE=COLUMN` pairs naming your data's columns")
 
     def __post_init__(self) -> None:
-        if not self.dirichlet_alpha > 0:
-            raise ValueError("dirichlet-alpha must be positive")
+        if not 0.0 < self.dirichlet_alpha < float("inf"):
+            raise ValueError(f"dirichlet-alpha must be a positive finite number, got {self.dirichlet_alpha}")
 
     def spec(self, preset_name: str, seed: int) -> TaskSpec:
         """The TaskSpec every client receives: these keys over the preset's (TaskSpec checks the values)."""

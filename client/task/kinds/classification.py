@@ -26,7 +26,8 @@ TextBatch = tuple[list[str], torch.Tensor]  # (texts, class ids [batch])
 
 def load_labelled_splits(spec: TaskSpec) -> tuple[TaskData, TaskData]:
     """Fortune topics, the Fine Food reviews or the user's text/label files (other column names through
-    ``data-columns="text=COL,label=COL"``), split into (train, held-out)."""
+    ``data-columns="text=COL,label=COL"``), split into (train, held-out). ValueError when the data has fewer than
+    two classes: there is nothing to classify."""
     if spec.dataset == "fortunes":
         data = load_fortunes(spec.topic_names, per_topic=spec.per_topic)
     elif spec.dataset == "finefoods":
@@ -34,6 +35,9 @@ def load_labelled_splits(spec: TaskSpec) -> tuple[TaskData, TaskData]:
     else:
         columns = {"text": "text", "label": "label"} | parse_columns(spec.data_columns, LabelledTextKind.column_roles)
         data = load_files(spec.dataset, columns["text"], columns["label"])
+    if len(data.label_names) < 2:
+        raise ValueError(f"data '{spec.dataset}' has {len(data.label_names)} class(es) {list(data.label_names)}: "
+                         "classification needs at least 2 labels")
     return split_heldout(data, spec.heldout, spec.seed)
 
 
