@@ -42,11 +42,8 @@ class Aggregator:
         self.mask_peers: dict[int, secagg_pb2.SecAggMaskPeers] = {}
         self.confirmations: dict[int, secagg_pb2.SecAggConfirmation] = {}
         self.culprits: set[int] = set()  # parties that revealed a false share
+        self.authenticated = False  # the parties signed their keys: the round has the confirmation stage
 
-    @property
-    def authenticated(self) -> bool:
-        """Whether the parties signed their keys: the round then has the confirmation stage."""
-        return any(keys.identity for keys in self.keys.values())
 
     def _need(self, count: int, stage: str) -> None:
         if count < self.setup.threshold:
@@ -76,6 +73,7 @@ class Aggregator:
                 continue
             self.keys[party] = keys
         self._need(len(self.keys), "key advertisement")
+        self.authenticated = any(keys.identity for keys in self.keys.values())  # once, not per masked input
         return {party: secagg_pb2.SecAggKeyList(
                     round=self.setup.round,
                     keys=[self.keys[p] for p in sorted(self.setup.neighbours[party] & self.keys.keys())],
