@@ -2,12 +2,15 @@
 
 - Byzantine: for each attack (sign flip, x100, random) by 20 % of the clients and each rule, the final held-out
   accuracy beside the clean run's (same codec, same seed), and whether it stays within 2 points.
-- Validation: fuzz cases thrown at every decoder and at the coordinator's reply handler, and how many were
-  rejected cleanly, accepted (still a valid update), or failed (anything else: must be 0).
+- Validation: fuzz cases thrown at every decoder, at the coordinator's reply handler and at every
+  secure-aggregation message a party or the coordinator parses (one party's message mutated in an otherwise
+  honest round), and how many were rejected cleanly, accepted (still a valid update; for secure aggregation, a
+  round whose sum passes its check), or failed (anything else: must be 0), with the time each target took.
+  ``--fuzz-only`` runs just this section and merges it into the saved results, leaving the rest as it was.
 - Resume: a simulation killed (SIGKILL) after its first checkpoint and resumed: rounds lost or repeated (0) and
   whether the final adapter equals the uninterrupted run's.
 
-    python benchmarks/robustness.py [--quick] [--cases 5000] [--skip-resume]
+    python benchmarks/robustness.py [--quick] [--cases 10000] [--skip-resume] [--fuzz-only]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simulations.byzantine import ByzantineSetup, run  # noqa: E402
-from simulations.fuzzing import codec_targets, fuzz, meets_layout  # noqa: E402
+from simulations.fuzzing import FuzzReport, codec_targets, fuzz, fuzz_secagg, meets_layout, secagg_targets  # noqa: E402
 from strategies.codecs.registry import codec_settings  # noqa: E402
 
 DENSE_RULES = ("fedavg", "median", "trimmed-mean", "multi-krum", "norm-bound")
@@ -56,8 +59,18 @@ def byzantine_rows(base: ByzantineSetup) -> list[dict]:
     return rows
 
 
+def _fuzz_row(report: FuzzReport, parsed_by: str, seconds: float) -> dict:
+    row = {"target": report.target, "parsed_by": parsed_by, "cases": report.cases, "rejected": report.rejected,
+           "accepted_valid": report.accepted, "failures": len(report.failures),
+           "first_failures": report.failures[:3], "outcomes": dict(sorted(report.outcomes.items())),
+           "seconds": round(seconds, 2)}
+    print(json.dumps({k: v for k, v in row.items() if k != "first_failures"}), file=sys.stderr, flush=True)
+    return row
+
+
 def fuzz_rows(cases: int) -> list[dict]:
-    """Fuzz every decoder and the reply handler; counts of cases, clean rejections, accepted, failures."""
+    """Fuzz every decoder, the reply handler and every secure-aggregation message; per target the cases, clean
+    rejections, accepted, failures, outcomes by kind and seconds taken."""
     from server.federation import ClientReply, read_reply
     from simulations.fuzzing import FUZZ_DIGEST, accept_dense, reply_content
 
@@ -67,11 +80,24 @@ def fuzz_rows(cases: int) -> list[dict]:
                                                             ClientReply(0))[0])
     rows = []
     for index, (name, (seed_payloads, decode)) in enumerate(sorted(targets.items())):
+        started = time.perf_counter()
         report = fuzz(name, decode, seed_payloads, cases=cases, seed=100 + index, check=meets_layout)
-        rows.append({"target": name, "cases": report.cases, "rejected": report.rejected,
-                     "accepted_valid": report.accepted, "failures": len(report.failures),
-                     "first_failures": report.failures[:3]})
+        rows.append(_fuzz_row(report, "coordinator", time.perf_counter() - started))
+    for index, target in enumerate(secagg_targets().values(), start=len(rows)):
+        started = time.perf_counter()
+        report = fuzz_secagg(target, cases, seed=100 + index)
+        rows.append(_fuzz_row(report, target.parser, time.perf_counter() - started))
     return rows
+
+
+def merge_fuzz_rows(out: Path, cases: int) -> list[dict]:
+    """Run only the fuzzing and replace the ``validation`` section of the results at ``out`` (the other sections
+    stay as the last full run left them), so the fuzz figures can be refreshed in minutes."""
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result["validation"] = fuzz_rows(cases)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result["validation"]
 
 
 def resume_row() -> dict:
@@ -106,11 +132,16 @@ def resume_row() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two rounds, fewer fuzz cases")
-    parser.add_argument("--cases", type=int, default=5000, help="fuzz cases per target")
+    parser.add_argument("--cases", type=int, default=10_000, help="fuzz cases per target")
     parser.add_argument("--skip-resume", action="store_true")
+    parser.add_argument("--fuzz-only", action="store_true",
+                        help="run only the fuzzing and merge it into --out (the other sections are kept)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "robustness.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.fuzz_only:
+        print(json.dumps(merge_fuzz_rows(Path(args.out), 500 if args.quick else args.cases), indent=2))
+        return
     base = ByzantineSetup(rounds=2 if args.quick else 3)
     started = time.perf_counter()
     result = {

@@ -1,5 +1,7 @@
 """Validation at the door: every decoder and the coordinator's reply handler, fed mutated and random payloads,
-either rejects cleanly (a ValueError naming the problem) or returns an update that meets the expected layout."""
+either rejects cleanly (a ValueError naming the problem) or returns an update that meets the expected layout; every
+secure-aggregation message, mutated in an otherwise honest round, is refused cleanly (by the party, by the
+coordinator dropping its sender, or by an aborted round) or leaves the round's sum exact."""
 
 from __future__ import annotations
 
@@ -19,17 +21,22 @@ from simulations.fuzzing import (
     FUZZ_LAYOUT,
     FUZZ_ROUND,
     FUZZ_SEED,
+    SECAGG_PARTIES,
+    SenderRefused,
     accept_dense,
     codec_targets,
     fuzz,
+    fuzz_secagg,
     fuzz_update,
     meets_layout,
     reply_content,
+    secagg_targets,
 )
 from strategies import messages
 from strategies.codecs import UpdateRejected, compeft, dense
 from strategies.codecs.envelope import seal_body
 from strategies.codecs.registry import decode_update
+from strategies.secagg.aggregator import Aggregator
 
 LAYOUT, ROUND, SEED = FUZZ_LAYOUT, FUZZ_ROUND, FUZZ_SEED
 CASES = 1500  # per decoder; benchmarks/robustness.py runs more
@@ -123,3 +130,58 @@ def test_norm_bound_size_limit_and_duplicates_are_rejected_with_the_rest_of_the_
     assert outcome.accepted == [1, 2]
     assert any("duplicate" in r for r in outcome.rejections) and any("node 3" in r for r in outcome.rejections)
     assert outcome.clients[3].status == "rejected" and outcome.clients[1].status == "ok"
+
+
+SECAGG_CASES = 250  # per secure-aggregation message; benchmarks/robustness.py runs 10,000
+SECAGG = secagg_targets()
+
+
+@pytest.mark.parametrize("name", sorted(SECAGG))
+def test_every_secure_aggregation_message_is_refused_cleanly_or_leaves_the_round_exact(name: str) -> None:
+    target = SECAGG[name]
+    report = fuzz_secagg(target, cases=SECAGG_CASES, seed=3)
+    assert report.cases == SECAGG_CASES and not report.failures, report.failures[:5]
+    assert report.rejected > SECAGG_CASES // 2, report.outcomes  # most mutations are caught
+    party = SECAGG_PARTIES[0]
+    for round_ in target.rounds:  # and the honest message still goes through, exact
+        assert target.run(round_, party, target.honest(round_)[party]) == "accepted"
+
+
+def test_the_secure_aggregation_fuzz_has_teeth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coordinator that returns a sum one off, or lets an exception other than SecAggAbort escape, fails."""
+    finish, route = Aggregator.finish, Aggregator.route_shares
+
+    def one_off(self: Aggregator, replies: dict[int, bytes]) -> list:
+        sums = finish(self, replies)
+        sums[1][0] ^= sums[1].dtype.type(1)
+        return sums
+
+    monkeypatch.setattr(Aggregator, "finish", one_off)
+    report = fuzz_secagg(SECAGG["secagg-unmask-response"], cases=20, seed=4)
+    assert len(report.failures) == 20 and "wrong sum" in report.failures[0]
+    monkeypatch.setattr(Aggregator, "finish", finish)
+
+    def crash(self: Aggregator, replies: dict[int, bytes]) -> dict[int, bytes]:
+        requests = route(self, replies)
+        if self.problems:
+            raise IndexError("a refused share bundle broke the coordinator")
+        return requests
+
+    monkeypatch.setattr(Aggregator, "route_shares", crash)
+    report = fuzz_secagg(SECAGG["secagg-share-bundle"], cases=20, seed=5)
+    assert len(report.failures) > 10
+    assert report.failures[0].startswith("CoordinatorCrashed: route_shares raised IndexError")
+
+
+@pytest.mark.parametrize("name", ["secagg-public-keys", "secagg-masked-input"])
+def test_a_signed_statement_that_does_not_verify_drops_its_sender_not_the_round(name: str) -> None:
+    """Every honest party would refuse the whole round over keys or mask peers whose signature does not verify;
+    the coordinator drops the sender instead, and the other three parties' sum stays exact (checked before
+    SenderRefused is raised)."""
+    target, party = SECAGG[name], SECAGG_PARTIES[1]
+    signed = next(round_ for round_ in target.rounds if round_.identities)
+    message = target.message_type.FromString(target.honest(signed)[party])
+    statement = message if name == "secagg-public-keys" else message.mask_peers
+    statement.signature = bytes(len(statement.signature))
+    with pytest.raises(SenderRefused, match=f"party {party}"):
+        target.run(signed, party, message.SerializeToString())

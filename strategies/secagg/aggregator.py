@@ -22,6 +22,7 @@ import numpy as np
 from protos.fedsqueeze.v1 import secagg_pb2
 from strategies.secagg import common, ring, shamir
 from strategies.secagg.errors import SecAggAbort, SecAggError
+from strategies.secagg.identity import advertisement_bytes, mask_peers_bytes, verify_signature
 from strategies.secagg.party import PAIR_MASK, SELF_MASK
 
 
@@ -30,6 +31,7 @@ class Aggregator:
 
     def __init__(self, setup: bytes) -> None:
         self.setup = common.read_setup(setup)
+        self.setup_bytes = bytes(setup)  # what parties sign (SHA-256 of these exact bytes)
         self.keys: dict[int, secagg_pb2.SecAggPublicKeys] = {}
         self.commitments: dict[int, bytes] = {}
         self.outbox: dict[int, list[secagg_pb2.SecAggCiphertext]] = {}
@@ -60,7 +62,9 @@ class Aggregator:
         return out
 
     def collect_keys(self, replies: dict[int, bytes]) -> dict[int, bytes]:
-        """Stage 1 → 2: check each party's public keys; returns each party's SecAggKeyList of its neighbours."""
+        """Stage 1 → 2: check each party's public keys (signed ones must verify under the identity they name: every
+        peer would refuse the round over one that does not, so it drops its sender here); returns each party's
+        SecAggKeyList of its neighbours."""
         for party, data in self._known(replies, set(self.setup.parties), "advertise-keys").items():
             try:
                 keys = common.parse(secagg_pb2.SecAggPublicKeys, data, "public keys")
@@ -68,6 +72,9 @@ class Aggregator:
                     raise SecAggError("public keys name another round or party")
                 if len(keys.cipher_key) != common.KEY_BYTES or len(keys.mask_key) != common.KEY_BYTES:
                     raise SecAggError("public keys are not 32-byte X25519 keys")
+                if keys.identity or keys.signature:
+                    verify_signature(keys.identity, keys.signature, advertisement_bytes(
+                        self.setup_bytes, party, keys.cipher_key, keys.mask_key), f"the keys of party {party}")
             except SecAggError as exc:
                 self.problems.append(f"party {party}: {exc}")
                 continue
@@ -113,6 +120,19 @@ class Aggregator:
         return {party: secagg_pb2.SecAggShareBundle(round=self.setup.round, shares=items).SerializeToString()
                 for party, items in self.outbox.items()}
 
+    def _check_mask_peers(self, party: int, statement: secagg_pb2.SecAggMaskPeers) -> None:
+        """A signed round: the masked input carries mask peers the party signed with the identity it advertised,
+        naming at least t - 1 distinct neighbours. Every party checks the same before revealing anything, so a
+        statement that fails here would make them all refuse and abort the round: it drops its sender instead."""
+        peers = list(statement.peers)
+        if statement.party != party:
+            raise SecAggError("masked input lacks this party's signed mask peers")
+        if len(set(peers)) != len(peers) or not set(peers) <= self.setup.neighbours[party] \
+                or len(peers) + 1 < self.setup.threshold:
+            raise SecAggError(f"masked input's mask peers {peers[:8]} are not t - 1 or more distinct neighbours")
+        verify_signature(self.keys[party].identity, statement.signature,
+                         mask_peers_bytes(self.setup_bytes, party, peers), f"the mask peers of party {party}")
+
     def add_masked(self, party: int, data: bytes) -> None:
         """Stage 3, one reply: check a masked input and add it to the running ring sum, so the server holds one
         sum however many parties send (ring addition wraps, so the order does not matter). A bad or repeated
@@ -123,8 +143,8 @@ class Aggregator:
             message = common.parse(secagg_pb2.SecAggMaskedInput, data, "masked input")
             if (message.round, message.party) != (self.setup.round, party):
                 raise SecAggError("masked input names another round or party")
-            if self.authenticated and message.mask_peers.party != party:
-                raise SecAggError("masked input lacks this party's signed mask peers")
+            if self.authenticated:
+                self._check_mask_peers(party, message.mask_peers)
             if len(message.segments) != len(self.setup.segments):
                 raise SecAggError(f"masked input has {len(message.segments)} segments, expected "
                                   f"{len(self.setup.segments)}")
