@@ -10,12 +10,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from datasets import Dataset
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client import node_state, secure
+from client import node_state, residual_store, secure
 from client.privacy_floor import FloorRefusal
 from client.quiet import quiet_libraries
 from client.task.build import Task, build_task, load_splits
@@ -82,16 +83,19 @@ def _receive_global(msg: Message, context: Context, settings: CodecSettings, lay
 
 def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSettings, error_feedback: bool,
                           context: Context, encode: Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]],
-                          ) -> tuple[bytes, dict[str, float]]:
+                          round_id: int = 0, store: Path | None = None) -> tuple[bytes, dict[str, float]]:
     """Encode ``delta`` plus the carried residual; keep ``what was meant - what was sent`` for the next round.
 
     ``encode`` returns the payload and what it stands for (as the receiver decodes it). Returns the payload and
-    metrics: the new residual's L2 norm and whether an old residual was carried in.
+    metrics: the new residual's L2 norm and whether an old residual was carried in. With ``store`` (the node's
+    folder for this federation, client/residual_store.py) the residual lives on disk under ``round_id`` and
+    outlives the Flower run; otherwise in the node state, for this run.
     """
     if not (error_feedback and settings.feedback_helps):
         node_state.drop(context.state, node_state.RESIDUAL)
         return encode(delta)[0], {}
-    residual = node_state.load_tensors(context.state, node_state.RESIDUAL)
+    residual = (residual_store.load_before(store, round_id) if store is not None
+                else node_state.load_tensors(context.state, node_state.RESIDUAL))
     layout = {name: tuple(t.shape) for name, t in delta.items()}
     carried = residual is not None and {n: tuple(t.shape) for n, t in residual.items()} == layout
     if carried:
@@ -100,7 +104,10 @@ def _encode_with_feedback(delta: dict[str, torch.Tensor], settings: CodecSetting
         log.warning("error-feedback residual does not match the model's tensors; starting a new one")
     encoded, sent = encode(delta)  # the codec works on delta's device; what it sent decodes on the CPU
     residual = subtract(_on_cpu(delta), sent)
-    node_state.save_tensors(context.state, node_state.RESIDUAL, residual)
+    if store is not None:
+        residual_store.save(store, round_id, residual)
+    else:
+        node_state.save_tensors(context.state, node_state.RESIDUAL, residual)
     return encoded, {"residual-norm": l2_norm(residual), "residual-carried": float(carried)}
 
 
@@ -176,8 +183,9 @@ def train(msg: Message, context: Context) -> Message:
         delta, _norm = privatize(delta, dp, int(config["clients-per-round"]), secure=secure_round)
     encoder = (_secure_encoder(config, context, uplink, layout) if secure_round
                else _codec_encoder(uplink, round_id, seed))
+    store = residual_store.store_dir(context.node_config, str(config.get(messages.FEDERATION_ID, "")), partition_id)
     encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
-                                                          encoder)
+                                                          encoder, round_id, store)
     finished = time.perf_counter()
     log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up, %d bytes down", partition_id, round_id,
              result.train_loss, result.num_examples, len(encoded_update), bytes_down)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from client.app_trust import parse_pins
 from client.privacy_floor import FLOOR_KEY, PrivacyFloor
+from client.residual_store import STATE_DIR_KEY
 from client.warm_channel import TRAINER_SOCKET_KEY
 
 IDENTITY_KEY = "secagg-identity-key"  # node config keys read by client/secure.py (kept import-light here)
@@ -19,7 +20,7 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
                       device: str = "", auth_private_key: Path | None = None,
                       trainer_socket: Path | None = None, capped_poll: bool = False,
                       trusted_nodes: Path | None = None, app_sha256: tuple[str, ...] = (),
-                      privacy_floor: str = "") -> list[str]:
+                      privacy_floor: str = "", state_dir: Path | None = None) -> list[str]:
     """The ``flower-supernode`` command line for one client node (TLS when ``root_certificates`` is given).
 
     ``auth_private_key`` is this node's OpenSSH EC private key for a SuperLink with SuperNode authentication (its
@@ -32,6 +33,8 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
     runs the SuperNode through ``client/supernode.py``. ValueError/FileNotFoundError for a malformed or missing pin.
     ``privacy_floor`` (client/privacy_floor.py, ``"secagg=true min-parties=5"``) is the least protection this node
     accepts of a round; ValueError naming a bad entry.
+    ``state_dir`` is where the node keeps what must outlive one Flower run (its error-feedback residuals, so a
+    coordinator restart loses none; client/residual_store.py).
     """
     PrivacyFloor.parse(privacy_floor)
     pins = sorted(parse_pins(app_sha256))
@@ -54,6 +57,8 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
         node_config += f' {TRAINER_SOCKET_KEY}="{trainer_socket}"'
     if privacy_floor.strip():
         node_config += f' {FLOOR_KEY}="{" ".join(privacy_floor.split())}"'
+    if state_dir is not None:
+        node_config += f' {STATE_DIR_KEY}="{state_dir.expanduser().resolve()}"'
     if trusted_nodes is not None and auth_private_key is not None:
         node_config += (f' {IDENTITY_KEY}="{auth_private_key.resolve()}"'
                         f' {TRUSTED_NODES}="{trusted_nodes.resolve()}"')

@@ -57,6 +57,7 @@ class Checkpoint:
     wall_s: float = 0.0
     optimizer_moments: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # "m", "v", "u" by tensor
     optimizer_steps: int = 0
+    federation_id: str = ""  # names this federation's error-feedback residuals on the nodes (kept across resumes)
 
 
 def _sha256(path: Path) -> str:
@@ -108,6 +109,7 @@ def save(out_dir: Path, checkpoint: Checkpoint) -> Path:
         "totals": checkpoint.totals, "base": checkpoint.base, "current": checkpoint.current,
         "rows": checkpoint.rows, "wall_s": checkpoint.wall_s,
         "optimizer_moments": sorted(checkpoint.optimizer_moments), "optimizer_steps": checkpoint.optimizer_steps,
+        "federation_id": checkpoint.federation_id,
     }
     write_json_atomic(directory / MANIFEST, manifest)
     for stale in directory.glob("round-*.safetensors"):
@@ -184,4 +186,4 @@ def _checkpoint(manifest: dict[str, Any], group: Callable[[str], dict[str, torch
         totals=dict(manifest["totals"]), base=dict(manifest["base"]), current=dict(manifest["current"]),
         rows=list(manifest["rows"]), wall_s=float(manifest["wall_s"]),
         optimizer_moments={key: group(f"optimizer-{key}") for key in manifest.get("optimizer_moments", [])},
-        optimizer_steps=int(manifest.get("optimizer_steps", 0)))
+        optimizer_steps=int(manifest.get("optimizer_steps", 0)), federation_id=str(manifest.get("federation_id", "")))

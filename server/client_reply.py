@@ -70,6 +70,7 @@ class RoundOutcome:
     failures: list[str] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)  # nodes that declined the round (their privacy floor)
+    late: list[str] = field(default_factory=list)  # replies to earlier rounds that came in this one, refused
     answered: set[int] = field(default_factory=set)  # nodes that replied without an error (so hold this round's state)
 
     def _accepted(self) -> list[ClientReply]:
@@ -97,8 +98,8 @@ class RoundOutcome:
 
     @property
     def problems(self) -> list[str]:
-        """Failures, then rejections, then refusals."""
-        return self.failures + self.rejections + self.refusals
+        """Failures, then rejections, then refusals, then late replies refused."""
+        return self.failures + self.rejections + self.refusals + self.late
 
     def rows(self, dense_fp32_bytes: int) -> list[dict[str, Any]]:
         """Every client's metrics entry, by node id."""
@@ -136,10 +137,9 @@ def read_reply(content: RecordDict, accept: Callable[[bytes], Any], digest: str,
     return accept(payload), num_examples, train_loss
 
 
-def _take(outcome: RoundOutcome, reply: Message, accept: Callable[[bytes], Any], digest: str, payload_key: str,
-          sink: RoundAggregator | None, weigh: Callable[[int, float], float] | None = None) -> None:
-    """Record one reply in ``outcome``: a failure, a duplicate, a rejection, or an accepted update."""
-    node = reply.metadata.src_node_id
+def _take(outcome: RoundOutcome, node: int, reply: Message, accept: Callable[[bytes], Any], digest: str,
+          payload_key: str, sink: RoundAggregator | None, weigh: Callable[[int, float], float] | None = None) -> None:
+    """Record ``node``'s reply in ``outcome``: a failure, a duplicate, a rejection, or an accepted update."""
     client = outcome.clients.setdefault(node, ClientReply(node))
     if reply.has_error():
         outcome.failures.append(f"node {node}: client failed: {reply.error.reason}")
@@ -173,20 +173,24 @@ def _take(outcome: RoundOutcome, reply: Message, accept: Callable[[bytes], Any],
 def collect_replies(replies: Iterable[Message], sent: dict[int, int], accept: Callable[[bytes], Any], digest: str,
                     payload_key: str = messages.ENCODED_UPDATE, sink: RoundAggregator | None = None,
                     on_reply: Callable[[int], None] | None = None,
-                    weigh: Callable[[int, float], float] | None = None) -> RoundOutcome:
+                    weigh: Callable[[int, float], float] | None = None,
+                    sender: Callable[[Message], int] | None = None) -> RoundOutcome:
     """Validate (and decode) each reply as it comes; ``sent`` maps each sampled node to the bytes sent down to it,
     and ``digest`` is the global state's, which every client must report having trained from. Accepted updates go
     to ``sink`` at once (and are dropped here), or, without one, stay in their ClientReply. Each client's time from
     send to reply is recorded; ``on_reply`` hears the count of replies so far after each one. ``weigh(node,
-    examples)`` gives the weight an accepted update carries (default: the examples it reported)."""
+    examples)`` gives the weight an accepted update carries (default: the examples it reported). ``sender(reply)``
+    names the node a reply answers for (default: its source; server/replies.py ReplyStream.sender also places
+    the errors the SuperLink sends for a node)."""
     outcome = RoundOutcome({node: ClientReply(node, bytes_down) for node, bytes_down in sent.items()})
     received = 0
     sent_at = time.perf_counter()  # the messages go out when the first reply is asked for
     for reply in replies:
         received += 1
         arrived_s = time.perf_counter() - sent_at
-        _take(outcome, reply, accept, digest, payload_key, sink, weigh)
-        client = outcome.clients.get(reply.metadata.src_node_id)
+        node = reply.metadata.src_node_id if sender is None else sender(reply)
+        _take(outcome, node, reply, accept, digest, payload_key, sink, weigh)
+        client = outcome.clients.get(node)
         if client is not None and client.reply_s is None:
             client.reply_s = arrived_s
         if on_reply is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,9 @@ class CoordinatorState:
     epsilon: float = 0.0
     previous_update: Tensors | None = None  # the last secure round's mean delta: ComPEFT's shared support
     totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOTALS, 0))
+    # Names this federation to its nodes, which keep their error-feedback residuals under it on disk: a resumed
+    # run (a new Flower run) sends the same id, so every node carries on from its residual before the round.
+    federation_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     @classmethod
     def start(cls, cfg: RunConfig, initial_state: Tensors, base_metrics: dict[str, float], sample_rate: float
@@ -66,6 +70,7 @@ class CoordinatorState:
         state.totals.update(saved.totals)
         state.latest_metrics, state.previous_update = saved.current, saved.previous_update
         state.last_round = saved.round
+        state.federation_id = saved.federation_id or state.federation_id  # older checkpoints named none
         if state.ledger is not None:  # checkpoints before per-round multipliers: every round at the configured z
             for multiplier in saved.dp_multipliers or [None] * saved.dp_rounds:
                 state.epsilon = state.ledger.step(multiplier)
@@ -80,7 +85,8 @@ class CoordinatorState:
             sampler_state=self.sampler.getstate(), dp_rounds=self.ledger.rounds if self.ledger is not None else 0,
             dp_multipliers=list(self.ledger.multipliers) if self.ledger is not None else [],
             totals=dict(self.totals), base=self.base_metrics, current=self.latest_metrics, rows=rows, wall_s=wall_s,
-            optimizer_moments=self.optimizer.state_dict(), optimizer_steps=self.optimizer.steps)
+            optimizer_moments=self.optimizer.state_dict(), optimizer_steps=self.optimizer.steps,
+            federation_id=self.federation_id)
 
     def record_bytes(self, clients: list[dict[str, Any]]) -> None:
         """Add a round's per-client bytes (and their dense fp32 equivalents) to the totals."""

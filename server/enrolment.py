@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from server.replies import stream_replies
+from server.replies import ReplyStream
 from strategies import messages
 
 log = logging.getLogger("fedsqueeze")
@@ -43,8 +43,9 @@ def enrol(grid: Grid, node_ids: list[int], timeout_s: float) -> Enrolment:
     out = [Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
     partitions: dict[int, int] = {}
     problems: list[str] = []
-    for reply in stream_replies(grid, out, timeout_s):
-        node = reply.metadata.src_node_id
+    stream = ReplyStream(grid, out, timeout_s)
+    for reply in stream:
+        node = stream.sender(reply)
         try:
             if reply.has_error():
                 raise ValueError(reply.error.reason)

@@ -20,17 +20,19 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 # What a finished, stopped or resumable run leaves: a directory holding one of these is another run's.
-RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "checkpoint", "samples.jsonl", "adapter", "model")
+NODE_STATE = "node-state"  # a simulation's clients keep their error-feedback residuals here (across resumes)
+RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "checkpoint", "samples.jsonl", "adapter", "model", NODE_STATE)
 
 
 class OutputDirError(ValueError):
     """An output directory a run cannot use, or must not write over; the message says which and why."""
 
 
-def check_out_dir(out_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+def check_out_dir(out_dir: Path, *, resume: bool = False, overwrite: bool = False, deployed: bool = False) -> None:
     """Refuse ``out_dir`` before anything is written: a path that is or runs through a file, a place this process
     cannot write, or a directory holding an earlier run's outputs (``RUN_OUTPUTS``) unless the run resumes it or
-    ``overwrite`` says to replace it. Raises OutputDirError."""
+    ``overwrite`` says to replace it. Raises OutputDirError, naming the CLI's flags (or, for a ``deployed`` run,
+    its run-config keys) as the ways out."""
     target = out_dir.expanduser().absolute()
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not existing.is_dir():
@@ -43,8 +45,10 @@ def check_out_dir(out_dir: Path, *, resume: bool = False, overwrite: bool = Fals
                              f"{exc.strerror or exc})") from None
     earlier = [name for name in RUN_OUTPUTS if (target / name).exists()]
     if earlier and not (resume or overwrite):
+        ways_out = ("resume=true", "overwrite=true", "out-dir") if deployed else (
+            f"--resume {out_dir}", "--overwrite", "--out")
         raise OutputDirError(f"output directory '{out_dir}' already holds a run ({', '.join(earlier)}): continue "
-                             f"it with --resume {out_dir}, replace it with --overwrite, or choose a new --out")
+                             f"it with {ways_out[0]}, replace it with {ways_out[1]}, or choose a new {ways_out[2]}")
 
 
 class MetricsLog:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ from server.client_reply import RoundOutcome, collect_replies
 from server.coordinator_state import CoordinatorState
 from server.enrolment import Enrolment, weight_ceiling
 from server.evaluation import ModelHooks, SamplesLog
+from server.late_replies import LateReplies
 from server.outputs import MetricsLog
 from server.progress import RoundProgress
-from server.replies import stream_replies
+from server.replies import ReplyStream
+from server.roster import online_in_order, updated_enrolment
 from server.run_config import RESUMABLE_CHANGES, RunConfig
 from server.secure_round import SecurePlan, SecureResult, plan_round, run_protocol
 from server.timings import describe_straggler, round_timings
@@ -40,8 +42,9 @@ log = logging.getLogger("fedsqueeze")
 
 @dataclass
 class Federation:
-    """What every round of a run uses and none changes: the grid, the config, the model hooks, the connected
-    nodes, the update layout, and where progress, metrics and samples go."""
+    """What every round of a run uses: the grid, the config, the model hooks, the nodes in sampling order (nodes
+    that join during the run are added, server/roster.py), the update layout, where progress, metrics and samples
+    go, and the messages of closed rounds whose late replies are still to be refused."""
 
     grid: Grid
     cfg: RunConfig
@@ -55,11 +58,24 @@ class Federation:
     samples_log: SamplesLog
     started: float  # perf_counter at the run's (virtual) start: a resumed run counts its earlier wall time
     enrolment: Enrolment  # the nodes' partitions when the run samples; node_ids is in its order
+    late: LateReplies = field(default_factory=LateReplies)
 
     @property
     def per_round(self) -> int:
-        """Clients sampled per round."""
-        return max(1, round(self.cfg.fraction_train * len(self.node_ids)))
+        """Clients sampled per round when every known node is online."""
+        return self.sample_size(len(self.node_ids))
+
+    def sample_size(self, online: int) -> int:
+        """Clients sampled in a round with ``online`` nodes online: ``fraction-train`` of them, at least one."""
+        return max(1, round(self.cfg.fraction_train * online))
+
+    def online_nodes(self) -> list[int]:
+        """The nodes online now, in sampling order, enrolling any that joined since the last round."""
+        online = set(self.grid.get_node_ids())
+        self.enrolment = updated_enrolment(self.grid, self.enrolment, online, samples=self.cfg.fraction_train < 1,
+                                           timeout_s=self.cfg.round_timeout_s)
+        self.node_ids = self.enrolment.order
+        return online_in_order(self.node_ids, online)
 
     @property
     def min_clients(self) -> int:
@@ -97,11 +113,12 @@ def acceptor(cfg: RunConfig, round_id: int, layout: dict[str, tuple[int, ...]]) 
     return accept
 
 
-def train_messages(plan: RoundPlan, global_state: GlobalState, cfg: RunConfig) -> list[Message]:
+def train_messages(plan: RoundPlan, global_state: GlobalState, cfg: RunConfig, federation_id: str) -> list[Message]:
     """One train message per sampled node, with the downlink that node needs; fills ``plan.bytes_down``."""
     seed = shared_seed(cfg.uplink.impl, cfg.seed, plan.round_id)
     extra = plan.secure.train_config if plan.secure is not None else {}
     train_config = ConfigRecord({**cfg.task.to_record(), **cfg.codec_options(), "round": plan.round_id,
+                                 messages.FEDERATION_ID: federation_id,
                                  **({SEED_KEY: seed} if seed is not None else {}),
                                  "clients-per-round": len(plan.sampled), **extra})
     out = []
@@ -116,13 +133,14 @@ def train_messages(plan: RoundPlan, global_state: GlobalState, cfg: RunConfig) -
 
 def configure(fed: Federation, state: CoordinatorState, round_id: int) -> tuple[RoundPlan, list[Message]]:
     """Sample the round's clients, plan secure aggregation, and build their train messages."""
-    sampled = sorted(state.sampler.sample(fed.node_ids, fed.per_round))
+    nodes = fed.online_nodes()
+    sampled = sorted(state.sampler.sample(nodes, fed.sample_size(len(nodes))))
     fed.progress.begin_round(round_id, len(sampled))
     cfg = fed.cfg
     secure = (plan_round(cfg, round_id, sampled, fed.layout, shared_seed(cfg.uplink.impl, cfg.seed, round_id),
                          state.previous_update, run_id=fed.grid.run.run_id) if cfg.secure.enabled else None)
     plan = RoundPlan(round_id, sampled, secure, {}, state.global_state.digest())
-    return plan, train_messages(plan, state.global_state, cfg)
+    return plan, train_messages(plan, state.global_state, cfg, state.federation_id)
 
 
 def collect(fed: Federation, state: CoordinatorState, plan: RoundPlan, out: list[Message]
@@ -130,7 +148,7 @@ def collect(fed: Federation, state: CoordinatorState, plan: RoundPlan, out: list
     """Send the messages and check each reply as it arrives; plain updates fold into the round's aggregator at
     once, secure rounds keep each client's public keys for the protocol."""
     cfg, global_state = fed.cfg, state.global_state
-    replies = stream_replies(fed.grid, out, cfg.round_timeout_s)
+    replies = ReplyStream(fed.grid, out, cfg.round_timeout_s)
 
     def replied(count: int) -> None:
         fed.progress.clients(count, len(plan.sampled))
@@ -141,10 +159,12 @@ def collect(fed: Federation, state: CoordinatorState, plan: RoundPlan, out: list
     if plan.secure is None:
         outcome = collect_replies(replies, plan.bytes_down, acceptor(cfg, plan.round_id, fed.layout), plan.digest,
                                   sink=aggregator, on_reply=replied,
-                                  weigh=lambda node, reported: min(reported, ceiling))
+                                  weigh=lambda node, reported: min(reported, ceiling), sender=replies.sender)
     else:
         outcome = collect_replies(replies, plan.bytes_down, lambda keys: keys, plan.digest,
-                                  payload_key=messages.SECAGG_KEYS, on_reply=replied)
+                                  payload_key=messages.SECAGG_KEYS, on_reply=replied, sender=replies.sender)
+    outcome.late = fed.late.refuse(fed.grid, plan.round_id)  # earlier rounds' stragglers, answering now
+    fed.late.expect(replies.unanswered, plan.round_id)
     for node in plan.sampled:  # a node that answered rebuilt this round's state; any other may have lost it
         (global_state.confirmed if node in outcome.answered else global_state.forget)(node)
     return outcome, aggregator
@@ -246,7 +266,7 @@ def metrics_row(fed: Federation, state: CoordinatorState, plan: RoundPlan, outco
         "train_loss": sum(losses) / len(losses) if losses else None,
         "clients_sampled": len(plan.sampled), "clients_ok": len(accepted),
         "clients_failed": len(outcome.failures), "updates_rejected": len(outcome.rejections),
-        "clients_refused": len(outcome.refusals),
+        "clients_refused": len(outcome.refusals), "late_replies_refused": len(outcome.late),
         "problems": outcome.problems, "applied": applied,
         "bytes_up": sum(c["bytes_up"] for c in clients), "bytes_up_accepted": outcome.bytes_up,
         "bytes_up_per_client": outcome.bytes_up / len(accepted) if accepted else 0,

@@ -25,7 +25,7 @@ from strategies.server_optimizers import ServerOptimizerSettings
 from strategies.settings import KeyedSettings, setting, typed
 
 # Keys a resumed run may change: where it writes, how long it waits, and how many rounds it runs in all.
-RESUMABLE_CHANGES = ("out-dir", "resume", "num-server-rounds", "round-timeout-s", "wait-for-clients-s")
+RESUMABLE_CHANGES = ("out-dir", "resume", "overwrite", "num-server-rounds", "round-timeout-s", "wait-for-clients-s")
 # Checkpoints are numbered with six digits (round-NNNNNN.safetensors), and a round takes seconds at the least, so a
 # million rounds would already be weeks of running: a larger count is a typo.
 MAX_ROUNDS = 999_999
@@ -51,6 +51,7 @@ class RunSettings(KeyedSettings):
     wait_for_clients_s: float = setting("wait-for-clients-s", 300.0, "seconds the coordinator waits for the nodes")
     out_dir: str = setting("out-dir", "", "where a deployed run writes (default `runs/<preset>`)")
     resume: bool = setting("resume", False, "continue from the checkpoint in the output directory")
+    overwrite: bool = setting("overwrite", False, "replace an earlier run in the output directory (deployed runs)")
     eval_every: int = setting("eval-every", 1, "score the global model every n rounds (and after the last)")
 
     def __post_init__(self) -> None:

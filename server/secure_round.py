@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from server.client_reply import ClientReply
-from server.replies import stream_replies
+from server.replies import ReplyStream
 from server.run_config import RunConfig
 from strategies import messages
 from strategies.codecs.kinds.base import Aggregate
@@ -83,8 +83,9 @@ def _exchange(grid: Grid, action: str, requests: dict[int, bytes], round_id: int
                            dst_node_id=node, message_type=f"{MessageType.TRAIN}.{action}", group_id=str(round_id)))
     replies: dict[int, bytes] = {}
     answered: set[int] = set()
-    for reply in stream_replies(grid, out, timeout):
-        node = reply.metadata.src_node_id
+    stream = ReplyStream(grid, out, timeout)
+    for reply in stream:
+        node = stream.sender(reply)
         if reply.has_error():
             problems.append(f"node {node}: {action} failed: {reply.error.reason}")
             continue

@@ -16,11 +16,12 @@ from safetensors.torch import load_file
 
 from server import checkpoint
 
-# Compressed both ways, without error feedback: the global state and the downlink history are all a resumed run
-# needs to reproduce the uninterrupted one (client residuals live in Flower's node state, which a new run resets).
+# Compressed both ways, with error feedback: a resumed run needs the coordinator's checkpoint (global state, downlink
+# history) and each client's residual from before the round it runs again, which the nodes keep on disk under the
+# federation's id (client/residual_store.py), to reproduce the uninterrupted run bit for bit.
 RESUME_RUN: dict[str, object] = {
     "preset": "encoder", "num-clients": 2, "num-server-rounds": 3, "local-steps": 4, "partitioner": "iid",
-    "codec": "compeft", "compeft-density": 0.2, "error-feedback": False, "downlink-codec": "compeft",
+    "codec": "compeft", "compeft-density": 0.2, "error-feedback": True, "downlink-codec": "compeft",
     "downlink-density": 0.5}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from client.app_trust import app_sha256
 from client.launch import supernode_command, trainer_command
-from client.supernode import POLL_ENV, poll_seconds
+from client.supernode import DEFAULT_HEARTBEAT_S, HEARTBEAT_ENV, POLL_ENV, heartbeat_seconds, poll_seconds
 from server.certs import generate_dev_certificates
 from server.launch import APP_DIR, register_node, submit_command, superlink_command, write_connection
 from server.node_keys import NODE_KEYS_DIR, generate_node_keys
@@ -77,21 +77,31 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+def default_state_dir(partition_id: int, environ: dict[str, str] | os._Environ = os.environ) -> Path:
+    """Where a node keeps state across runs unless told: $XDG_STATE_HOME (or ~/.local/state)/fedsqueeze/node-<id>."""
+    base = Path(environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "fedsqueeze" / f"node-{partition_id}"
+
+
 def _cmd_node(args: argparse.Namespace) -> int:
     root = None if args.insecure else Path(args.root_certificates)
     node = dict(superlink=args.superlink, partition_id=args.partition_id, num_partitions=args.num_partitions,
                 root_certificates=root, clientappio_port=args.clientappio_port, device=args.device,
                 auth_private_key=Path(args.auth_key) if args.auth_key else None,
                 trusted_nodes=Path(args.trusted_nodes) if args.trusted_nodes else None,
-                app_sha256=tuple(args.app_sha256 or ()), privacy_floor=args.privacy_floor)
+                app_sha256=tuple(args.app_sha256 or ()), privacy_floor=args.privacy_floor,
+                state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(args.partition_id))
     poll_seconds({POLL_ENV: str(args.poll_s)})  # ValueError (one line, exit 2) before anything starts
+    heartbeat_seconds({HEARTBEAT_ENV: str(args.heartbeat_s)})
     if args.cold:  # a pinned cold node runs Flower's loop through client/supernode.py, so --poll-s applies
-        return _run(supernode_command(**node), env={**os.environ, POLL_ENV: str(args.poll_s)})
+        return _run(supernode_command(**node), env={**os.environ, POLL_ENV: str(args.poll_s),
+                                                    HEARTBEAT_ENV: str(args.heartbeat_s)})
     socket_dir = Path(tempfile.mkdtemp(prefix="fedsqueeze-trainer-"))  # 0700: only this user reaches the socket
     socket_path = socket_dir / "trainer.sock"
     supernode = supernode_command(**node, trainer_socket=socket_path, capped_poll=True)  # checks the arguments
     env = _tool_env()
     env[POLL_ENV] = str(args.poll_s)
+    env[HEARTBEAT_ENV] = str(args.heartbeat_s)
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")  # start the per-message ClientApp within 0.2 s
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stop both children on SIGTERM
     processes: list[subprocess.Popen] = []
@@ -195,6 +205,12 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
                            "(plain flower-supernode behaviour)")
     node.add_argument("--poll-s", type=float, default=0.5,
                       help="longest idle wait between the node's pulls from the SuperLink (Flower's own: 3 s)")
+    node.add_argument("--state-dir", default="",
+                      help="where the node keeps its error-feedback residuals across runs, so a coordinator that "
+                           "restarts and resumes loses none (default $XDG_STATE_HOME/fedsqueeze/node-<partition>)")
+    node.add_argument("--heartbeat-s", type=float, default=DEFAULT_HEARTBEAT_S,
+                      help="how often the node tells the SuperLink it is alive, 10-1800 s (Flower's own: 30): after "
+                           "two missed beats the round goes on without it, and a restarted node may rejoin")
     node.set_defaults(func=_cmd_node)
 
     submit = sub.add_parser("submit", help="submit a fedsqueeze run to a running SuperLink (flwr run)")

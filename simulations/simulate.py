@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from flwr.simulation import run_simulation
 from client.app import app as client_app
 from client.privacy_floor import FLOOR_ENV, PrivacyFloor
 from client.quiet import quiet_libraries
+from client.residual_store import STATE_DIR_ENV
 from client.secure import IDENTITIES_ENV
 from client.task.build import load_splits
 from client.task.model_sources import resolve_model
@@ -24,7 +26,7 @@ from client.task.partition import client_partition
 from server import checkpoint
 from server.app import model_hooks
 from server.federation import resume_point, run_federation
-from server.outputs import check_out_dir
+from server.outputs import NODE_STATE, check_out_dir
 from server.run_config import RunConfig, resolve
 from simulations.faults import client_app_with_byzantine, client_app_with_delay, client_app_with_failures
 
@@ -113,6 +115,7 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         raise ValueError(f"client GPUs {client_gpus} requested, but this machine has no CUDA GPU "
                          "(drop --client-gpus, or join a GPU cluster with --ray-address)")
     cfg = resolve({**with_gpu_device(user_config, client_gpus), "out-dir": str(out_dir)})
+    overwrite = overwrite or cfg.overwrite  # --overwrite, or overwrite=true in the run config
     if overwrite and cfg.resume:
         raise ValueError("overwrite and resume contradict each other: a resumed run keeps what its directory holds")
     check_out_dir(out_dir, resume=cfg.resume, overwrite=overwrite)
@@ -135,6 +138,7 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         on_checked()
     if overwrite:
         checkpoint.discard(out_dir)  # the earlier run's: a crash in round 1 must not resume it
+        shutil.rmtree(out_dir / NODE_STATE, ignore_errors=True)  # and its clients' residuals
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
     server_app = ServerApp()
@@ -150,7 +154,7 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
     if slow_partitions:
         app = client_app_with_delay(set(slow_partitions), slow_s)
     node_env = {IDENTITIES_ENV: str(node_identities.resolve()) if node_identities is not None else None,
-                FLOOR_ENV: node_floor or None}
+                FLOOR_ENV: node_floor or None, STATE_DIR_ENV: str((out_dir / NODE_STATE).resolve())}
     previous = {key: os.environ.get(key) for key in node_env}
     for key, value in node_env.items():  # Ray's local workers inherit these
         if value is not None:

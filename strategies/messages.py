@@ -15,6 +15,7 @@ SECAGG_KEYS = "secagg-public-keys"  # in UPDATE instead of ENCODED_UPDATE when t
 SECAGG = "secagg"                  # ConfigRecord of the later secure-aggregation stages
 SECAGG_INPUT = "input"
 SECAGG_OUTPUT = "output"
+FEDERATION_ID = "federation-id"    # train config: names the federation's node-side error-feedback residuals
 ENROLMENT = "enrolment"            # MetricRecord {"partition-id", "num-partitions"}: a node's enrolment reply
 REFUSAL = "refusal"                # ConfigRecord {"reason": str}: the node refused the round (its privacy floor)
 METRICS = "metrics"                # MetricRecord: num-examples, train-loss, bytes-up, bytes-down, train-s

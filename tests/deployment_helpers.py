@@ -1,12 +1,14 @@
 """Process helpers shared by the real-deployment tests: free ports, waiting for a listener, starting a TLS
 SuperLink with SuperNodes, submitting a run, stopping process groups."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from server.certs import generate_dev_certificates
@@ -32,12 +34,13 @@ def wait_for_port(port: int, timeout_s: float) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
-def stop_processes(processes: list[subprocess.Popen]) -> None:
-    """Stop every process we started, and their children, by process-group id."""
+def stop_processes(processes: list[subprocess.Popen], grace_s: float = 15.0) -> None:
+    """Stop every process we started, and their children, by process-group id: SIGTERM, then SIGKILL what is
+    left after ``grace_s``."""
     for proc in processes:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + grace_s
     for proc in processes:
         try:
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -51,10 +54,11 @@ def stop_processes(processes: list[subprocess.Popen]) -> None:
 
 
 def deployment_env(tmp_path: Path) -> dict[str, str]:
-    """The environment of every process of a test deployment: this venv's tools first, a private FLWR_HOME, one
-    torch thread per client, nothing phoning home."""
+    """The environment of every process of a test deployment: this venv's tools first, a private FLWR_HOME and
+    node state folder, one torch thread per client, nothing phoning home."""
     return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-            "FLWR_HOME": str(tmp_path / "flwr-home"), "FEDSQUEEZE_CLIENT_THREADS": "1",
+            "FLWR_HOME": str(tmp_path / "flwr-home"), "XDG_STATE_HOME": str(tmp_path / "node-state"),
+            "FEDSQUEEZE_CLIENT_THREADS": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
 
 
@@ -84,16 +88,25 @@ def node_command(*, superlink: str, partition_id: int, num_partitions: int, root
 
 def start_tls_federation(tmp_path: Path, *, logs: Path, env: dict[str, str],
                          processes: dict[str, subprocess.Popen], nodes: int = 2, warm: bool = True,
-                         identities: bool = False) -> dict[str, Path]:
+                         identities: bool = False, database: Path | None = None,
+                         commands: dict[str, list[str]] | None = None, fleet_host: str = "127.0.0.1",
+                         node_dial: Callable[[int], str] | None = None, node_prefix: tuple[str, ...] = (),
+                         cert_hosts: tuple[str, ...] = ()) -> dict[str, Path]:
     """A SuperLink with dev TLS certificates and ``nodes`` client nodes (``fedsqueeze node``, one partition each),
     and the flwr connection to submit runs to it; returns the certificate paths. With ``identities`` the SuperLink
     authenticates nodes, each node's key is registered, and every node pins all of them (``--trusted-nodes``), so
-    secure aggregation runs with signed keys and the confirmation stage."""
-    certs = generate_dev_certificates(tmp_path / "certs")
+    secure aggregation runs with signed keys and the confirmation stage. With ``database`` the SuperLink keeps its
+    state in that file (it survives a restart). ``commands`` receives every process's command line by name, for a
+    test that restarts one. Links: the Fleet API listens on ``fleet_host``, nodes dial ``node_dial(fleet_port)``
+    (default localhost:PORT; a relay's address, say), each node command starts with ``node_prefix`` (``ip netns
+    exec NS``), and the server certificate also names ``cert_hosts``."""
+    certs = generate_dev_certificates(tmp_path / "certs", hosts=("localhost", "127.0.0.1", *cert_hosts))
     fleet_port, control_port = free_port(), free_port()
-    start_process("superlink", superlink_command(certs_dir=certs["ca"].parent, fleet_address=f"127.0.0.1:{fleet_port}",
-                                                 control_port=control_port, node_auth=identities),
-                  logs=logs, env=env, processes=processes)
+    commands = {} if commands is None else commands
+    commands["superlink"] = superlink_command(certs_dir=certs["ca"].parent, fleet_address=f"{fleet_host}:{fleet_port}",
+                                              control_port=control_port, node_auth=identities,
+                                              database=str(database) if database is not None else None)
+    start_process("superlink", commands["superlink"], logs=logs, env=env, processes=processes)
     wait_for_port(fleet_port, 60)
     wait_for_port(control_port, 60)
     write_connection(Path(env["FLWR_HOME"]), address=f"localhost:{control_port}", root_certificates=certs["ca"])
@@ -103,11 +116,72 @@ def start_tls_federation(tmp_path: Path, *, logs: Path, env: dict[str, str],
     for partition in range(nodes):
         signed = dict(auth_key=keys[partition].private_key, trusted_nodes=tmp_path / "certs" / "node-keys") \
             if identities else {}
-        start_process(f"supernode{partition}", node_command(
-            superlink=f"localhost:{fleet_port}", partition_id=partition, num_partitions=nodes,
-            root_certificates=certs["ca"], clientappio_port=free_port(), warm=warm, **signed),
-            logs=logs, env=env, processes=processes)
+        dial = node_dial(fleet_port) if node_dial is not None else f"localhost:{fleet_port}"
+        commands[f"supernode{partition}"] = [*node_prefix, *node_command(
+            superlink=dial, partition_id=partition, num_partitions=nodes,
+            root_certificates=certs["ca"], clientappio_port=free_port(), warm=warm, **signed)]
+        start_process(f"supernode{partition}", commands[f"supernode{partition}"], logs=logs, env=env,
+                      processes=processes)
     return certs
+
+
+def restart_process(name: str, command: list[str], *, logs: Path, env: dict[str, str],
+                    processes: dict[str, subprocess.Popen]) -> subprocess.Popen:
+    """Start ``command`` again under ``name`` after its first process died; the new log goes to
+    ``logs/<name>-restarted.log`` and the old process is kept under ``<name>-crashed`` (to be reaped)."""
+    processes[f"{name}-crashed"] = processes.pop(name)
+    proc = subprocess.Popen(command, stdout=(logs / f"{name}-restarted.log").open("w"), stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    processes[name] = proc
+    return proc
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process of its group (a machine that lost power), and reap it."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def warm_trainer_pid(node: subprocess.Popen, timeout_s: float = 60.0) -> int:
+    """The pid of the warm trainer a ``fedsqueeze node`` process started (its child running client.trainer)."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in psutil.Process(node.pid).children():
+            if "client.trainer" in child.cmdline():
+                return child.pid
+        time.sleep(0.2)
+    raise TimeoutError(f"no warm trainer under process {node.pid} after {timeout_s} s")
+
+
+def metrics_rows(out_dir: Path) -> list[dict]:
+    """The rounds a run has recorded so far (metrics.jsonl), [] before the first."""
+    path = out_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_round(out_dir: Path, round_id: int, timeout_s: float, logs: Path) -> list[dict]:
+    """Block until the run in ``out_dir`` has recorded round ``round_id``; its rows. TimeoutError (with the
+    SuperLink log's end) after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = metrics_rows(out_dir)
+        if len(rows) >= round_id:
+            return rows
+        time.sleep(0.2)
+    raise TimeoutError(f"round {round_id} not recorded after {timeout_s} s: "
+                       + (logs / "superlink.log").read_text()[-3000:])
+
+
+def wait_for_log(path: Path, text: str, count: int, timeout_s: float) -> None:
+    """Block until ``text`` occurs ``count`` times in the log at ``path``; TimeoutError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text(errors="replace").count(text) >= count:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"'{text}' not {count} times in {path} after {timeout_s} s")
 
 
 def submit_and_wait(run_config: str, *, out_dir: Path, logs: Path, env: dict[str, str], app_dir: Path | None = None

@@ -205,3 +205,25 @@ def test_bad_instruction_data_exits_2_with_one_line(rows: str, extra: str, messa
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("fedsqueeze: error:")]
     assert len(error_lines) == 1 and message in error_lines[0]
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_deployed_run_refuses_an_out_dir_holding_another_run_before_anything_loads(tmp_path: Path) -> None:
+    """``flwr run`` into a directory with an earlier run: the ServerApp stops at once, naming the run-config keys
+    that would continue or replace it, and the earlier run's files stay as they were."""
+    from flwr.app import Context, RecordDict
+
+    from server.app import main
+    from server.outputs import OutputDirError
+
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n')
+    (tmp_path / "summary.json").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                      run_config={"preset": "encoder", "out-dir": str(tmp_path)})
+    with pytest.raises(OutputDirError, match="continue it with resume=true, replace it with overwrite=true"):
+        main(None, context)  # the grid is never reached
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    both = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                   run_config={"preset": "encoder", "out-dir": str(tmp_path), "resume": True, "overwrite": True})
+    with pytest.raises(ValueError, match="choose one"):
+        main(None, both)

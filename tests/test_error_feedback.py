@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 from flwr.app import Context, RecordDict
 
@@ -60,3 +63,27 @@ def test_a_residual_for_other_tensors_is_replaced() -> None:
     _, metrics = _encode_with_feedback(_delta(1), SETTINGS, True, context, _codec_encoder(SETTINGS, 1, None))
     assert metrics["residual-carried"] == 0.0
     assert set(node_state.load_tensors(context.state, node_state.RESIDUAL)) == set(_delta(1))
+
+
+def test_residuals_on_disk_start_a_round_run_again_from_where_it_started(tmp_path: Path) -> None:
+    """client/residual_store.py: round r starts from the newest residual before r (a round run again after a
+    coordinator crash starts where it did the first time), two are kept, later timelines are dropped, files are
+    private, and the folder is per node, per federation; an id that is not hex never becomes a path."""
+    from client import residual_store
+
+    directory = residual_store.store_dir({"state-dir": str(tmp_path / "node")}, "ab12", partition_id=0)
+    assert directory == tmp_path / "node" / "ab12"
+    assert residual_store.store_dir({}, "ab12", 3, environ={residual_store.STATE_DIR_ENV: str(tmp_path)}) == (
+        tmp_path / "partition-3" / "ab12")
+    assert residual_store.store_dir({}, "ab12", 0, environ={}) is None and residual_store.store_dir({}, "", 0) is None
+    with pytest.raises(ValueError, match="not lower-case hex"):
+        residual_store.store_dir({"state-dir": str(tmp_path)}, "../../etc", 0)
+    assert residual_store.load_before(directory, 1) is None
+    for round_id in (1, 3, 5):
+        residual_store.save(directory, round_id, {"w": torch.full((2,), float(round_id))})
+    assert sorted(p.name for p in directory.iterdir()) == ["residual-000003.safetensors", "residual-000005.safetensors"]
+    assert residual_store.load_before(directory, 6)["w"].tolist() == [5.0, 5.0]
+    assert residual_store.load_before(directory, 5)["w"].tolist() == [3.0, 3.0]  # round 5 again: from round 3's
+    residual_store.save(directory, 4, {"w": torch.full((2,), 4.0)})  # the checkpointed timeline went another way
+    assert sorted(p.name for p in directory.iterdir()) == ["residual-000003.safetensors", "residual-000004.safetensors"]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in directory.iterdir())

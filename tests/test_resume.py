@@ -16,7 +16,7 @@ import torch
 from server import checkpoint
 from server.federation import resume_point
 from server.outputs import MetricsLog
-from server.run_config import resolve
+from server.run_config import RESUMABLE_CHANGES, resolve
 from simulations.crash_resume import (
     RESUME_RUN,
     adapter_tensors,
@@ -59,8 +59,7 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_by_name(tmp_path: Path) -> N
         checkpoint.load(tmp_path)
     cfg = resolve({**RESUME_RUN, "resume": True})
     saved = _checkpoint(1)
-    saved.run_config = {k: v for k, v in cfg.values.items() if k not in ("out-dir", "resume", "num-server-rounds",
-                                                                          "round-timeout-s", "wait-for-clients-s")}
+    saved.run_config = {k: v for k, v in cfg.values.items() if k not in RESUMABLE_CHANGES}
     checkpoint.save(tmp_path, saved)
     assert resume_point(cfg, tmp_path) is not None
     with pytest.raises(checkpoint.CheckpointError, match="'codec' was 'compeft'"):
@@ -97,6 +96,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _assert_same_run(reference: Path, resumed: Path) -> None:
     rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]  # no round lost or repeated
+    # Error feedback: every client carried its residual into every round after its first, across the restart too.
+    assert [[c["residual_carried"] for c in r["clients"]] for r in rows] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
     want, got = adapter_tensors(reference), adapter_tensors(resumed)
     assert set(want) == set(got)
     for name in want:
@@ -138,36 +139,56 @@ def _kill_serverapp() -> int:
 
 
 @pytest.mark.slow
-def test_a_deployed_serverapp_killed_mid_run_resumes_over_grpc(tmp_path: Path, reference: Path) -> None:
+def test_a_deployed_coordinator_killed_twice_resumes_over_grpc(tmp_path: Path, reference: Path) -> None:
+    """The ServerApp alone SIGKILLed after round 1 (the SuperLink lives on), then the whole SuperLink (and the
+    ServerApp it ran) after round 2 and restarted on its --database: each time the nodes stay up and reconnect,
+    the run is resubmitted with resume=true, and the final adapter is the uninterrupted run's, bit for bit."""
     from server.launch import submit_command
     from tests.deployment_helpers import (
         deployment_env,
+        kill_group,
+        restart_process,
         start_process,
         start_tls_federation,
         stop_processes,
         submit_and_wait,
+        wait_for_port,
     )
 
     env = deployment_env(tmp_path)
     processes: dict[str, subprocess.Popen] = {}
+    commands: dict[str, list[str]] = {}
     out_dir = tmp_path / "run"
     run_config = run_config_text({**RESUME_RUN, "out-dir": str(out_dir), "wait-for-clients-s": 120.0})
-    try:
-        start_tls_federation(tmp_path, logs=tmp_path, env=env, processes=processes)
-        first = start_process("submit-1", submit_command(run_config), logs=tmp_path, env=env, processes=processes)
-        manifest = out_dir / checkpoint.DIRECTORY / checkpoint.MANIFEST
+    manifest = out_dir / checkpoint.DIRECTORY / checkpoint.MANIFEST
+
+    def submit_until_checkpoint(name: str, config: str, round_id: int) -> None:
+        submitted = start_process(name, submit_command(config), logs=tmp_path, env=env, processes=processes)
         deadline = time.monotonic() + 600
-        while not (manifest.exists() and json.loads(manifest.read_text())["round"] >= 1):
-            assert time.monotonic() < deadline, (tmp_path / "submit-1.log").read_text()[-3000:]
+        while not (manifest.exists() and json.loads(manifest.read_text())["round"] >= round_id):
+            assert time.monotonic() < deadline, (tmp_path / f"{name}.log").read_text()[-3000:]
             time.sleep(0.2)
+        if submitted.poll() is None:  # `flwr run --stream` only follows the logs of the run that died
+            os.killpg(submitted.pid, signal.SIGKILL)
+            submitted.wait(timeout=30)
+
+    try:
+        start_tls_federation(tmp_path, logs=tmp_path, env=env, processes=processes,
+                             database=tmp_path / "superlink.db", commands=commands)
+        submit_until_checkpoint("submit-1", run_config, 1)
         assert _kill_serverapp() >= 1 and not (out_dir / "summary.json").exists()
-        reached = json.loads(manifest.read_text())["round"]
-        assert reached < RESUME_RUN["num-server-rounds"]
-        if first.poll() is None:  # `flwr run --stream` only follows the logs of the run that died
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(timeout=30)
+        first_stop = json.loads(manifest.read_text())["round"]
+        assert first_stop == 1
+        submit_until_checkpoint("submit-2", run_config + " resume=true", 2)
+        kill_group(processes["superlink"])  # the coordinator machine loses power
+        second_stop = json.loads(manifest.read_text())["round"]
+        assert second_stop == 2 and not (out_dir / "summary.json").exists()
+        restart_process("superlink", commands["superlink"], logs=tmp_path, env=env, processes=processes)
+        control_port = int(commands["superlink"][commands["superlink"].index("--port") + 1])
+        wait_for_port(control_port, 60)
         resumed = submit_and_wait(run_config + " resume=true", out_dir=out_dir, logs=tmp_path, env=env)
-        assert f"resuming after round {reached}" in resumed.stdout + resumed.stderr
+        assert f"resuming after round {second_stop}" in resumed.stdout + resumed.stderr
         _assert_same_run(reference, out_dir)
+        assert "resuming after round 1" in (tmp_path / "submit-2.log").read_text()
     finally:
         stop_processes(list(processes.values()))

@@ -17,7 +17,7 @@ from flwr.app.metadata import Metadata
 
 from client import warm_channel
 from client.launch import supernode_command, trainer_command
-from client.supernode import CappedSleepTime, poll_seconds
+from client.supernode import CappedSleepTime, heartbeat_seconds, poll_seconds
 from protos.fedsqueeze.v1 import trainer_pb2
 
 
@@ -136,6 +136,10 @@ def test_supernode_poll_is_capped_and_checked() -> None:
     for bad in ("0", "-1", "61", "soon"):
         with pytest.raises(ValueError, match="FEDSQUEEZE_SUPERNODE_POLL_S"):
             poll_seconds({"FEDSQUEEZE_SUPERNODE_POLL_S": bad})
+    assert heartbeat_seconds({}) == 10.0 and heartbeat_seconds({"FEDSQUEEZE_HEARTBEAT_S": "1800"}) == 1800.0
+    for bad in ("9", "1801", "nan", "inf", "often"):  # the SuperLink accepts 10-1800 s
+        with pytest.raises(ValueError, match="FEDSQUEEZE_HEARTBEAT_S"):
+            heartbeat_seconds({"FEDSQUEEZE_HEARTBEAT_S": bad})
     command = supernode_command(superlink="x:1", partition_id=0, num_partitions=1, root_certificates=None,
                                 trainer_socket=Path("/run/t.sock"), capped_poll=True)
     assert command[:3] == [sys.executable, "-m", "client.supernode"]
