@@ -7,11 +7,12 @@ node keeps, per federation (the coordinator names it, and a resumed run names it
 each round it trained, as safetensors files only this user can read. Training round r starts from the newest
 residual of a round before r: a round that is run again after a crash starts from where it started the first time.
 The node keeps its last two residuals and drops any from a later round than the one it just trained (a timeline
-the coordinator never checkpointed).
+the coordinator never checkpointed), and keeps the folders of its three most recently trained federations only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 STATE_DIR_KEY = "state-dir"  # node config: where this node keeps what must outlive a Flower run
 STATE_DIR_ENV = "FEDSQUEEZE_NODE_STATE_DIR"  # the same for simulated nodes (one folder per partition under it)
 KEEP = 2
+KEEP_FEDERATIONS = 3  # a node keeps the residuals of its 3 most recent federations (a full model's each)
 _NAME = re.compile(r"residual-(\d{6,})\.safetensors")
 _SAFE_ID = re.compile(r"[0-9a-f]{1,64}")
 
@@ -69,3 +71,17 @@ def save(directory: Path, round_id: int, residual: dict[str, torch.Tensor]) -> N
     for other, path in saved.items():
         if other not in kept:
             path.unlink(missing_ok=True)
+    _drop_old_federations(directory)
+
+
+def _drop_old_federations(directory: Path) -> None:
+    """Remove the residual folders of all but this node's KEEP_FEDERATIONS most recently written federations."""
+    siblings = [d for d in directory.parent.iterdir() if d.is_dir() and _SAFE_ID.fullmatch(d.name)]
+    siblings.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in siblings[KEEP_FEDERATIONS:]:
+        if old != directory:
+            for path in old.iterdir():
+                if _NAME.fullmatch(path.name) or path.suffix == ".partial":
+                    path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                old.rmdir()

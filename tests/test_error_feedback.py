@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,9 @@ def test_residuals_on_disk_start_a_round_run_again_from_where_it_started(tmp_pat
     residual_store.save(directory, 4, {"w": torch.full((2,), 4.0)})  # the checkpointed timeline went another way
     assert sorted(p.name for p in directory.iterdir()) == ["residual-000003.safetensors", "residual-000004.safetensors"]
     assert all(p.stat().st_mode & 0o077 == 0 for p in directory.iterdir())
+    for age, federation in enumerate(("c1", "c2", "c3")):  # newer federations: only the last three are kept
+        residual_store.save(directory.parent / federation, 1, {"w": torch.zeros(2)})
+        os.utime(directory.parent / federation, (1e9 + age, 1e9 + age))
+    os.utime(directory, (1e8, 1e8))
+    residual_store.save(directory.parent / "c4", 1, {"w": torch.zeros(2)})
+    assert sorted(d.name for d in directory.parent.iterdir()) == ["c2", "c3", "c4"]
