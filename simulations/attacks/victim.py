@@ -67,6 +67,16 @@ def local_update(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     return _update_after(model, lambda: causal_lm_loss(model, input_ids, attention_mask), training)
 
 
+def gradient_step(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, lr: float
+                  ) -> dict[str, torch.Tensor]:
+    """What a FedSGD client sends: ``-lr`` x its gradient on one batch with the next-token loss, as computed (not
+    the difference of its weights before and after a step, which rounds the small entries away in float32)."""
+    params = trainable(model)
+    model.train()
+    grads = torch.autograd.grad(causal_lm_loss(model, input_ids, attention_mask), list(params.values()))
+    return {name: -lr * g.detach() for name, g in zip(params, grads, strict=True)}
+
+
 def task_update(task: Task, batch: dict[str, torch.Tensor], labels: torch.Tensor, training: LocalTraining
                 ) -> dict[str, torch.Tensor]:
     """The victim's update after ``training`` on one batch with the task's own loss (class cross-entropy)."""
