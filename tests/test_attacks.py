@@ -80,8 +80,18 @@ def test_quick_harness_writes_every_attack_against_every_defence(tmp_path: Path)
     rows = result["rows"]
     saved = json.loads((tmp_path / "attacks.json").read_text())
     assert len(saved["rows"]) == len(rows)
-    for attack in ("token-set (tied", "token-set (untied", "text reconstruction", "membership"):
+    for attack in ("token-set (tied", "token-set (untied", "text reconstruction", "text recovery by span",
+                   "membership"):
         assert any(r["attack"].startswith(attack) for r in rows), attack
+    # Span checks recover a FedSGD batch's text exactly, far above the template-plus-greedy baseline; AdamW steps
+    # of the real client update leave nothing to check.
+    span = {(r["attack"].rsplit(" ", 1)[-1].rstrip(")"), r["threat_model"].split(": ", 1)[1].split(":")[0]): r
+            for r in rows if r["attack"].startswith("text recovery by span")}
+    for size in ("1", "2"):
+        fedsgd = span[(size, "FedSGD")]
+        assert fedsgd["metrics"]["exact"][0] == 1.0 and fedsgd["metrics"]["rouge2"][0] == 1.0
+        assert fedsgd["baseline"]["rouge2"][0] < 0.9 and fedsgd["baseline"]["exact"][0] == 0.0
+        assert span[(size, "the real client update")]["metrics"]["exact"][0] == 0.0
     tied = {r["defence"]: r for r in rows if r["attack"].startswith("token-set (tied")}
     assert set(tied) == set(config.defences)
     untied = next(r for r in rows if r["attack"].startswith("token-set (untied") and r["defence"] == "none")

@@ -9,8 +9,10 @@ Threat models (stated in every result row):
   equal the server's and are not run twice.
 
 Attacks: token-set recovery from the embedding rows of a full-parameter update (the bundled SmolLM2, tied
-embeddings; an untied copy for the untied case), text reconstruction from a LoRA update (the encoder task), and
-membership inference on the final global model of a small federation (loss threshold and LiRA).
+embeddings; an untied copy for the untied case), text reconstruction from a LoRA update (the encoder task), exact
+text recovery from SmolLM2 instruction-tuning updates by span checks (``span``, text_recovery.py: four update threat
+models, batch sizes 1-16), and membership inference on the final global model of a small federation (loss
+threshold and LiRA).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from client.task.build import Task, build_task, load_splits
 from client.task.loop import train_locally
 from client.task.models import load_causal_lm, load_tokenizer
 from client.task.task_keys import task_spec
-from simulations.attacks import defences, membership, metrics, token_recovery
+from simulations.attacks import defences, membership, metrics, text_recovery, token_recovery
 from simulations.attacks.federated import run_federation
 from simulations.attacks.reconstruction import ReconstructionSettings, random_tokens, reconstruct
+from simulations.attacks.text_recovery import THREATS
 from simulations.attacks.victim import LocalTraining, local_update, task_update
 from strategies.codecs import dense
 from strategies.codecs.registry import CodecSettings
@@ -62,7 +65,10 @@ class AttackConfig:
     mia_shadows: int = 8
     dp_clip_factor: float = 1.0  # DP clip = this x the median norm of clean updates
     seed: int = 0
-    attacks: tuple[str, ...] = ("token", "reconstruction", "membership")
+    span_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
+    span_batches: int = 2  # batches per size
+    span_threats: tuple[str, ...] = tuple(THREATS)
+    attacks: tuple[str, ...] = ("token", "reconstruction", "span", "membership")
 
     def with_overrides(self, overrides: dict[str, Any]) -> AttackConfig:
         """A copy with ``key=value`` settings as users type them (lists comma-separated); ValueError names an
@@ -77,7 +83,8 @@ class AttackConfig:
             try:
                 if isinstance(default, tuple):
                     items = [v.strip() for v in str(value).split(",") if v.strip()]
-                    values[name] = tuple(int(v) for v in items) if name == "batch_sizes" else tuple(items)
+                    values[name] = (tuple(int(v) for v in items) if name in ("batch_sizes", "span_sizes")
+                                    else tuple(items))
                 else:
                     values[name] = type(default)(value)
             except ValueError as exc:
@@ -85,9 +92,12 @@ class AttackConfig:
         config = replace(self, **values)
         for name in config.defences + config.untied_defences + config.recon_full_defences:
             defences.parse(name)
-        unknown = sorted(set(config.attacks) - {"token", "reconstruction", "membership"})
+        unknown = sorted(set(config.attacks) - {"token", "reconstruction", "span", "membership"})
         if unknown:
-            raise ValueError(f"unknown attack '{unknown[0]}' (token, reconstruction, membership)")
+            raise ValueError(f"unknown attack '{unknown[0]}' (token, reconstruction, span, membership)")
+        threats = sorted(set(config.span_threats) - set(THREATS))
+        if threats:
+            raise ValueError(f"unknown span threat model '{threats[0]}' ({', '.join(THREATS)})")
         return config
 
     @classmethod
@@ -95,7 +105,8 @@ class AttackConfig:
         """Few batches, the main defences, small budgets."""
         return cls(defences=QUICK_DEFENCES, batches=2, batch_sizes=(1, 2), untied_defences=("none",),
                    recon_full_defences=("none",), recon_iterations=60, recon_length=12, mia_examples_per_client=8,
-                   mia_rounds=2, mia_shadows=4)
+                   mia_rounds=2, mia_shadows=4, span_sizes=(1, 2), span_batches=1,
+                   span_threats=("fedsgd", "client-update"))
 
 
 @dataclass
@@ -384,13 +395,31 @@ def membership_rows(config: AttackConfig) -> list[Row]:
     return rows
 
 
+def span_rows(config: AttackConfig) -> list[Row]:
+    """Exact text recovery by span checks from SmolLM2 SFT updates: one table per batch size, a row per threat
+    model (no defence: the question is what the raw update gives away), beside SmolLM2's own greedy guess."""
+    rows = []
+    for threat in config.span_threats:
+        for size, found in text_recovery.measure(threat, config.span_sizes, config.span_batches, config.seed).items():
+            attack = {k: [b[k] for b in found["attack"]] for k in found["attack"][0]}
+            base = {k: [b[k] for b in found["baseline"]] for k in found["baseline"][0]}
+            rows.append(Row(attack=f"text recovery by span checks (SmolLM2 SFT updates, batch {size})",
+                            defence="none", threat_model=f"server-one-client: {THREATS[threat]}",
+                            batches=len(found["attack"]), metrics=_summary(attack), baseline=_summary(base),
+                            baseline_name="the template's shared prefix, continued by SmolLM2's greedy decoding",
+                            seconds=float(np.sum(found["seconds"]))))
+    return rows
+
+
 def run(out_dir: Path, config: AttackConfig) -> dict[str, Any]:
     """Run the configured attacks, writing ``attacks.json``, ``attacks.md`` and plots to ``out_dir`` after each
     attack (a long run keeps what finished); rows of attacks not run this time are kept from an earlier file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    runners = {"token": token_rows, "reconstruction": reconstruction_rows, "membership": membership_rows}
-    prefixes = {"token": "token-set", "reconstruction": "text reconstruction", "membership": "membership"}
+    runners = {"token": token_rows, "reconstruction": reconstruction_rows, "span": span_rows,
+               "membership": membership_rows}
+    prefixes = {"token": "token-set", "reconstruction": "text reconstruction", "span": "text recovery by span",
+                "membership": "membership"}
     kept: list[Row] = []
     previous = out_dir / "attacks.json"
     if previous.exists():

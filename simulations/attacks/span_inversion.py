@@ -49,6 +49,7 @@ class SpanSettings:
     prefix_tol: float = 1e-3
     beam: int = 64
     max_len: int = 160
+    max_candidates: int = 2048  # a token set larger than this means the span held (nearly) everything: no search
     chunk: int = 256  # candidate prefixes per forward pass
 
 
@@ -183,6 +184,8 @@ def recover_sequences(model: nn.Module, update: dict[str, torch.Tensor], tokens:
     where its own ending leaves off. Returns the finished sequences, best first."""
     basis = row_space(layer_update(update, 1), settings)
     candidates = torch.tensor(sorted(set(tokens)), dtype=torch.long)
+    if candidates.numel() > settings.max_candidates:
+        return []
     first = torch.tensor([list(start)])
     beam = [_Prefix(list(start), prefix_inputs(model, first)[0])]
     finished: list[_Prefix] = []

@@ -32,9 +32,12 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy over the real (unpadded) tokens: generative fine-tuning on the text."""
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
+def causal_lm_loss(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Next-token cross-entropy over the real (unpadded) tokens: generative fine-tuning on the text; with
+    ``labels`` (-100 where no loss), the task's own targets (SFT: the responses only)."""
+    if labels is None:
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
     return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
 
@@ -62,18 +65,19 @@ def _update_after(model: nn.Module, loss: Callable[[], torch.Tensor], training: 
 
 
 def local_update(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 training: LocalTraining) -> dict[str, torch.Tensor]:
-    """The victim's update after ``training`` on one batch of text with the next-token loss."""
-    return _update_after(model, lambda: causal_lm_loss(model, input_ids, attention_mask), training)
+                 training: LocalTraining, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The victim's update after ``training`` on one batch of text with the next-token loss (on ``labels``)."""
+    return _update_after(model, lambda: causal_lm_loss(model, input_ids, attention_mask, labels), training)
 
 
-def gradient_step(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, lr: float
-                  ) -> dict[str, torch.Tensor]:
-    """What a FedSGD client sends: ``-lr`` x its gradient on one batch with the next-token loss, as computed (not
-    the difference of its weights before and after a step, which rounds the small entries away in float32)."""
+def gradient_step(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, lr: float,
+                  labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """What a FedSGD client sends: ``-lr`` x its gradient on one batch with the next-token loss (on ``labels``),
+    as computed (not the difference of its weights before and after a step, which rounds the small entries away in
+    float32)."""
     params = trainable(model)
     model.train()
-    grads = torch.autograd.grad(causal_lm_loss(model, input_ids, attention_mask), list(params.values()))
+    grads = torch.autograd.grad(causal_lm_loss(model, input_ids, attention_mask, labels), list(params.values()))
     return {name: -lr * g.detach() for name, g in zip(params, grads, strict=True)}
 
 
