@@ -105,7 +105,7 @@ class AttackConfig:
         """Few batches, the main defences, small budgets."""
         return cls(defences=QUICK_DEFENCES, batches=2, batch_sizes=(1, 2), untied_defences=("none",),
                    recon_full_defences=("none",), recon_iterations=60, recon_length=12, mia_examples_per_client=8,
-                   mia_rounds=2, mia_shadows=4, span_sizes=(1, 2), span_batches=1,
+                   mia_rounds=2, mia_shadows=4, span_sizes=(2,), span_batches=1,
                    span_threats=("fedsgd", "client-update"))
 
 
