@@ -53,8 +53,9 @@ def _saved(directory: Path) -> dict[int, Path]:
 
 def load_before(directory: Path, round_id: int) -> dict[str, torch.Tensor] | None:
     """The residual left by the newest round before ``round_id``, or None (this node has not trained yet)."""
-    earlier = [r for r in _saved(directory) if r < round_id]
-    return load_file(str(_saved(directory)[max(earlier)])) if earlier else None
+    saved = _saved(directory)
+    earlier = [r for r in saved if r < round_id]
+    return load_file(str(saved[max(earlier)])) if earlier else None
 
 
 def save(directory: Path, round_id: int, residual: dict[str, torch.Tensor]) -> None:

@@ -55,17 +55,6 @@ def model_hooks(cfg: RunConfig) -> ModelHooks:
                       task.kind.higher_is_better)
 
 
-def check_deployed_out_dir(cfg: RunConfig, out_dir: Path) -> None:
-    """Refuse, before the model loads or any node is asked, an output directory that holds an earlier run unless
-    the run config says ``resume=true`` or ``overwrite=true`` (which discards that run's checkpoint); ValueError
-    naming the directory and both ways out."""
-    if cfg.overwrite and cfg.resume:
-        raise ValueError("overwrite=true replaces a run and resume=true continues it: choose one")
-    check_out_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite, deployed=True)
-    if cfg.overwrite:
-        checkpoint.discard(out_dir)  # the earlier run's: a crash in round 1 must not resume it
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Entry point Flower calls with the fused run config (pyproject defaults + --run-config)."""
@@ -73,7 +62,11 @@ def main(grid: Grid, context: Context) -> None:
     configure_logging()
     cfg = resolve(dict(context.run_config))
     out_dir = cfg.output_dir().resolve()
-    check_deployed_out_dir(cfg, out_dir)
+    # Before the model loads or any node is asked: a directory holding another run needs resume=true or
+    # overwrite=true (which discards that run's checkpoint).
+    check_out_dir(out_dir, resume=cfg.resume, overwrite=cfg.overwrite, deployed=True)
+    if cfg.overwrite:
+        checkpoint.discard(out_dir)
     log.info("fedsqueeze run: preset %s, %d clients, %d rounds, codec %s, outputs in %s",
              cfg.preset, cfg.num_clients, cfg.num_server_rounds, cfg.codec, out_dir)
     summary = run_federation(grid, cfg, out_dir, model_hooks(cfg))

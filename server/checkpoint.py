@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from server.outputs import write_json_atomic
+from server.outputs import NODE_STATE, write_json_atomic
 
 DIRECTORY = "checkpoint"
 MANIFEST = "checkpoint.json"
@@ -119,12 +120,14 @@ def save(out_dir: Path, checkpoint: Checkpoint) -> Path:
 
 
 def discard(out_dir: Path) -> None:
-    """Remove the checkpoint under ``out_dir`` (a run being overwritten): the manifest first, so that a crash
-    midway leaves nothing to resume from rather than another run's state."""
+    """Remove what a run being overwritten in ``out_dir`` could be resumed from: its checkpoint (the manifest
+    first, so that a crash midway leaves nothing to resume rather than another run's state), then the residuals
+    its simulated clients kept there."""
     directory = out_dir / DIRECTORY
     (directory / MANIFEST).unlink(missing_ok=True)
     for tensors in directory.glob("round-*.safetensors"):
         tensors.unlink(missing_ok=True)
+    shutil.rmtree(out_dir / NODE_STATE, ignore_errors=True)
 
 
 def load(out_dir: Path) -> Checkpoint | None:

@@ -32,6 +32,11 @@ class Enrolment:
     problems: list[str] = field(default_factory=list)
 
 
+def samples(fraction_train: float, nodes: int) -> bool:
+    """Whether a round trains fewer than all ``nodes`` (so the order nodes are drawn in must not hang on ids)."""
+    return round(fraction_train * nodes) < nodes
+
+
 def weight_ceiling(local_steps: int, batch_size: int) -> float:
     """The examples an honest client processes in a round, so the most its update may weigh."""
     return float(local_steps * batch_size)

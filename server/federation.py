@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from server import checkpoint
 from server.client_reply import ClientReply, RoundOutcome, collect_replies, read_reply
 from server.coordinator_state import CoordinatorState, check_resumable
-from server.enrolment import Enrolment, enrol
+from server.enrolment import Enrolment, enrol, samples
 from server.evaluation import ModelHooks, SamplesLog
 from server.outputs import MetricsLog, plot_metrics, write_json_atomic
 from server.progress import RoundProgress
@@ -95,7 +95,7 @@ def _start(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks, progres
     metrics_log = MetricsLog(out_dir, rows=resumed.rows if resumed is not None else None)
     progress.status(f"waiting for {cfg.num_clients} client nodes")
     node_ids = wait_for_nodes(grid, cfg.num_clients, cfg.wait_for_clients_s)
-    if round(cfg.fraction_train * len(node_ids)) < len(node_ids):  # sampling: the order must not hang on node ids
+    if samples(cfg.fraction_train, len(node_ids)):
         progress.status("enrolling the nodes (their partitions)")
         enrolment = enrol(grid, node_ids, cfg.round_timeout_s)
     else:

@@ -5,12 +5,9 @@ nothing for long and the metrics say which node answered which round late."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from flwr.serverapp import Grid
-
-log = logging.getLogger("fedsqueeze")
 
 KEEP_ROUNDS = 5  # a message still unanswered this many rounds after its own is forgotten
 

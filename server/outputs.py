@@ -31,8 +31,12 @@ class OutputDirError(ValueError):
 def check_out_dir(out_dir: Path, *, resume: bool = False, overwrite: bool = False, deployed: bool = False) -> None:
     """Refuse ``out_dir`` before anything is written: a path that is or runs through a file, a place this process
     cannot write, or a directory holding an earlier run's outputs (``RUN_OUTPUTS``) unless the run resumes it or
-    ``overwrite`` says to replace it. Raises OutputDirError, naming the CLI's flags (or, for a ``deployed`` run,
-    its run-config keys) as the ways out."""
+    ``overwrite`` says to replace it (asking for both is refused too). Raises OutputDirError, naming the CLI's
+    flags (or, for a ``deployed`` run, its run-config keys) as the ways out."""
+    ways_out = ("resume=true", "overwrite=true", "out-dir") if deployed else (
+        f"--resume {out_dir}", "--overwrite", "--out")
+    if resume and overwrite:
+        raise OutputDirError(f"{ways_out[1]} replaces a run and {ways_out[0]} continues it: choose one")
     target = out_dir.expanduser().absolute()
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not existing.is_dir():
@@ -45,8 +49,6 @@ def check_out_dir(out_dir: Path, *, resume: bool = False, overwrite: bool = Fals
                              f"{exc.strerror or exc})") from None
     earlier = [name for name in RUN_OUTPUTS if (target / name).exists()]
     if earlier and not (resume or overwrite):
-        ways_out = ("resume=true", "overwrite=true", "out-dir") if deployed else (
-            f"--resume {out_dir}", "--overwrite", "--out")
         raise OutputDirError(f"output directory '{out_dir}' already holds a run ({', '.join(earlier)}): continue "
                              f"it with {ways_out[0]}, replace it with {ways_out[1]}, or choose a new {ways_out[2]}")
 

@@ -55,8 +55,3 @@ class ReplyStream:
                 pause = min(LONGEST_POLL_S, pause * 2)
         self.unanswered = {mid: self.sent_to[mid] for mid in waiting}
 
-
-def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float | None) -> Iterator[Message]:
-    """Push ``messages`` and yield each reply as it arrives, until all have replied or ``timeout`` seconds passed
-    (None: no limit); see ReplyStream for the sender of an error and the messages left unanswered."""
-    return iter(ReplyStream(grid, messages, timeout))

@@ -21,7 +21,7 @@ from server import checkpoint
 from server.aggregation import RoundAggregator, byte_limit, check_norm
 from server.client_reply import RoundOutcome, collect_replies
 from server.coordinator_state import CoordinatorState
-from server.enrolment import Enrolment, weight_ceiling
+from server.enrolment import Enrolment, samples, weight_ceiling
 from server.evaluation import ModelHooks, SamplesLog
 from server.late_replies import LateReplies
 from server.outputs import MetricsLog
@@ -72,7 +72,8 @@ class Federation:
     def online_nodes(self) -> list[int]:
         """The nodes online now, in sampling order, enrolling any that joined since the last round."""
         online = set(self.grid.get_node_ids())
-        self.enrolment = updated_enrolment(self.grid, self.enrolment, online, samples=self.cfg.fraction_train < 1,
+        self.enrolment = updated_enrolment(self.grid, self.enrolment, online,
+                                           samples=samples(self.cfg.fraction_train, len(online)),
                                            timeout_s=self.cfg.round_timeout_s)
         self.node_ids = self.enrolment.order
         return online_in_order(self.node_ids, online)

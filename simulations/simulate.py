@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,8 +115,6 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
                          "(drop --client-gpus, or join a GPU cluster with --ray-address)")
     cfg = resolve({**with_gpu_device(user_config, client_gpus), "out-dir": str(out_dir)})
     overwrite = overwrite or cfg.overwrite  # --overwrite, or overwrite=true in the run config
-    if overwrite and cfg.resume:
-        raise ValueError("overwrite and resume contradict each other: a resumed run keeps what its directory holds")
     check_out_dir(out_dir, resume=cfg.resume, overwrite=overwrite)
     parallel = max_parallel or min(cfg.num_clients, 3)
     backend = backend_config(parallel=parallel, client_gpus=client_gpus, ray_address=ray_address)
@@ -138,7 +135,6 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         on_checked()
     if overwrite:
         checkpoint.discard(out_dir)  # the earlier run's: a crash in round 1 must not resume it
-        shutil.rmtree(out_dir / NODE_STATE, ignore_errors=True)  # and its clients' residuals
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
     server_app = ServerApp()

@@ -13,7 +13,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from server.aggregation import RoundAggregator, aggregate
 from server.federation import collect_replies
-from server.replies import stream_replies
+from server.replies import ReplyStream
 from server.run_config import AggregationSettings
 from strategies import messages, robust
 from strategies.codecs import dense, ferret
@@ -208,7 +208,7 @@ def test_replies_are_handed_on_as_they_arrive_and_the_timeout_ends_the_wait(monk
     out = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (1, 2, 3)]
     started = time.monotonic()
     seen = []
-    for reply in stream_replies(grid, out, timeout=1.0):  # type: ignore[arg-type]
+    for reply in ReplyStream(grid, out, timeout=1.0):  # type: ignore[arg-type]
         seen.append((reply.metadata.src_node_id, time.monotonic() - started))
     assert [node for node, _ in seen] == [1, 2]
     assert seen[0][1] < 0.2 and seen[1][1] < 0.8  # node 1's reply came before node 2 had answered
