@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,19 @@ def test_ferret_under_secure_aggregation_sees_the_projection_of_the_round_sum() 
         defences.observe("ferret-64+dp-1+secagg-8", victim, others, round_id=3, dp_clip=1.0, generator=generator)
 
 
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"attacks": "token,canaries"}, "unknown attack 'canaries'"),
+    ({"canary-defences": "none,secagg"}, "unknown defence 'secagg'"),
+    ({"canary-clients": "9"}, "canary-clients must be 2..7"),
+    ({"canary-repeats": "32,0"}, "canary-repeats must be counts of at least 1"),
+    ({"canary-candidates": "4"}, "canary-candidates must be at least 8"),
+    ({"canary-shadows": "0"}, "canary-shadows must be at least 1"),
+])
+def test_bad_attack_settings_are_named_before_anything_runs(settings: dict[str, str], named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        AttackConfig().with_overrides(settings)
+
+
 @pytest.mark.slow
 def test_quick_harness_writes_every_attack_against_every_defence(tmp_path: Path) -> None:
     config = AttackConfig.quick()
@@ -81,7 +95,8 @@ def test_quick_harness_writes_every_attack_against_every_defence(tmp_path: Path)
     saved = json.loads((tmp_path / "attacks.json").read_text())
     assert len(saved["rows"]) == len(rows)
     for attack in ("token-set (tied", "token-set (untied", "text reconstruction", "text recovery by span",
-                   "membership"):
+                   "PII canaries in the final model", "PII canaries from", "membership inference (offline",
+                   "membership inference (LiRA"):
         assert any(r["attack"].startswith(attack) for r in rows), attack
     # Span checks recover a FedSGD batch's text exactly, far above the template-plus-greedy baseline; AdamW steps
     # of the real client update leave nothing to check.
@@ -104,9 +119,21 @@ def test_quick_harness_writes_every_attack_against_every_defence(tmp_path: Path)
         assert recon["none"]["metrics"]["rouge1"][0] > recon["none"]["baseline"]["rouge1"][0] + 0.05, kind
     # Every defence row is measured: secure aggregation over 8 clients blunts token recovery.
     assert tied["secagg-8"]["metrics"]["token_f1"][0] < tied["none"]["metrics"]["token_f1"][0]
-    mia = [r for r in rows if r["attack"].startswith("membership")]
+    mia = [r for r in rows if r["attack"].startswith("membership inference (LiRA")]
     assert {r["defence"] for r in mia} == set(config.defences)
     assert all(0.0 <= r["metrics"]["mia_auc"][0] <= 1.0 and r["utility"] is not None for r in mia)
+    # PII canaries: the coordinator, applying client 0's own update, finds its canary far more likely than
+    # never-planted ones; the secure aggregate of 4 clients gives it away less.
+    final = {r["defence"]: r for r in rows if r["attack"].startswith("PII canaries in the final model")}
+    view = {r["defence"]: r for r in rows if r["attack"].startswith("PII canaries from")}
+    assert set(final) == set(view) == set(config.canary_defences)
+    bits = f"exposure_bits_x{config.canary_repeats[0]}"
+    assert view["none"]["metrics"][bits][0] > view["none"]["baseline"][bits][0] + 3
+    assert view["secagg-4"]["metrics"][bits][0] < view["none"]["metrics"][bits][0] - 1
+    sft_mia = [r for r in rows if r["attack"].startswith("membership inference (offline")]
+    assert {r["defence"] for r in sft_mia} == set(config.canary_defences)
+    assert all(0 <= r["metrics"]["mia_auc"][0] <= 1 for r in sft_mia)
+    assert all(r["utility"] > 1 for r in sft_mia + list(final.values()))  # held-out perplexity
     table = (tmp_path / "attacks.md").read_text()
     assert "| none |" in table and "secagg-8" in table
     assert any(p.suffix == ".png" for p in (tmp_path / "plots").iterdir())

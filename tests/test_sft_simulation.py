@@ -151,7 +151,7 @@ def test_fedadam_and_fedprox_resumed_after_a_round_end_bit_identical_to_the_unin
     from safetensors.torch import load_file
 
     config = _tiny_sft(tiny_causal_lm, **{"server-optimizer": "fedadam", "server-lr": 3e-3, "fedprox-mu": 0.1,
-                                          "local-steps": 2, "eval-samples": 2, "num-server-rounds": 3})
+                                          "local-steps": 2, "eval-samples": 2, "num-server-rounds": 2})
     whole = simulate(config, out_dir=tmp_path / "whole", max_parallel=3)
     simulate({**config, "num-server-rounds": 1}, out_dir=tmp_path / "cut", max_parallel=3)
     manifest = json.loads((tmp_path / "cut" / "checkpoint" / "checkpoint.json").read_text())

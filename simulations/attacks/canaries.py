@@ -12,6 +12,7 @@ log-likelihoods (Carlini et al. estimate the rank the same way, with a skew-norm
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from client.task.chat_format import encode_conversation
+from simulations.attacks.likelihood import labelled_log_likelihood
 
 QUESTION = "What is the phone number of {name}?"
 ANSWER = "The phone number of {name} is {secret}."
@@ -66,11 +68,8 @@ def response_log_likelihood(model: nn.Module, tokenizer: object, conversations: 
     ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in encoded])
     labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in encoded])
     mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in encoded])
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    targets = labels[:, 1:]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0)[..., None])[..., 0]
-    return (logp * (targets != -100)).sum(dim=1).double().numpy()
+    total, _ = labelled_log_likelihood(model, ids, mask, labels)
+    return total.cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -83,16 +82,50 @@ class Exposure:
     sample: int
 
 
+def candidate_log_likelihoods(model: nn.Module, tokenizer: object, conversations: list[list[dict[str, str]]],
+                              batch: int = 64, max_length: int = 128) -> np.ndarray:
+    """Like ``response_log_likelihood`` for conversations that differ only from some token on (a canary's
+    candidates): the shared beginning runs once and its keys and values are reused, and only the labelled tokens
+    after it are summed (the shared ones add the same constant to every candidate, so ranks are unchanged)."""
+    encoded = [encode_conversation(tokenizer, c, max_length) for c in conversations]
+    if any(e is None for e in encoded):
+        raise ValueError(f"a canary conversation does not fit {max_length} tokens")
+    rows = [e.input_ids for e in encoded]  # type: ignore[union-attr]
+    common = next((i for i in range(min(map(len, rows))) if len({r[i] for r in rows}) > 1), min(map(len, rows)))
+    cut = max(1, common - 1)  # the shared tokens fed once; the last of them starts every candidate's own part
+    with torch.no_grad():
+        shared = model(input_ids=torch.tensor([rows[0][:cut]]), use_cache=True).past_key_values
+    pad = tokenizer.pad_token_id  # type: ignore[attr-defined]
+    out = []
+    for start in range(0, len(rows), batch):
+        chunk = encoded[start:start + batch]
+        width = max(len(e.input_ids) for e in chunk) - cut  # type: ignore[union-attr]
+        ids = torch.tensor([e.input_ids[cut:] + [pad] * (width - len(e.input_ids) + cut)  # type: ignore[union-attr]
+                            for e in chunk])
+        labels = torch.tensor([e.labels[cut:] + [-100] * (width - len(e.labels) + cut)  # type: ignore[union-attr]
+                               for e in chunk])
+        own = torch.tensor([[1] * (len(e.input_ids) - cut) + [0] * (width - len(e.input_ids) + cut)  # type: ignore[union-attr]
+                            for e in chunk])
+        mask = torch.cat([torch.ones(len(chunk), cut, dtype=torch.long), own], dim=1)
+        cache = copy.deepcopy(shared)
+        cache.batch_repeat_interleave(len(chunk))
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0)[..., None])[..., 0]
+        out.append((logp * (targets != -100)).sum(dim=1).double().numpy())
+    return np.concatenate(out)
+
+
 def exposure(model: nn.Module, tokenizer: object, canary: Canary, digits: int, sample: int, seed: int,
              batch: int = 64) -> Exposure:
     """The canary's exposure under ``model`` among ``sample`` random other secrets of the same pattern."""
     rng = np.random.default_rng(seed)
     candidates = [format_secret(int(v), digits) for v in rng.integers(10**digits, size=sample)]
     candidates = [c for c in candidates if c != canary.secret]
-    conversations = [canary.conversation(c) for c in candidates]
-    scores = np.concatenate([response_log_likelihood(model, tokenizer, conversations[i:i + batch])
-                             for i in range(0, len(conversations), batch)])
-    true = float(response_log_likelihood(model, tokenizer, [canary.conversation()])[0])
+    scored = candidate_log_likelihoods(model, tokenizer, [canary.conversation()]
+                                       + [canary.conversation(c) for c in candidates], batch=batch)
+    true, scores = float(scored[0]), scored[1:]
     above = int((scores >= true).sum())
     empirical = math.log2((len(scores) + 1) / (above + 1))
     spread = float(scores.std()) or 1e-12

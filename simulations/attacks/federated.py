@@ -7,12 +7,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from datasets import Dataset
 
 from client.task.build import Task
 from client.task.loop import client_training_seed, evaluate, train_locally, training_order
+from simulations.attacks import defences
+from strategies.codecs import dense
+from strategies.codecs.registry import CodecSettings
 from strategies.fedavg import apply_update
+from strategies.privacy import DPSettings, privatize
+from strategies.secagg.ring import Quantizer
+from strategies.secagg.updates import SecureEncoding, encode_input, mean_update
 
 Defence = Callable[[list[dict[str, torch.Tensor]], int], tuple[dict[str, torch.Tensor], int]]
 
@@ -26,6 +33,7 @@ class FederatedResult:
     accuracy: float = 0.0
     bytes_up_per_client_round: float = 0.0
     first_round_updates: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)  # every held-out metric of the task kind
 
 
 def run_federation(task: Task, train: Dataset, partitions: list[list[int]], heldout: Dataset, *, rounds: int,
@@ -58,6 +66,37 @@ def run_federation(task: Task, train: Dataset, partitions: list[list[int]], held
         sent.append(nbytes)
         state = apply_update(state, mean)
     task.load_trainable_state(state)
-    accuracy = evaluate(task, heldout).metrics["accuracy"]
+    scores = evaluate(task, heldout).metrics
     task.load_trainable_state(start)
-    return FederatedResult(state, sorted(members), accuracy, sum(sent) / len(sent), first)
+    return FederatedResult(state, sorted(members), scores.get("accuracy", float("nan")), sum(sent) / len(sent),
+                           first, scores)
+
+
+def defended_mean(name: str, clip: float, secagg_clip: float, generator: torch.Generator) -> Defence:
+    """The coordinator's mean of a round's updates under defence ``name``: per-client DP and compression, then
+    (secagg) the quantised sum, as fedsqueeze's clients and coordinator do it. The secure sum is over the
+    round's own clients, whatever ``secagg-<n>`` says."""
+    steps = defences.parse(name)
+    secure = any(s.kind == "secagg" for s in steps)
+
+    def apply(updates: list[dict[str, torch.Tensor]], round_id: int) -> tuple[dict[str, torch.Tensor], int]:
+        views, nbytes = [], 0
+        for update in updates:
+            view, nbytes = dict(update), dense.dense_fp32_bytes(update)
+            for step in steps:
+                if step.kind == "dp":
+                    view = privatize(view, DPSettings(step.value, clip), len(updates), secure, generator)[0]
+                elif step.kind in defences.CODEC_DEFENCES:
+                    view, nbytes = defences.observe(f"{step.kind}-{step.value:g}", view, {}, round_id=round_id,
+                                                    dp_clip=clip, generator=generator)
+            views.append(view)
+        if not secure:
+            return {n: sum(v[n] for v in views) / len(views) for n in views[0]}, nbytes
+        layout = {n: tuple(t.shape) for n, t in views[0].items()}
+        encoding = SecureEncoding(settings=CodecSettings(), quantizer=Quantizer(secagg_clip, 16), parties=len(views),
+                                  layout=layout)
+        rng = np.random.default_rng(round_id)
+        total = sum(encode_input(encoding, v, rng).words[0] for v in views)
+        return mean_update(encoding, [total], len(views)), nbytes * encoding.segments()[0][1] // 32
+
+    return apply

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,20 +32,18 @@ from client.task.build import Task, build_task, load_splits
 from client.task.loop import train_locally
 from client.task.models import load_causal_lm, load_tokenizer
 from client.task.task_keys import task_spec
-from simulations.attacks import defences, membership, metrics, text_recovery, token_recovery
-from simulations.attacks.federated import run_federation
+from simulations.attacks import canary_federation, defences, membership, metrics, text_recovery, token_recovery
+from simulations.attacks.canary_federation import CanarySetup
+from simulations.attacks.federated import defended_mean, run_federation
 from simulations.attacks.reconstruction import ReconstructionSettings, random_tokens, reconstruct
 from simulations.attacks.text_recovery import THREATS
 from simulations.attacks.victim import LocalTraining, local_update, task_update
-from strategies.codecs import dense
-from strategies.codecs.registry import CodecSettings
 from strategies.fedavg import l2_norm
-from strategies.privacy import DPSettings, privatize
-from strategies.secagg.ring import Quantizer
-from strategies.secagg.updates import SecureEncoding, encode_input, mean_update
 
 log = logging.getLogger("fedsqueeze")
 QUICK_DEFENCES = ("none", "compeft-0.05", "ferret-64", "secagg-8", "dp-1")
+ATTACKS = ("token", "reconstruction", "span", "canary", "membership")
+CANARY_DOMAINS = 7  # the SFT preset's WordNet domains: one per canary-federation client
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class AttackConfig:
     """What ``fedsqueeze attack`` runs; ``quick()`` is the two-minute version for tests."""
 
     defences: tuple[str, ...] = defences.DEFAULT_DEFENCES
-    batches: int = 20
+    batches: int = 8  # per attack and defence, cycling through batch_sizes
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
     token_lr: float = 2e-5  # the fortunes preset's full-parameter step
     untied_defences: tuple[str, ...] = ("none", "compeft-0.05", "ferret-64", "secagg-8", "dp-1")
@@ -68,7 +67,23 @@ class AttackConfig:
     span_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)
     span_batches: int = 2  # batches per size
     span_threats: tuple[str, ...] = tuple(THREATS)
-    attacks: tuple[str, ...] = ("token", "reconstruction", "span", "membership")
+    # Ferret at 1,024 directions (at 64 its reconstruction noise wrecks a LoRA adapter: perplexity ~10^7) and DP
+    # at noise levels the adapter survives (at z = 0.1 the noise's norm is ~50x the update's: perplexity ~10^11).
+    canary_defences: tuple[str, ...] = ("none", "compeft-0.2", "compeft-0.05", "ferret-1024", "secagg-8",
+                                        "secagg-32", "dp-0.001", "dp-0.01", "ferret-1024+secagg-8",
+                                        "dp-0.01+secagg-8")
+    canary_clients: int = 4
+    canary_rounds: int = 2
+    canary_steps: int = 8
+    canary_batch_size: int = 4
+    canary_examples: int = 16  # conversations per client (client 0 also holds the canaries)
+    canary_repeats: tuple[int, ...] = (32, 4)
+    canary_candidates: int = 64
+    canary_nonmembers: int = 200
+    canary_shadows: int = 2
+    canary_unseen: int = 2
+    canary_full_view: int = 8
+    attacks: tuple[str, ...] = ("token", "reconstruction", "span", "canary", "membership")
 
     def with_overrides(self, overrides: dict[str, Any]) -> AttackConfig:
         """A copy with ``key=value`` settings as users type them (lists comma-separated); ValueError names an
@@ -83,30 +98,49 @@ class AttackConfig:
             try:
                 if isinstance(default, tuple):
                     items = [v.strip() for v in str(value).split(",") if v.strip()]
-                    values[name] = (tuple(int(v) for v in items) if name in ("batch_sizes", "span_sizes")
-                                    else tuple(items))
+                    values[name] = (tuple(int(v) for v in items)
+                                    if name in ("batch_sizes", "span_sizes", "canary_repeats") else tuple(items))
                 else:
                     values[name] = type(default)(value)
             except ValueError as exc:
                 raise ValueError(f"attack setting '{key}': {exc}") from exc
         config = replace(self, **values)
-        for name in config.defences + config.untied_defences + config.recon_full_defences:
+        for name in config.defences + config.untied_defences + config.recon_full_defences + config.canary_defences:
             defences.parse(name)
-        unknown = sorted(set(config.attacks) - {"token", "reconstruction", "span", "membership"})
+        unknown = sorted(set(config.attacks) - set(ATTACKS))
         if unknown:
-            raise ValueError(f"unknown attack '{unknown[0]}' (token, reconstruction, span, membership)")
+            raise ValueError(f"unknown attack '{unknown[0]}' ({', '.join(ATTACKS)})")
         threats = sorted(set(config.span_threats) - set(THREATS))
         if threats:
             raise ValueError(f"unknown span threat model '{threats[0]}' ({', '.join(THREATS)})")
+        config.check_canary_settings()
         return config
+
+    def check_canary_settings(self) -> None:
+        """ValueError naming the first canary setting out of range (checked before any attack starts)."""
+        if not 2 <= self.canary_clients <= CANARY_DOMAINS:
+            raise ValueError(f"canary-clients must be 2..{CANARY_DOMAINS} (one SFT domain each), "
+                             f"got {self.canary_clients}")
+        for name in ("canary_rounds", "canary_steps", "canary_batch_size", "canary_examples", "canary_nonmembers",
+                     "canary_shadows", "canary_unseen"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.canary_candidates < 8:
+            raise ValueError(f"canary-candidates must be at least 8, got {self.canary_candidates}")
+        if not self.canary_repeats or min(self.canary_repeats) < 1:
+            raise ValueError(f"canary-repeats must be counts of at least 1, got {self.canary_repeats}")
 
     @classmethod
     def quick(cls) -> AttackConfig:
         """Few batches, the main defences, small budgets."""
         return cls(defences=QUICK_DEFENCES, batches=2, batch_sizes=(1, 2), untied_defences=("none",),
                    recon_full_defences=("none",), recon_iterations=60, recon_length=12, mia_examples_per_client=8,
-                   mia_rounds=2, mia_shadows=4, span_sizes=(2,), span_batches=1,
-                   span_threats=("fedsgd", "client-update"))
+                   mia_rounds=2, mia_shadows=2, span_sizes=(2,), span_batches=1,
+                   span_threats=("fedsgd", "client-update"), canary_defences=("none", "secagg-4"),
+                   canary_clients=2, canary_examples=12, canary_rounds=1, canary_steps=5, canary_batch_size=4,
+                   canary_repeats=(16,),
+                   canary_candidates=16, canary_unseen=1, canary_nonmembers=40, canary_shadows=1,
+                   canary_full_view=4)
 
 
 @dataclass
@@ -123,6 +157,7 @@ class Row:
     utility: float | None = None
     bytes_per_round: float | None = None
     seconds: float = 0.0
+    utility_name: str = "accuracy of the encoder federation"
 
 
 def _summary(values: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
@@ -314,35 +349,6 @@ def _reconstruction(config: AttackConfig, trainable: str, chosen: tuple[str, ...
             for name in chosen]
 
 
-def _federated_defence(name: str, clip: float, secagg_clip: float, generator: torch.Generator):
-    """The coordinator's mean of a round's updates under defence ``name``: per-client DP and compression, then
-    (secagg) the quantised sum, as fedsqueeze's clients and coordinator do it."""
-    steps = defences.parse(name)
-    secure = any(s.kind == "secagg" for s in steps)
-
-    def apply(updates: list[dict[str, torch.Tensor]], round_id: int) -> tuple[dict[str, torch.Tensor], int]:
-        views, nbytes = [], 0
-        for update in updates:
-            view, nbytes = dict(update), dense.dense_fp32_bytes(update)
-            for step in steps:
-                if step.kind == "dp":
-                    view = privatize(view, DPSettings(step.value, clip), len(updates), secure, generator)[0]
-                elif step.kind in defences.CODEC_DEFENCES:
-                    view, nbytes = defences.observe(f"{step.kind}-{step.value:g}", view, {}, round_id=round_id,
-                                                    dp_clip=clip, generator=generator)
-            views.append(view)
-        if not secure:
-            return {n: sum(v[n] for v in views) / len(views) for n in views[0]}, nbytes
-        layout = {n: tuple(t.shape) for n, t in views[0].items()}
-        encoding = SecureEncoding(settings=CodecSettings(), quantizer=Quantizer(secagg_clip, 16), parties=len(views),
-                                  layout=layout)
-        rng = np.random.default_rng(round_id)
-        total = sum(encode_input(encoding, v, rng).words[0] for v in views)
-        return mean_update(encoding, [total], len(views)), nbytes * encoding.segments()[0][1] // 32
-
-    return apply
-
-
 def membership_rows(config: AttackConfig) -> list[Row]:
     """Membership inference on the final global model of a small federation under each defence."""
     task, train, heldout = _encoder_task(config)
@@ -372,7 +378,7 @@ def membership_rows(config: AttackConfig) -> list[Row]:
         generator = torch.Generator().manual_seed(config.seed)
         result = run_federation(task, train.dataset, partitions, heldout.dataset, rounds=config.mia_rounds,
                                 steps=steps, batch_size=spec.batch_size, lr=spec.lr, seed=config.seed,
-                                defence=_federated_defence(name, clip, 2 * spec.lr * steps, generator),
+                                defence=defended_mean(name, clip, 2 * spec.lr * steps, generator),
                                 first_round_updates=first_round)
         first_round = result.first_round_updates
         member_mask = np.isin(pool_rows, np.array(result.members))
@@ -411,29 +417,73 @@ def span_rows(config: AttackConfig) -> list[Row]:
     return rows
 
 
+def canary_rows(config: AttackConfig) -> list[Row]:
+    """PII canaries planted in one client of a federated SFT run (canary_federation.py), under each defence: the
+    final model's exposure and extraction, the same from the canary holder's update as the coordinator sees it,
+    and membership inference on the final model; utility is the held-out response perplexity."""
+    setup = CanarySetup(clients=config.canary_clients, examples_per_client=config.canary_examples,
+                        rounds=config.canary_rounds, steps=config.canary_steps,
+                        batch_size=config.canary_batch_size, repeats=config.canary_repeats,
+                        candidates=config.canary_candidates, nonmembers=config.canary_nonmembers,
+                        shadows=config.canary_shadows, unseen=config.canary_unseen,
+                        full_view=config.canary_full_view, seed=config.seed)
+    found = canary_federation.run(setup, config.canary_defences, config.dp_clip_factor)
+    federation = (f"{setup.clients} clients, {setup.rounds} rounds of {setup.steps} steps of {setup.batch_size}; "
+                  f"client 0 holds canaries repeated {', '.join(map(str, setup.repeats))} times")
+    unseen = f"canaries never planted ({setup.unseen} of the same pattern), in the same model"
+    rows = []
+    for result in found:
+        common = {"defence": result.defence, "utility": result.utility["perplexity"],
+                  "utility_name": "held-out response perplexity of the SFT federation",
+                  "bytes_per_round": result.bytes_per_round, "seconds": result.seconds}
+        rows.append(Row(attack=f"PII canaries in the final model (SmolLM2 SFT federation: {federation})",
+                        threat_model="anyone holding the final global model", batches=1,
+                        metrics=_pairs(result.final | {"rouge_l": result.utility["rouge_l"]}),
+                        baseline=_pairs(result.final_baseline), baseline_name=unseen,
+                        **common))
+        rows.append(Row(attack="PII canaries from the canary holder's round-1 update (ReCIT style: the update it "
+                               "sees applied and queried)", threat_model=_threat(result.defence), batches=1,
+                        metrics=_pairs(result.update_view), baseline=_pairs(result.update_baseline),
+                        baseline_name=unseen, **common))
+        rows.append(Row(attack=f"membership inference (offline LiRA, SmolLM2 SFT federation: {federation})",
+                        threat_model="anyone holding the final global model",
+                        batches=int(result.membership_counts[0] + result.membership_counts[1]),
+                        metrics=_pairs(result.membership), baseline=_pairs(result.membership_baseline),
+                        baseline_name=(f"loss threshold ({result.membership_counts[0]} members, "
+                                       f"{result.membership_counts[1]} non-members; {setup.shadows} OUT shadows)"),
+                        **common))
+    return rows
+
+
+def _pairs(values: dict[str, float]) -> dict[str, tuple[float, float]]:
+    return {k: (float(v), 0.0) for k, v in values.items()}
+
+
 def run(out_dir: Path, config: AttackConfig) -> dict[str, Any]:
     """Run the configured attacks, writing ``attacks.json``, ``attacks.md`` and plots to ``out_dir`` after each
     attack (a long run keeps what finished); rows of attacks not run this time are kept from an earlier file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runners = {"token": token_rows, "reconstruction": reconstruction_rows, "span": span_rows,
-               "membership": membership_rows}
-    prefixes = {"token": "token-set", "reconstruction": "text reconstruction", "span": "text recovery by span",
-                "membership": "membership"}
+               "canary": canary_rows, "membership": membership_rows}
+    prefixes = {"token": ("token-set",), "reconstruction": ("text reconstruction",),
+                "span": ("text recovery by span",), "canary": ("PII canaries", "membership inference (offline"),
+                "membership": ("membership inference (LiRA",)}
     kept: list[Row] = []
     previous = out_dir / "attacks.json"
     if previous.exists():
-        rerun = tuple(prefixes[a] for a in config.attacks)
-        kept = [Row(**{**r, "metrics": {k: tuple(v) for k, v in r["metrics"].items()},
-                       "baseline": {k: tuple(v) for k, v in r["baseline"].items()}})
-                for r in json.loads(previous.read_text())["rows"] if not r["attack"].startswith(rerun)]
+        rerun = tuple(p for a in config.attacks for p in prefixes[a])
+        kept = [r for r in load_rows(previous) if not r.attack.startswith(rerun)]
     rows: list[Row] = list(kept)
     result: dict[str, Any] = {}
     for attack in config.attacks:
+        began = time.perf_counter()
         rows += runners[attack](config)
-        utility = {r.defence: r.utility for r in rows if r.utility is not None and r.attack.startswith("membership")}
+        log.info("attack %s: %.0f s", attack, time.perf_counter() - began)
+        utility = {r.defence: r.utility for r in rows if r.utility is not None and r.attack.startswith(prefixes[
+            "membership"])}
         for row in rows:
-            if not row.attack.startswith("membership"):
+            if row.attack.startswith(("token-set", "text ")):
                 row.utility = utility.get(row.defence)
         result = {"config": asdict(config), "threat_models": __doc__.split("Attacks:")[0].strip(),
                   "rows": [asdict(r) for r in rows], "wall_s": time.perf_counter() - started}
@@ -456,7 +506,7 @@ def markdown_table(rows: list[Row]) -> str:
         out.append(f"### {attack}\n\nbaseline: {group[0].baseline_name}; threat model per row\n")
         out.append("| defence | threat model | " + " | ".join(keys) + " | baseline " +
                    " | baseline ".join(k for k in keys if k in group[0].baseline) +
-                   " | utility: accuracy of the encoder federation | bytes up per client-round |")
+                   f" | utility: {group[0].utility_name} | bytes up per client-round |")
         out.append("|" + "---|" * (3 + len(keys) + len([k for k in keys if k in group[0].baseline])))
         for r in group:
             cells = [_fmt(r.metrics.get(k)) for k in keys]
@@ -466,6 +516,20 @@ def markdown_table(rows: list[Row]) -> str:
             out.append(f"| {r.defence} | {r.threat_model} | " + " | ".join(cells + base) + f" | {utility} | {nbytes} |")
         out.append("")
     return "\n".join(out)
+
+
+def plot_name(attack: str) -> str:
+    """A file name for an attack's plot, distinct for distinct attacks (tied and untied token sets, each span
+    batch size): its words, without the federation's details after a colon."""
+    words = "".join(c if c.isalnum() else " " for c in attack.split(":")[0]).split()
+    return "_".join(words)[:100]
+
+
+def load_rows(path: Path) -> list[Row]:
+    """The rows of an ``attacks.json``."""
+    return [Row(**{**r, "metrics": {k: tuple(v) for k, v in r["metrics"].items()},
+                   "baseline": {k: tuple(v) for k, v in r["baseline"].items()}})
+            for r in json.loads(path.read_text())["rows"]]
 
 
 def plot(rows: list[Row], where: Path) -> None:
@@ -479,18 +543,20 @@ def plot(rows: list[Row], where: Path) -> None:
     headline = {"token": "token_f1", "text": "rouge1", "membership": "mia_auc"}
     for attack in dict.fromkeys(r.attack for r in rows):
         group = [r for r in rows if r.attack == attack]
-        key = next(v for k, v in headline.items() if attack.startswith(k))
+        key = next((v for k, v in headline.items() if attack.startswith(k)), next(iter(group[0].metrics)))
         fig, ax = plt.subplots(figsize=(max(6, len(group) * 0.7), 4))
         means = [r.metrics[key][0] for r in group]
         stds = [r.metrics[key][1] for r in group]
         ax.bar(range(len(group)), means, yerr=stds, color="tab:red", alpha=0.8, label="attack")
         ax.plot(range(len(group)), [r.baseline[key][0] for r in group], "k_", markersize=20,
                 label=group[0].baseline_name)
-        ax.set_xticks(range(len(group)), [r.defence for r in group], rotation=45, ha="right")
+        labels = [r.defence for r in group]
+        if len(set(labels)) < len(labels):  # one defence, several threat models (the span rows)
+            labels = [r.threat_model.split(": ", 1)[-1].split(":")[0][:32] for r in group]
+        ax.set_xticks(range(len(group)), labels, rotation=45, ha="right")
         ax.set_ylabel(key)
-        ax.set_title(attack)
+        ax.set_title("\n".join(textwrap.wrap(attack, 90)), fontsize=8)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        slug = "".join(c if c.isalnum() else "_" for c in attack.split("(")[0].strip())
-        fig.savefig(where / f"{slug}.png", dpi=120)
+        fig.savefig(where / f"{plot_name(attack)}.png", dpi=120)
         plt.close(fig)
