@@ -5,8 +5,10 @@ the same fp32 updates, sequentially, on one thread:
 - ours: quantise (clip, stochastic rounding, ring of 2^b), the four SecAgg+ stages, unmask and dequantise
   (honest-but-curious server: unsigned keys);
 - ours against a malicious server: the same with node identities (P-384 SuperNode keys): signed keys checked
-  against the pinned list, signed mask peers, the confirmation stage (every survivor signs the survivor/dropped
-  story and checks a strict majority's signatures), share digests checked on every revealed share;
+  against the pinned list, the session (every party's advertisement digest, checked against the keys each party
+  saw) that binds the later signatures to this execution, signed mask peers naming the signer's keys, the
+  confirmation stage (every survivor signs the survivor/dropped story under the session id and checks a strict
+  majority's signatures), share digests checked on every revealed share;
 - Flower's: ``SecAggPlusWorkflow`` (its legacy API: ``DefaultWorkflow`` + ``LegacyContext`` + ``NumPyClient`` with
   ``secaggplus_mod``), driven by an in-process Grid that hands each message straight to the ClientApp, with the
   same number of shares and the same threshold.
@@ -70,7 +72,7 @@ def run_ours(updates: list[np.ndarray], malicious: bool = False) -> dict[str, fl
                               layout=layout)
     parties = list(range(1, n + 1))
     k = graph.default_neighbours(n)
-    setup = common.make_setup(1, parties, encoding.segments(), neighbours=k)
+    setup = common.make_setup(1, parties, encoding.segments(), neighbours=k, run=1)  # signed setups name a run
     client_s = {p: 0.0 for p in parties}
     up = {p: 0 for p in parties}
     down = {p: len(setup) for p in parties}

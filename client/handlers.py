@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -116,6 +117,20 @@ def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: t.cpu() for name, t in tensors.items()}
 
 
+def _training_seed(run_seed: int, round_id: int, partition_id: int, secure: bool) -> int:
+    """The seed of this round's local training: the run's (reproducible) seed, plus under secure aggregation a
+    secret of this node's own, so that a coordinator replaying a round (same global state, seed and round, other
+    party sets) cannot make the node compute the same update twice and difference the sums."""
+    seed = client_training_seed(run_seed, round_id, partition_id)
+    return seed ^ secrets.randbits(62) if secure else seed
+
+
+def _refusal(msg: Message, round_id: int, reason: FloorRefusal) -> Message:
+    """The reply that refuses round ``round_id`` and says why (the coordinator records it as refused)."""
+    log.warning("refused round %d: %s", round_id, reason)
+    return Message(content=RecordDict({messages.REFUSAL: ConfigRecord({"reason": str(reason)})}), reply_to=msg)
+
+
 def _codec_encoder(settings: CodecSettings, round_id: int, seed: int | None
                    ) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
     def encode(delta: dict[str, torch.Tensor]) -> tuple[bytes, Sent]:
@@ -158,8 +173,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         secure.admit(config, context, uplink.codec)  # before anything slow: the node's own privacy floor
     except FloorRefusal as exc:
-        log.warning("refused round %d: %s", round_id, exc)
-        return Message(content=RecordDict({messages.REFUSAL: ConfigRecord({"reason": str(exc)})}), reply_to=msg)
+        return _refusal(msg, round_id, exc)
     downlink_settings = CodecSettings.from_record(config, prefix="downlink-")
     partition_id, num_partitions = _node_partition(context)
     for key in ("device", "quantization"):  # a node may choose its own device and base quantisation
@@ -169,23 +183,26 @@ def train(msg: Message, context: Context) -> Message:
     layout = loaded.task.trainable_shapes()
     received, bytes_down, trained_from = _receive_global(msg, context, downlink_settings, layout, loaded.base)
     loaded.task.load_trainable_state(received)
+    secure_round = bool(config.get("secagg", False))
     started = time.perf_counter()
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
-                           lr=spec.lr, seed=client_training_seed(spec.seed, round_id, partition_id),
+                           lr=spec.lr, seed=_training_seed(spec.seed, round_id, partition_id, secure_round),
                            prox_mu=spec.fedprox_mu)
     trained = time.perf_counter()
     delta = loaded.task.trainable_delta(received, on_device=True)  # DP and the codec run where training ran
     del received
     seed = int(config[SEED_KEY]) if SEED_KEY in config else None
-    secure_round = bool(config.get("secagg", False))
     dp = DPSettings(float(config.get("dp-noise-multiplier", 0.0)), float(config.get("dp-clip", 0.0)))
     if dp.enabled:  # the pre-clip norm stays here: it is exactly what DP must not reveal
         delta, _norm = privatize(delta, dp, int(config["clients-per-round"]), secure=secure_round)
     encoder = (_secure_encoder(config, context, uplink, layout) if secure_round
                else _codec_encoder(uplink, round_id, seed))
     store = residual_store.store_dir(context.node_config, str(config.get(messages.FEDERATION_ID, "")), partition_id)
-    encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]), context,
-                                                          encoder, round_id, store)
+    try:
+        encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]),
+                                                              context, encoder, round_id, store)
+    except FloorRefusal as exc:  # the setup ledger, checked again as the keys are about to leave
+        return _refusal(msg, round_id, exc)
     finished = time.perf_counter()
     log.info("partition %d round %d: loss %.4f on %d examples, %d bytes up, %d bytes down", partition_id, round_id,
              result.train_loss, result.num_examples, len(encoded_update), bytes_down)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from client.app_trust import parse_pins
 from client.privacy_floor import FLOOR_KEY, PrivacyFloor
-from client.residual_store import STATE_DIR_KEY
+from client.state_dir import STATE_DIR_KEY
 from client.warm_channel import TRAINER_SOCKET_KEY
 
 IDENTITY_KEY = "secagg-identity-key"  # node config keys read by client/secure.py (kept import-light here)
@@ -34,7 +34,8 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
     ``privacy_floor`` (client/privacy_floor.py, ``"secagg=true min-parties=5"``) is the least protection this node
     accepts of a round; ValueError naming a bad entry.
     ``state_dir`` is where the node keeps what must outlive one Flower run (its error-feedback residuals, so a
-    coordinator restart loses none; client/residual_store.py).
+    coordinator restart loses none, client/residual_store.py; the secure-aggregation setups it took part in,
+    client/setup_ledger.py).
     """
     PrivacyFloor.parse(privacy_floor)
     pins = sorted(parse_pins(app_sha256))

@@ -7,13 +7,17 @@ update in the clear, to take part in a two-party "sum", or to add almost no nois
 ``FEDSQUEEZE_NODE_FLOOR``), written as space-separated ``key=value`` pairs:
 
 - ``secagg=true``: train only for securely aggregated rounds;
-- ``min-parties=N`` and ``min-threshold=T``: the smallest secure-aggregation setup it joins;
+- ``min-parties=N`` and ``min-threshold=T``: the smallest secure-aggregation setup it joins. A node that signs its
+  keys (it pinned the federation's node identities) refuses a threshold below ``SIGNED_MIN_THRESHOLD`` = 3 unless
+  its floor sets ``min-threshold`` itself: against a lying coordinator it learns sums over groups of at least t
+  inputs, and a "sum" of two inputs is either one to anyone who knows the other;
 - ``min-dp-noise=Z``: the smallest DP noise multiplier the round may use, ``max-dp-clip=C`` the largest clip;
 - ``codecs=a,b``: the uplink codecs it agrees to send.
 
 Whatever the floor, a node refuses a secure round whose party count differs from the ``clients-per-round`` its DP
 noise is scaled for, or (when it pinned the federation's node identities) names more parties than the federation
-has nodes, or whose round it has already contributed to in this run.
+has nodes, or that is not bound to the Flower run carrying it, or whose setup (or a later round of its run) it has
+already taken part in (client/setup_ledger.py).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from strategies.secagg.common import SIGNED_MIN_THRESHOLD
 
 FLOOR_KEY = "privacy-floor"  # node config entry holding the floor's text
 FLOOR_ENV = "FEDSQUEEZE_NODE_FLOOR"  # simulation: the floor every simulated node holds
@@ -38,7 +44,7 @@ class PrivacyFloor:
 
     secagg: bool = False
     min_parties: int = 0
-    min_threshold: int = 0
+    min_threshold: int | None = None  # None: SIGNED_MIN_THRESHOLD for signed rounds, nothing for unsigned ones
     min_dp_noise: float = 0.0
     max_dp_clip: float = math.inf
     codecs: frozenset[str] = field(default_factory=frozenset)  # empty: any codec
@@ -65,16 +71,30 @@ class PrivacyFloor:
         """Whether any entry was set."""
         return self != PrivacyFloor()
 
-    def check(self, config: Mapping[str, object], codec: str, parties: int | None, threshold: int | None) -> None:
+    def least_threshold(self, signed: bool) -> int:
+        """The smallest secure-aggregation threshold this node joins: its floor's, else SIGNED_MIN_THRESHOLD for a
+        node that signs its keys, else no bound."""
+        if self.min_threshold is not None:
+            return self.min_threshold
+        return SIGNED_MIN_THRESHOLD if signed else 0
+
+    def check(self, config: Mapping[str, object], codec: str, parties: int | None, threshold: int | None,
+              signed: bool = False) -> None:
         """FloorRefusal naming the first demand a round does not meet: ``config`` is its train config, ``codec``
-        the uplink codec, ``parties``/``threshold`` its secure-aggregation setup (None when not secure)."""
+        the uplink codec, ``parties``/``threshold`` its secure-aggregation setup (None when not secure), ``signed``
+        whether this node signs its keys (which sets a default least threshold)."""
         if self.secagg and parties is None:
             raise FloorRefusal("this node trains only for securely aggregated rounds, and this round is not")
         if parties is not None and parties < self.min_parties:
             raise FloorRefusal(f"the round has {parties} secure-aggregation parties, this node joins only "
                                f"{self.min_parties} or more")
-        if threshold is not None and threshold < self.min_threshold:
-            raise FloorRefusal(f"the round's threshold is {threshold}, this node accepts {self.min_threshold} or more")
+        if threshold is not None and threshold < self.least_threshold(signed):
+            if self.min_threshold is not None:
+                raise FloorRefusal(f"the round's threshold is {threshold}, this node accepts {self.min_threshold} or "
+                                   "more")
+            raise FloorRefusal(f"the round's threshold is {threshold}: a signing node accepts {SIGNED_MIN_THRESHOLD} "
+                               "or more unless its privacy floor sets min-threshold (a group of two inputs hides "
+                               "neither from anyone who knows the other)")
         noise, clip = float(config.get("dp-noise-multiplier", 0.0)), float(config.get("dp-clip", 0.0))
         if self.min_dp_noise > 0 and not noise >= self.min_dp_noise:
             raise FloorRefusal(f"the round's DP noise multiplier is {noise}, this node needs {self.min_dp_noise} "

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-STATE_DIR_KEY = "state-dir"  # node config: where this node keeps what must outlive a Flower run
-STATE_DIR_ENV = "FEDSQUEEZE_NODE_STATE_DIR"  # the same for simulated nodes (one folder per partition under it)
+from client.state_dir import state_root
+
 KEEP = 2
 KEEP_FEDERATIONS = 3  # a node keeps the residuals of its 3 most recent federations (a full model's each)
 _NAME = re.compile(r"residual-(\d{6,})\.safetensors")
@@ -36,13 +36,8 @@ def store_dir(node_config: dict, federation_id: str, partition_id: int,
         return None
     if not _SAFE_ID.fullmatch(federation_id):
         raise ValueError(f"federation id '{federation_id[:80]}' is not lower-case hex")
-    if node_config.get(STATE_DIR_KEY):
-        root = Path(str(node_config[STATE_DIR_KEY]))
-    elif environ.get(STATE_DIR_ENV):
-        root = Path(environ[STATE_DIR_ENV]) / f"partition-{partition_id}"
-    else:
-        return None
-    return root.expanduser() / federation_id
+    root = state_root(node_config, partition_id, environ)
+    return None if root is None else root / federation_id
 
 
 def _saved(directory: Path) -> dict[int, Path]:

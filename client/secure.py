@@ -4,7 +4,8 @@ The party's state (its secrets included) stays in this node's Flower node state 
 A node that pins the federation's node identities (node config ``secagg-trusted-nodes``, with its own key in
 ``secagg-identity-key``; in simulation ``FEDSQUEEZE_NODE_IDENTITIES``) signs its round keys and accepts its
 neighbours' keys only when a distinct pinned identity signed them for this very setup
-(``strategies/secagg/identity.py``).
+(``strategies/secagg/identity.py``). Such a node needs a state directory: it records there every setup it
+advertises keys for and never takes part in one twice (``client/setup_ledger.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from client.launch import IDENTITY_KEY, TRUSTED_NODES  # node config: own key; the pinned node keys
 from client.privacy_floor import CONTRIBUTED, FloorRefusal, PrivacyFloor
+from client.setup_ledger import SetupLedger
+from client.state_dir import STATE_DIR_KEY, state_root
 from strategies import messages
 from strategies.codecs.registry import SEED_KEY, CodecSettings
 from strategies.secagg import audit, common
@@ -64,12 +67,25 @@ def _trusted(path: Path) -> TrustedIdentities:
     return TrustedIdentities(keys)
 
 
+def setup_ledger(context: Context, signed: bool) -> SetupLedger | None:
+    """The ledger of setups this node took part in, in its state directory; None for a node that keeps no state
+    and does not sign. A signing node without a state directory is refused (FloorRefusal): it could not remember
+    a setup across a restart."""
+    root = state_root(context.node_config, int(context.node_config.get("partition-id", 0)))  # type: ignore[arg-type]
+    if root is None and signed:
+        raise FloorRefusal(f"this node signs its secure-aggregation keys but keeps no state directory (node config "
+                           f"{STATE_DIR_KEY}), so it cannot remember which setups it took part in; refused")
+    return None if root is None else SetupLedger(root)
+
+
 def admit(config: dict, context: Context, codec: str) -> None:
-    """Check a train message against this node's privacy floor and the checks every node makes of a secure
-    round, before any training: FloorRefusal naming the first problem. A secure round must be for this run, list
-    exactly the ``clients-per-round`` its DP noise is scaled for, no more parties than the federation has pinned
-    nodes, and come after every secure round this node already contributed to in this run (a round is never
-    answered twice, so a coordinator cannot replay one with a changed party set)."""
+    """Check a train message against this node's privacy floor and the checks every node makes of a secure round,
+    before any training: FloorRefusal naming the first problem. A secure round must be bound to this Flower run
+    and to the round its train message names, list exactly the ``clients-per-round`` its DP noise is scaled for,
+    no more parties than the federation has pinned nodes, and be a setup this node never took part in, of a round
+    after every secure round it took part in for this run (kept in its state directory across restarts when it
+    has one, else for this run), so a coordinator can neither run one setup twice nor replay a round with a
+    changed party set."""
     floor = PrivacyFloor.of_node(context.node_config)
     if not config.get("secagg", False):
         floor.check(config, codec, None, None)
@@ -78,21 +94,31 @@ def admit(config: dict, context: Context, codec: str) -> None:
         setup = common.read_setup(config["secagg-setup"])  # type: ignore[arg-type]
     except (KeyError, SecAggError) as exc:
         raise FloorRefusal(f"the secure round's setup is missing or malformed: {exc}") from exc
-    floor.check(config, codec, len(setup.parties), setup.threshold)
-    if setup.message.run and setup.message.run != context.run_id:
-        raise FloorRefusal(f"secagg setup is for run {setup.message.run}, this node is in run {context.run_id}")
+    _, trusted = node_identity(context)
+    floor.check(config, codec, len(setup.parties), setup.threshold, signed=trusted is not None)
+    if setup.message.run != context.run_id:
+        raise FloorRefusal(f"secagg setup is for run {setup.message.run}, this node is in run {context.run_id} "
+                           "(a setup must name the Flower run that carries it)")
+    if int(config.get("round", setup.round)) != setup.round:  # type: ignore[arg-type]
+        raise FloorRefusal(f"the train message is for round {config.get('round')} but its secure-aggregation setup "
+                           f"for round {setup.round} (a replayed round under a new setup); refused")
     if int(config.get("clients-per-round", -1)) != len(setup.parties):  # type: ignore[arg-type]
         raise FloorRefusal(f"the round scales DP noise for {config.get('clients-per-round')} clients but its "
                            f"secure-aggregation setup lists {len(setup.parties)} parties")
-    _, trusted = node_identity(context)
     if trusted is not None and len(setup.parties) > len(trusted.names):
         raise FloorRefusal(f"the setup lists {len(setup.parties)} parties and the federation has only "
                            f"{len(trusted.names)} pinned nodes")
-    last = int(context.state[CONTRIBUTED]["round"]) if CONTRIBUTED in context.state else 0  # type: ignore[arg-type]
+    contributed = context.state[CONTRIBUTED] if CONTRIBUTED in context.state else None  # may span a run series
+    same_run = contributed is not None and int(contributed.get("run", -1)) == context.run_id  # type: ignore[arg-type]
+    last = int(contributed["round"]) if same_run else 0  # type: ignore[index, arg-type]
     if setup.round <= last:
         raise FloorRefusal(f"this node already contributed to secure round {last} of this run; round "
                            f"{setup.round} is not after it (a replayed round); refused")
-    context.state[CONTRIBUTED] = ConfigRecord({"round": setup.round})
+    ledger = setup_ledger(context, signed=trusted is not None)
+    reason = ledger.refusal(config["secagg-setup"], context.run_id, setup.round) if ledger is not None else None
+    if reason is not None:
+        raise FloorRefusal(f"{reason}; refused")
+    context.state[CONTRIBUTED] = ConfigRecord({"run": context.run_id, "round": setup.round})
 
 
 def encoding_for(config: dict, settings: CodecSettings, layout: dict[str, tuple[int, ...]], parties: int
@@ -115,7 +141,10 @@ def start(config: dict, context: Context, settings: CodecSettings, layout: dict[
         raise ValueError(f"secagg setup segments {list(setup.segments)} differ from this client's encoding "
                          f"{encoding.segments()}")
     party_input = encode_input(encoding, update, np.random.default_rng(secrets.randbits(128)))
-    identity, _ = node_identity(context)
+    identity, trusted = node_identity(context)
+    ledger = setup_ledger(context, signed=trusted is not None)
+    if ledger is not None:  # recorded before the keys leave this node, so a crash cannot forget them
+        ledger.claim(setup_bytes, context.run_id, setup.round)
     party = Party.start(setup_bytes, context.node_id, party_input.words)
     audit.record(f"round{setup.round}-party{context.node_id}", party_input.words)
     keys = party.advertise_keys(identity)
@@ -128,6 +157,9 @@ def answer(msg: Message, context: Context, action: str) -> Message:
     if PARTY_STATE not in context.state:
         raise ValueError("no secure-aggregation round is under way on this node")
     party = Party.load(context.state[PARTY_STATE]["state"])  # type: ignore[arg-type]
+    if party.setup.message.run != context.run_id:  # node state can outlive one run (a run series)
+        raise ValueError(f"the secure-aggregation round under way on this node belongs to run "
+                         f"{party.setup.message.run}, not to run {context.run_id}")
     request = msg.content[messages.SECAGG][messages.SECAGG_INPUT]
     identity, trusted = node_identity(context)
     step = STAGES[action]

@@ -20,6 +20,7 @@ from server.progress import RoundProgress
 from server.round import Federation, acceptor, checkpointed_config, run_round
 from server.run_config import DEFAULTS, RunConfig
 from strategies.codecs.dense import dense_fp32_bytes
+from strategies.secagg.common import SIGNED_MIN_THRESHOLD
 
 __all__ = ["ClientReply", "RoundOutcome", "TooFewClientsError", "acceptor", "collect_replies", "read_reply",
            "resume_point", "run_federation"]
@@ -81,6 +82,10 @@ def _start(grid: Grid, cfg: RunConfig, out_dir: Path, model: ModelHooks, progres
     build the round-0 (or resumed) coordinator state."""
     started = time.perf_counter()
     resumed = resume_point(cfg, out_dir)
+    if cfg.secure.enabled and cfg.secure.threshold < SIGNED_MIN_THRESHOLD:
+        log.warning("secure rounds of %d clients have threshold %d: nodes that sign their keys (--trusted-nodes) "
+                    "refuse thresholds below %d unless their privacy floor sets min-threshold", cfg.run.per_round,
+                    cfg.secure.threshold, SIGNED_MIN_THRESHOLD)
     samples_log = SamplesLog(out_dir, keep_through_round=resumed.round if resumed is not None else None)
     if resumed is None:
         progress.status("evaluating the base model")

@@ -206,8 +206,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     node.add_argument("--poll-s", type=float, default=0.5,
                       help="longest idle wait between the node's pulls from the SuperLink (Flower's own: 3 s)")
     node.add_argument("--state-dir", default="",
-                      help="where the node keeps its error-feedback residuals across runs, so a coordinator that "
-                           "restarts and resumes loses none (default $XDG_STATE_HOME/fedsqueeze/node-<partition>)")
+                      help="where the node keeps what must outlive a run: its error-feedback residuals (a "
+                           "coordinator that restarts and resumes loses none) and the secure-aggregation setups it "
+                           "took part in (it never joins one twice; a node that signs its keys needs it) (default "
+                           "$XDG_STATE_HOME/fedsqueeze/node-<partition>)")
     node.add_argument("--heartbeat-s", type=float, default=DEFAULT_HEARTBEAT_S,
                       help="how often the node tells the SuperLink it is alive, 10-1800 s (Flower's own: 30): after "
                            "two missed beats the round goes on without it, and a restarted node may rejoin")

@@ -44,7 +44,7 @@ from strategies.downlink import digest_prefix
 from strategies.secagg import common, graph, ring
 from strategies.secagg.aggregator import Aggregator
 from strategies.secagg.errors import SecAggAbort
-from strategies.secagg.identity import SigningIdentity, TrustedIdentities, view_bytes
+from strategies.secagg.identity import SigningIdentity, TrustedIdentities, session_id, view_bytes
 from strategies.secagg.party import Party
 
 _CHECKSUM_TAG = bytes([(8 << 3) | 5])
@@ -518,6 +518,13 @@ def _check_shares_output(round_: SecAggTranscript, agent: Party, request: bytes,
              and all(item.sender == agent.me for item in bundle.shares) and receivers == kept
              and len(set(receivers)) == len(receivers) and set(receivers) <= agent.setup.neighbours[agent.me]
              and len(receivers) + 1 >= agent.setup.threshold, f"shared with {receivers} from a key list of {kept}")
+    if agent.authenticated:  # the session id commits to exactly the advertisements this party saw (the graph of
+        honest = secagg_pb2.SecAggKeyList.FromString(round_.requests["shares"][agent.me]).session  # 4 is complete)
+        digests = {entry.party: entry.digest for entry in honest}
+        seen = sorted({agent.me, *kept})
+        _require(agent.state.session == session_id(agent.state.setup, [(p, digests[p]) for p in seen]),
+                 "accepted a session list that is not the advertisements it saw (its signatures would bind to "
+                 "another execution)")
 
 
 def _check_masked_output(round_: SecAggTranscript, agent: Party, request: bytes, reply: bytes) -> None:
@@ -534,7 +541,7 @@ def _check_masked_output(round_: SecAggTranscript, agent: Party, request: bytes,
 def _check_confirm_output(round_: SecAggTranscript, agent: Party, request: bytes, reply: bytes) -> None:
     survivors, dropped = _story(request)
     _check_story(agent, survivors, dropped)
-    _require(agent.state.view == view_bytes(agent.state.setup, agent.me, survivors, dropped),
+    _require(agent.state.view == view_bytes(agent.state.setup, agent.state.session, agent.me, survivors, dropped),
              "confirmed another story than the one it was sent")
     _require(len(set(agent.state.mask_peers) & set(survivors)) >= agent.setup.threshold - 1,
              "confirmed a story that isolates its own input")

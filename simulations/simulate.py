@@ -17,8 +17,8 @@ from flwr.simulation import run_simulation
 from client.app import app as client_app
 from client.privacy_floor import FLOOR_ENV, PrivacyFloor
 from client.quiet import quiet_libraries
-from client.residual_store import STATE_DIR_ENV
 from client.secure import IDENTITIES_ENV
+from client.state_dir import STATE_DIR_ENV
 from client.task.build import load_splits
 from client.task.model_sources import resolve_model
 from client.task.partition import client_partition
@@ -128,7 +128,13 @@ def simulate(user_config: dict[str, Any], *, out_dir: Path, max_parallel: int = 
         if missing:
             raise FileNotFoundError(f"{node_identities} has no node-{missing[0]}.key (write {cfg.num_clients} with: "
                                     f"fedsqueeze certs DIR --nodes {cfg.num_clients}, then pass DIR/node-keys)")
-    PrivacyFloor.parse(node_floor)  # ValueError naming a bad entry, before anything starts
+    floor = PrivacyFloor.parse(node_floor)  # ValueError naming a bad entry, before anything starts
+    least = floor.least_threshold(signed=node_identities is not None)
+    if cfg.secure.enabled and cfg.secure.threshold < least:
+        raise ValueError(f"secagg threshold {cfg.secure.threshold} (for {cfg.run.per_round} clients per round) is "
+                         f"below {least}, the least the nodes accept: every node would refuse every round (raise "
+                         "secagg-threshold or the clients per round, or lower the nodes' floor with --node-floor "
+                         f"'min-threshold={cfg.secure.threshold}')")
     preflight(cfg)
     resume_point(cfg, out_dir)  # a checkpoint of another run is refused here, before Ray starts
     if on_checked is not None:

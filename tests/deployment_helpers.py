@@ -155,6 +155,14 @@ def warm_trainer_pid(node: subprocess.Popen, timeout_s: float = 60.0) -> int:
     raise TimeoutError(f"no warm trainer under process {node.pid} after {timeout_s} s")
 
 
+def tiny_sft_config(model: str, out_dir: Path, *, clients: int, rounds: int, extra: str = "") -> str:
+    """The run config of a deployed test run: SFT of the tiny causal LM at ``model``, ``clients`` nodes (one iid
+    partition each), ``rounds`` rounds, written to ``out_dir``; ``extra`` adds run-config entries."""
+    return (f"preset='sft' model='{model}' per-topic=20 heldout=16 max-length=64 local-steps=4 batch-size=4 "
+            f"lr=0.01 eval-samples=2 max-new-tokens=4 num-clients={clients} num-server-rounds={rounds} "
+            f"partitioner='iid' wait-for-clients-s=120.0 out-dir='{out_dir}' {extra}").strip()
+
+
 def metrics_rows(out_dir: Path) -> list[dict]:
     """The rounds a run has recorded so far (metrics.jsonl), [] before the first."""
     path = out_dir / "metrics.jsonl"

@@ -56,6 +56,13 @@ def _manifest(text: str) -> Callable[[Path], Path]:
     return write
 
 
+def _node_keys(tmp: Path) -> Path:
+    from server.node_keys import generate_node_keys
+
+    generate_node_keys(tmp / "node-keys", 3)
+    return tmp / "node-keys"
+
+
 ONE_CLASS = "text,label\n" + "".join(f"review number {i},great\n" for i in range(40))
 BAD_LINE_3 = '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": "d"}\n{"instruction": "e", "output\n'
 
@@ -105,6 +112,10 @@ CASES: dict[str, tuple[Callable[[Path], Path] | None, list[str], str]] = {
                                 "--fail-partitions takes comma-separated partition ids, got 'x,y'"),
     "fail-partitions out of range": (None, ["--preset", "encoder", "--fail-partitions", "7"],
                                      "--fail-partitions: 7 is not a partition id"),
+    # 8. a signed secure round that every node would refuse
+    "signed threshold below 3": (_node_keys, ["--preset", "encoder", "--node-identities", "{input}", "--run-config",
+                                              "secagg=true num-clients=3"],
+                                 "secagg threshold 2 (for 3 clients per round) is below 3, the least the nodes accept"),
 }
 
 

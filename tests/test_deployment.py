@@ -1,50 +1,93 @@
-"""Real deployment over gRPC with TLS: a flower-superlink, two client nodes (``fedsqueeze node``: a flower-supernode
-and its warm trainer), a run submitted with flwr run: the encoder classification preset in plain FedAvg, and
-instruction tuning (kind=sft, a tiny causal LM made from a config with SmolLM2's tokenizer) under secure
-aggregation against a lying coordinator (registered node keys, pinned by every node: signed keys, signed mask peers
-and the confirmation stage over gRPC)."""
+"""Real deployment over gRPC with TLS: a flower-superlink, client nodes (``fedsqueeze node``: a flower-supernode and
+its warm trainer), a run submitted with flwr run: the encoder classification preset in plain FedAvg on two nodes,
+and instruction tuning (kind=sft, a tiny causal LM made from a config with SmolLM2's tokenizer) on four nodes under
+secure aggregation against a lying coordinator (registered node keys, pinned by every node: signed keys, the
+session, signed mask peers and the confirmation stage over gRPC), with one node gone mid-protocol."""
 
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.deployment_helpers import deployment_env, start_tls_federation, stop_processes, submit_and_wait
+from client.setup_ledger import MAGIC, RECORD
+from server.launch import submit_command
+from strategies.secagg.audit import AUDIT_ENV
+from tests.deployment_helpers import (
+    deployment_env,
+    start_process,
+    start_tls_federation,
+    stop_processes,
+    submit_and_wait,
+    tiny_sft_config,
+    wait_for_log,
+    warm_trainer_pid,
+)
+from tests.secagg_harness import audited_sums_are_exact
 
 pytestmark = pytest.mark.slow
+ONE_SETUP = len(MAGIC) + RECORD.size + 32  # a ledger holding one setup (client/setup_ledger.py)
 
 
-@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
-def test_two_supernodes_train_over_grpc_with_tls(tmp_path: Path, secure: bool, tiny_causal_lm: str) -> None:
+def test_two_supernodes_train_over_grpc_with_tls(tmp_path: Path, tiny_causal_lm: str) -> None:
     env = deployment_env(tmp_path)
     logs = tmp_path / "logs"
     logs.mkdir()
     processes: dict[str, subprocess.Popen] = {}
     try:
-        start_tls_federation(tmp_path, logs=logs, env=env, processes=processes, identities=secure)
+        start_tls_federation(tmp_path, logs=logs, env=env, processes=processes)
         out_dir = tmp_path / "run"
-        rounds = 1 if secure else 2  # each secure-aggregation stage is one more Flower message exchange (~12 s)
-        task = (f"preset='sft' model='{tiny_causal_lm}' per-topic=20 heldout=16 max-length=64 local-steps=4 "
-                "batch-size=4 lr=0.01 eval-samples=2 max-new-tokens=4" if secure else "preset='encoder'")
-        run_config = (f"{task} num-clients=2 num-server-rounds={rounds} partitioner='iid' "
-                      f"wait-for-clients-s=120.0 out-dir='{out_dir}' secagg={'true' if secure else 'false'}")
+        run_config = (f"preset='encoder' num-clients=2 num-server-rounds=2 partitioner='iid' "
+                      f"wait-for-clients-s=120.0 out-dir='{out_dir}'")
         submit_and_wait(run_config, out_dir=out_dir, logs=logs, env=env)
         summary = json.loads((out_dir / "summary.json").read_text())
         rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-        assert summary["rounds"] == rounds and [r["clients_ok"] for r in rows] == [2] * rounds
+        assert summary["rounds"] == 2 and [r["clients_ok"] for r in rows] == [2, 2]
         # The warm trainer built each node's task on its first message and reused it afterwards.
-        assert [[c["task_built"] for c in r["clients"]] for r in rows] == [[1.0, 1.0]] + [[0.0, 0.0]] * (rounds - 1)
-        if secure:
-            assert len(rows[0]["secagg"]["survivors"]) == 2 and rows[0]["secagg"]["aborted"] is None
-            assert rows[0]["secagg"]["signed"]  # signed keys, signed mask peers and confirmations, over gRPC
-            assert all(c["bytes_up"] < 0.7 * c["dense_fp32_bytes_up"] for c in rows[0]["clients"])
-        improved = (summary["metric_final"] > summary["metric_base"] if summary["higher_is_better"]
-                    else summary["metric_final"] < summary["metric_base"])
-        assert improved and summary["metric"] == ("perplexity" if secure else "accuracy")
+        assert [[c["task_built"] for c in r["clients"]] for r in rows] == [[1.0, 1.0], [0.0, 0.0]]
+        assert summary["metric"] == "accuracy" and summary["metric_final"] > summary["metric_base"]
         assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
         superlink_log = (logs / "superlink.log").read_text()
         assert "TLS disabled" not in superlink_log and "insecure" not in superlink_log.lower()
     finally:
         stop_processes(list(processes.values()))
     assert all(proc.poll() is not None for proc in processes.values())
+
+
+def test_signed_secure_aggregation_over_grpc_is_exact_with_n_minus_t_dropouts(tmp_path: Path,
+                                                                             tiny_causal_lm: str) -> None:
+    """Four signing nodes (k = 3, t = 3: the default least threshold of a signing node) and one that stops
+    answering once the secure round has begun: the three survivors confirm and unmask over gRPC, and the
+    coordinator's sum equals the plain sum of their quantised updates, word for word (the test-only audit trail)."""
+    env = deployment_env(tmp_path)
+    env[AUDIT_ENV] = str(tmp_path / "audit")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    processes: dict[str, subprocess.Popen] = {}
+    out_dir = tmp_path / "run"
+    run_config = tiny_sft_config(tiny_causal_lm, out_dir, clients=4, rounds=1, extra="round-timeout-s=20.0 secagg=true")
+    stopped = None
+    try:
+        start_tls_federation(tmp_path, logs=logs, env=env, processes=processes, nodes=4, identities=True)
+        start_process("submit", submit_command(run_config), logs=logs, env=env, processes=processes)
+        # Partition 3's node has advertised its keys; it stops (its trainer frozen) before it masks its update.
+        wait_for_log(logs / "supernode3.log", "Receiving: train.secagg_share message", 1, 600)
+        stopped = warm_trainer_pid(processes["supernode3"])
+        os.kill(stopped, signal.SIGSTOP)
+        wait_for_log(out_dir / "summary.json", "}", 1, 300)
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        stop_processes(list(processes.values()))
+    row = json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["applied"] and row["secagg"]["signed"] and row["secagg"]["aborted"] is None, row["problems"]
+    assert len(row["secagg"]["survivors"]) == 3  # n - t = 1 dropout
+    assert sorted(audited_sums_are_exact(tmp_path / "audit", 1)) == row["secagg"]["survivors"]
+    assert all(c["bytes_up"] < 0.7 * c["dense_fp32_bytes_up"] for c in row["clients"] if c["status"] == "ok")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["metric"] == "perplexity" and summary["metric_final"] < summary["metric_base"]
+    # Every node recorded the setup in its state directory before it advertised keys.
+    ledgers = sorted((tmp_path / "node-state" / "fedsqueeze").glob("node-*/secagg-setups.bin"))
+    assert len(ledgers) == 4 and all(ledger.stat().st_size == ONE_SETUP for ledger in ledgers)

@@ -21,6 +21,7 @@ from tests.deployment_helpers import (
     start_process,
     start_tls_federation,
     stop_processes,
+    tiny_sft_config,
     wait_for_log,
     wait_for_round,
     warm_trainer_pid,
@@ -43,10 +44,8 @@ def test_a_crashed_node_and_a_straggler_cost_only_their_own_updates(tmp_path: Pa
     processes: dict[str, subprocess.Popen] = {}
     commands: dict[str, list[str]] = {}
     out_dir = tmp_path / "run"
-    run_config = (f"preset='sft' model='{tiny_causal_lm}' per-topic=20 heldout=16 max-length=64 local-steps=4 "
-                  "batch-size=4 lr=0.01 eval-samples=2 max-new-tokens=4 num-clients=3 num-server-rounds=4 "
-                  f"partitioner='iid' codec='compeft' round-timeout-s={ROUND_TIMEOUT_S} wait-for-clients-s=120.0 "
-                  f"out-dir='{out_dir}'")
+    run_config = tiny_sft_config(tiny_causal_lm, out_dir, clients=3, rounds=4,
+                                 extra=f"codec='compeft' round-timeout-s={ROUND_TIMEOUT_S}")
     try:
         start_tls_federation(tmp_path, logs=logs, env=env, processes=processes, nodes=3, identities=True,
                              commands=commands)

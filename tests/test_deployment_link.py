@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.deployment_helpers import deployment_env, start_tls_federation, stop_processes, submit_and_wait
+from tests.deployment_helpers import (
+    deployment_env,
+    start_tls_federation,
+    stop_processes,
+    submit_and_wait,
+    tiny_sft_config,
+)
 from tests.link_faults import LinkUnavailable, netem_namespace
 
 pytestmark = pytest.mark.slow
@@ -28,9 +34,7 @@ def test_rounds_complete_over_a_slow_lossy_netem_link(tmp_path: Path, tiny_causa
     logs.mkdir()
     processes: dict[str, subprocess.Popen] = {}
     out_dir = tmp_path / "run"
-    run_config = (f"preset='sft' model='{tiny_causal_lm}' per-topic=20 heldout=16 max-length=64 local-steps=4 "
-                  "batch-size=4 lr=0.01 eval-samples=2 max-new-tokens=4 num-clients=2 num-server-rounds=2 "
-                  f"partitioner='iid' codec='compeft' wait-for-clients-s=120.0 out-dir='{out_dir}'")
+    run_config = tiny_sft_config(tiny_causal_lm, out_dir, clients=2, rounds=2, extra="codec='compeft'")
     if os.geteuid() != 0:
         pytest.skip("tc netem needs root to create a network namespace")
     with contextlib.ExitStack() as stack:

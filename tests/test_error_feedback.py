@@ -71,10 +71,11 @@ def test_residuals_on_disk_start_a_round_run_again_from_where_it_started(tmp_pat
     coordinator crash starts where it did the first time), two are kept, later timelines are dropped, files are
     private, and the folder is per node, per federation; an id that is not hex never becomes a path."""
     from client import residual_store
+    from client.state_dir import STATE_DIR_ENV
 
     directory = residual_store.store_dir({"state-dir": str(tmp_path / "node")}, "ab12", partition_id=0)
     assert directory == tmp_path / "node" / "ab12"
-    assert residual_store.store_dir({}, "ab12", 3, environ={residual_store.STATE_DIR_ENV: str(tmp_path)}) == (
+    assert residual_store.store_dir({}, "ab12", 3, environ={STATE_DIR_ENV: str(tmp_path)}) == (
         tmp_path / "partition-3" / "ab12")
     assert residual_store.store_dir({}, "ab12", 0, environ={}) is None and residual_store.store_dir({}, "", 0) is None
     with pytest.raises(ValueError, match="not lower-case hex"):

@@ -18,6 +18,7 @@ from flwr.app.metadata import Metadata
 from client.handlers import HANDLERS
 from client.launch import IDENTITY_KEY, TRUSTED_NODES
 from client.secure import encoding_for, start
+from client.state_dir import STATE_DIR_KEY
 from protos.fedsqueeze.v1 import secagg_pb2
 from server.node_keys import generate_node_keys
 from strategies import messages
@@ -35,11 +36,14 @@ Rewrite = Callable[[str, dict[int, bytes]], dict[int, bytes]]
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Context]:
-    """Every node's Flower context: its node key and the federation's pinned keys in its node config."""
+    """Every node's Flower context: its node key, the federation's pinned keys and its state directory in its node
+    config."""
     folder = tmp_path_factory.mktemp("keys") / "node-keys"
     pairs = generate_node_keys(folder, len(NODES))
+    states = tmp_path_factory.mktemp("node-state")
     return {node: Context(run_id=1, node_id=node, node_config={"partition-id": i, IDENTITY_KEY: str(pair.private_key),
-                                                               TRUSTED_NODES: str(folder)},
+                                                               TRUSTED_NODES: str(folder),
+                                                               STATE_DIR_KEY: str(states / f"node-{i}")},
                           state=RecordDict(), run_config={})
             for i, (node, pair) in enumerate(zip(NODES, pairs, strict=True))}
 

@@ -184,8 +184,8 @@ def test_different_stories_for_different_parties_gather_too_few_confirmations(fe
         run_round(setup, random_inputs(PARTIES, SEGMENTS, len(PARTIES)), rewrite=rewrite, refusals=refusals,
                   aggregator=aggregator, **_signed(federation))
     assert set(refusals) == set(PARTIES)
-    assert all("parties confirmed the survivor/dropped story this party was told, 4 are needed" in reason
-               for reason in refusals.values()), refusals
+    assert all("parties confirmed the survivor/dropped story this party was told in this execution, 4 are needed"
+               in reason for reason in refusals.values()), refusals
 
 
 def test_a_majority_story_cannot_be_paired_with_another(federation) -> None:

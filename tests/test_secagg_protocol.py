@@ -114,6 +114,21 @@ def test_stages_run_once_and_in_order() -> None:
         party.advertise_keys()
 
 
+def test_a_key_list_naming_one_neighbour_twice_is_refused() -> None:
+    """Found by fuzzing: a neighbour listed twice (other keys each time) would be dealt two shares at one
+    x-coordinate; the party names the problem instead."""
+    setup, parties = _setup(4)
+    inputs = random_inputs(parties, SEGMENTS, 4)
+    states = {p: Party.start(setup, p, inputs[p]) for p in parties}
+    keys = [secagg_pb2.SecAggPublicKeys.FromString(states[p].advertise_keys()) for p in parties]
+    twice = secagg_pb2.SecAggPublicKeys()
+    twice.CopyFrom(keys[2])
+    twice.cipher_key, twice.mask_key = keys[3].mask_key, keys[3].cipher_key
+    key_list = secagg_pb2.SecAggKeyList(round=4, keys=[keys[1], keys[2], twice])
+    with pytest.raises(SecAggError, match=f"key list names party {parties[2]} twice"):
+        states[parties[0]].share_keys(key_list.SerializeToString())
+
+
 def test_malformed_replies_drop_their_sender_and_the_rest_still_sum_exactly() -> None:
     setup, parties = _setup(8, neighbours=7, threshold=5)
     inputs = random_inputs(parties, SEGMENTS, 8, seed=9)

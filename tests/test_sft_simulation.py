@@ -81,21 +81,35 @@ def test_sft_with_compeft_learns_and_its_adapter_reloads_in_a_fresh_process(tmp_
     assert json.loads(answered.stdout.strip().splitlines()[-1])["prompt"] == "Define the word 'dog'."
 
 
-def test_sft_under_secure_aggregation_with_signed_keys(tmp_path: Path, tiny_causal_lm: str) -> None:
+def test_sft_under_secure_aggregation_with_signed_keys_is_exact_with_n_minus_t_dropouts(
+        tmp_path: Path, tiny_causal_lm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """5 signing nodes (k = 4, t = 3, so the default least threshold of a signing node holds), 2 of them gone after
+    sharing their keys: the 3 survivors confirm, unmask, and the coordinator's sum equals theirs exactly."""
+    from client.setup_ledger import MAGIC, RECORD
     from server.node_keys import generate_node_keys
+    from tests.secagg_harness import audited_sums_are_exact
 
-    generate_node_keys(tmp_path / "node-keys", 3)  # as fedsqueeze certs DIR --nodes 3 writes them
-    summary = simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1}), out_dir=tmp_path / "run",
-                       max_parallel=3, node_identities=tmp_path / "node-keys")
+    one_setup = len(MAGIC) + RECORD.size + 32  # a ledger holding one setup
+
+    audit = tmp_path / "audit"
+    monkeypatch.setenv("FEDSQUEEZE_SECAGG_AUDIT_DIR", str(audit))
+    generate_node_keys(tmp_path / "node-keys", 5)  # as fedsqueeze certs DIR --nodes 5 writes them
+    summary = simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1, "num-clients": 5}),
+                       out_dir=tmp_path / "run", max_parallel=3, node_identities=tmp_path / "node-keys",
+                       fail_partitions=frozenset({1, 3}), fail_at="train.secagg_mask")
 
     row = _rows(tmp_path / "run", "metrics.jsonl")[0]
-    assert row["applied"] and row["secagg"]["aborted"] is None and len(row["secagg"]["survivors"]) == 3
-    assert row["secagg"]["signed"]
+    assert row["applied"] and row["secagg"]["aborted"] is None and row["secagg"]["signed"]
+    assert len(row["secagg"]["survivors"]) == 3 and len(row["secagg"]["dropped"]) == 2
+    assert sorted(audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
     assert summary["secagg"] and summary["perplexity_final"] < summary["perplexity_base"]
     # Nothing about one client's own update in the clear: no loss, norm, clip count or residual per client.
     assert row["train_loss"] is None
     for client in row["clients"]:
         assert not {"train_loss", "update_norm", "secagg_clipped", "residual_norm", "residual_carried"} & set(client)
+    # Each node recorded the setup it advertised keys for, in its state directory (client/setup_ledger.py).
+    ledgers = sorted((tmp_path / "run" / "node-state").glob("partition-*/secagg-setups.bin"))
+    assert len(ledgers) == 5 and all(ledger.stat().st_size == one_setup for ledger in ledgers)
 
 
 def test_keys_signed_by_a_node_nobody_pinned_are_refused_in_the_flower_path(tmp_path: Path, tiny_causal_lm: str
@@ -106,7 +120,7 @@ def test_keys_signed_by_a_node_nobody_pinned_are_refused_in_the_flower_path(tmp_
     stranger = generate_node_keys(tmp_path / "elsewhere", 1)[0]  # node 2 signs with a key nobody pinned: the
     pairs[2].public_key.write_text(stranger.public_key.read_text())  # federation's list pins another in its place
     simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1}), out_dir=tmp_path / "run",
-             max_parallel=3, node_identities=tmp_path / "node-keys")
+             max_parallel=3, node_identities=tmp_path / "node-keys", node_floor="min-threshold=2")  # t = 2 of 3
 
     row = _rows(tmp_path / "run", "metrics.jsonl")[0]
     assert not row["applied"] and row["secagg"]["aborted"]

@@ -12,6 +12,7 @@ from client.task.loop import evaluate
 from client.task.models import load_encoder_classifier
 from server.run_config import resolve
 from simulations.simulate import simulate
+from tests.secagg_harness import audited_sums_are_exact
 
 pytestmark = pytest.mark.slow
 
@@ -88,19 +89,6 @@ def test_ferret_keeps_every_client_bit_identical_to_the_global_model(tmp_path: P
     assert summary["codec"] == "ferret" and summary["compression_up"] > 40
 
 
-def _audited_sums_are_exact(audit_dir: Path, round_id: int) -> list[int]:
-    """The unmasked sum the coordinator got equals the plain sum of the survivors' words (integer equality)."""
-    import numpy as np
-
-    summed = np.load(audit_dir / f"round{round_id}-sum.npz")
-    survivors = [int(s) for s in summed["survivors"]]
-    parties = [np.load(audit_dir / f"round{round_id}-party{node}.npz") for node in survivors]
-    for index in range(len(summed.files) - 1):
-        key = f"arr_{index}"
-        assert np.array_equal(summed[key], sum(p[key] for p in parties)), f"segment {index} differs"
-    return survivors
-
-
 def test_secure_aggregation_is_exact_and_survives_a_dropout_after_key_sharing(tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     audit = tmp_path / "audit"
@@ -112,7 +100,7 @@ def test_secure_aggregation_is_exact_and_survives_a_dropout_after_key_sharing(tm
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["applied"] and len(row["secagg"]["survivors"]) == 4 and len(row["secagg"]["dropped"]) == 1
     assert any("injected failure on partition 3" in p for p in row["problems"])
-    assert sorted(_audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
+    assert sorted(audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
     assert summary["metric_final"] > summary["metric_base"]
     survivors = [c for c in row["clients"] if c["status"] == "ok"]
     assert len(survivors) == 4 and all(c["bytes_up"] < 0.7 * c["dense_fp32_bytes_up"] for c in survivors)
@@ -136,7 +124,7 @@ def test_secure_aggregation_of_ferret_and_compeft_with_dropouts(tmp_path: Path, 
     assert row["applied"] and row["secagg"]["aborted"] is None
     # A dropout during unmasking still counts its masked input; one before key agreement is simply absent.
     assert len(row["secagg"]["survivors"]) == (5 if fail_at == "train.secagg_unmask" else 4)
-    assert sorted(_audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
+    assert sorted(audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
     if "dp-noise-multiplier" in extra:  # epsilon for the noise 4 survivors of 5 sampled actually summed
         honest = RDPAccountant()
         honest.step(noise_multiplier=0.5 * (4 / 5) ** 0.5, sample_rate=1.0)

@@ -1,9 +1,10 @@
 """The coordinator's side of SecAgg+: route keys and shares, collect masked inputs, rebuild the masks of the
 round, and return only the sum.
 
-When the parties signed their keys (node identities), the round has one more stage: the survivors confirm the
-survivor/dropped story by signing it (``collect_confirmations``), and the unmask request carries those
-confirmations and the survivors' signed mask peers, which each party checks before revealing anything.
+When the parties signed their keys (node identities), every key list also carries the session (the digest of every
+accepted advertisement, which binds later signatures to this execution), and the round has one more stage: the
+survivors confirm the survivor/dropped story by signing it (``collect_confirmations``), and the unmask request
+carries those confirmations and the survivors' signed mask peers, which each party checks before revealing anything.
 Every revealed share is checked against the digest its dealer published, so a party that reveals a false share
 is named and set aside, and the secret is rebuilt from the honest shares when enough remain.
 
@@ -22,7 +23,7 @@ import numpy as np
 from protos.fedsqueeze.v1 import secagg_pb2
 from strategies.secagg import common, ring, shamir
 from strategies.secagg.errors import SecAggAbort, SecAggError
-from strategies.secagg.identity import advertisement_bytes, mask_peers_bytes, verify_signature
+from strategies.secagg.identity import advertisement_bytes, advertisement_digest, mask_peers_bytes, verify_signature
 from strategies.secagg.party import PAIR_MASK, SELF_MASK
 
 
@@ -81,9 +82,13 @@ class Aggregator:
             self.keys[party] = keys
         self._need(len(self.keys), "key advertisement")
         self.authenticated = any(keys.identity for keys in self.keys.values())  # once, not per masked input
+        session = [secagg_pb2.SecAggKeyDigest(party=p, digest=advertisement_digest(
+                       self.setup_bytes, p, self.keys[p].cipher_key, self.keys[p].mask_key, self.keys[p].identity))
+                   for p in sorted(self.keys)] if self.authenticated else []
         return {party: secagg_pb2.SecAggKeyList(
                     round=self.setup.round,
                     keys=[self.keys[p] for p in sorted(self.setup.neighbours[party] & self.keys.keys())],
+                    session=session,
                 ).SerializeToString()
                 for party in self.keys}
 
@@ -130,8 +135,10 @@ class Aggregator:
         if len(set(peers)) != len(peers) or not set(peers) <= self.setup.neighbours[party] \
                 or len(peers) + 1 < self.setup.threshold:
             raise SecAggError(f"masked input's mask peers {peers[:8]} are not t - 1 or more distinct neighbours")
-        verify_signature(self.keys[party].identity, statement.signature,
-                         mask_peers_bytes(self.setup_bytes, party, peers), f"the mask peers of party {party}")
+        keys = self.keys[party]
+        verify_signature(keys.identity, statement.signature,
+                         mask_peers_bytes(self.setup_bytes, party, keys.cipher_key, keys.mask_key, peers),
+                         f"the mask peers of party {party}")
 
     def add_masked(self, party: int, data: bytes) -> None:
         """Stage 3, one reply: check a masked input and add it to the running ring sum, so the server holds one

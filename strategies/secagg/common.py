@@ -13,10 +13,14 @@ from protos.fedsqueeze.v1 import secagg_pb2
 from strategies.secagg import graph, prg, ring
 from strategies.secagg.errors import SecAggError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 KEY_BYTES = 32
 MAX_PARTIES = 100_000
 MAX_SEGMENT_WORDS = 1 << 32
+# The least threshold a node that signs its keys accepts unless its own privacy floor says otherwise: against a
+# lying coordinator what holds is "sums over groups of at least t inputs", and a group of two hides neither input
+# from anyone who knows the other.
+SIGNED_MIN_THRESHOLD = 3
 
 
 @dataclass(frozen=True)
@@ -119,11 +123,13 @@ def pair_seed(secret: bytes, peer_public: bytes, round_id: int, a: int, b: int) 
     return prg.derive(agree(secret, peer_public), _pair_info(b"pair-mask", round_id, a, b))
 
 
-def share_aad(round_id: int, sender: int, receiver: int, digests: bytes = b"") -> bytes:
-    """Associated data binding a share ciphertext to its round, sender, receiver and the share digests the sender
-    published beside it (so the server cannot swap the digests a receiver checks)."""
+def share_aad(round_id: int, sender: int, receiver: int, digests: bytes = b"", session: bytes = b"") -> bytes:
+    """Associated data binding a share ciphertext to its round, sender, receiver, the share digests the sender
+    published beside it (so the server cannot swap the digests a receiver checks) and, with node identities, the
+    session id of the execution (so a share opens only for a holder that saw the very advertisements its dealer
+    saw: one party slot played by different nodes in different sessions shares nothing across them)."""
     return b"fedsqueeze/secagg/v1/shares" + round_id.to_bytes(8, "big") + sender.to_bytes(8, "big") + \
-        receiver.to_bytes(8, "big") + digests
+        receiver.to_bytes(8, "big") + digests + session
 
 
 def share_digest(kind: bytes, round_id: int, owner: int, holder: int, share: bytes) -> bytes:

@@ -13,6 +13,12 @@ a second PKI. What a node trusts is its *own copy* of the federation's list of p
 the coordinator runs the SuperLink whose allow-list it could change. A party signs SHA-256 of the exact setup bytes
 (run, round, party list, threshold, graph seed, segments), its party id and both public keys; a peer accepts the
 advertisement only when the signature verifies under a pinned key that no other party of the round uses.
+
+The later signatures (whom a party masked with, which survivor story it confirms) are bound to the *execution*, not
+only to the setup: a coordinator that runs one setup twice must not carry a signature from one run of it into the
+other. A mask-peer statement names the signer's own public keys of this execution; a confirmation names the
+session id, a hash over the digest of every party's advertisement in this execution (``session_id``), which every
+party checks against its own keys and its neighbours' before it shares anything.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from strategies.secagg.errors import SecAggError
 
 DOMAIN = b"fedsqueeze/secagg/v1/key-advertisement"
-VIEW_DOMAIN = b"fedsqueeze/secagg/v2/survivor-view"
-PEERS_DOMAIN = b"fedsqueeze/secagg/v2/mask-peers"
+VIEW_DOMAIN = b"fedsqueeze/secagg/v3/survivor-view"
+PEERS_DOMAIN = b"fedsqueeze/secagg/v3/mask-peers"
+DIGEST_DOMAIN = b"fedsqueeze/secagg/v3/advertisement-digest"
+SESSION_DOMAIN = b"fedsqueeze/secagg/v3/session"
 _DER = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 VerifyingKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -44,14 +52,34 @@ def _ids(parties: list[int] | set[int]) -> bytes:
     return len(ordered).to_bytes(8, "big") + b"".join(p.to_bytes(8, "big") for p in ordered)
 
 
-def view_bytes(setup: bytes, party: int, survivors: list[int], dropped: list[int]) -> bytes:
-    """What a survivor signs to confirm the story it was told: the setup, itself, the survivors and the dropped."""
-    return VIEW_DOMAIN + hashlib.sha256(setup).digest() + party.to_bytes(8, "big") + _ids(survivors) + _ids(dropped)
+def advertisement_digest(setup: bytes, party: int, cipher_key: bytes, mask_key: bytes, identity: bytes) -> bytes:
+    """SHA-256 of one party's advertisement in one execution (its fresh keys and the identity that signed them):
+    what the session lists for it."""
+    return hashlib.sha256(DIGEST_DOMAIN + advertisement_bytes(setup, party, cipher_key, mask_key) +
+                          len(identity).to_bytes(4, "big") + identity).digest()
 
 
-def mask_peers_bytes(setup: bytes, party: int, peers: list[int]) -> bytes:
-    """What a party signs about its masked input: the setup, itself and the neighbours it masked with."""
-    return PEERS_DOMAIN + hashlib.sha256(setup).digest() + party.to_bytes(8, "big") + _ids(peers)
+def session_id(setup: bytes, digests: list[tuple[int, bytes]]) -> bytes:
+    """The id of one execution: SHA-256 over the setup and every advertised party's digest, in party order. Keys
+    are fresh in every execution, so two executions of one setup never share an id, and neither do two parties
+    shown different lists."""
+    body = b"".join(party.to_bytes(8, "big") + digest for party, digest in digests)
+    return hashlib.sha256(SESSION_DOMAIN + hashlib.sha256(setup).digest() + len(digests).to_bytes(8, "big")
+                          + body).digest()
+
+
+def view_bytes(setup: bytes, session: bytes, party: int, survivors: list[int], dropped: list[int]) -> bytes:
+    """What a survivor signs to confirm the story it was told: the setup, this execution's session id, itself,
+    the survivors and the dropped."""
+    return (VIEW_DOMAIN + hashlib.sha256(setup).digest() + session + party.to_bytes(8, "big") + _ids(survivors)
+            + _ids(dropped))
+
+
+def mask_peers_bytes(setup: bytes, party: int, cipher_key: bytes, mask_key: bytes, peers: list[int]) -> bytes:
+    """What a party signs about its masked input: the setup, itself with its public keys of this execution (its
+    neighbours hold them), and the neighbours it masked with."""
+    return PEERS_DOMAIN + hashlib.sha256(setup).digest() + party.to_bytes(8, "big") + cipher_key + mask_key + \
+        _ids(peers)
 
 
 def _sign(key: SigningKey, data: bytes) -> bytes:
@@ -143,7 +171,7 @@ class TrustedIdentities:
             _verify(key, signature, data)
         except InvalidSignature as exc:
             raise SecAggError(f"{what}: the signature of {self.names[identity]!r} does not verify (keys "
-                              "substituted, or signed for another run, round or party list)") from exc
+                              "substituted, or signed for another run, round, party list or execution)") from exc
         return self.names[identity]
 
 
@@ -158,4 +186,5 @@ def verify_signature(identity: bytes, signature: bytes, data: bytes, what: str) 
             raise SecAggError(f"{what}: the signer's key is not an EC or Ed25519 key")
         _verify(key, signature, data)
     except (InvalidSignature, ValueError, UnsupportedAlgorithm) as exc:
-        raise SecAggError(f"{what}: the signature does not verify; refused") from exc
+        raise SecAggError(f"{what}: the signature does not verify (altered, or made in another execution of this "
+                          "setup); refused") from exc

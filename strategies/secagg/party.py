@@ -10,7 +10,9 @@ A party with a node identity (it signed its keys) also defends against a server 
 §6, Bell et al. 2020): it signs the neighbours it masked with, it confirms the survivor/dropped story it is told
 by signing it, and it reveals nothing until a strict majority of the round's parties signed the same story and,
 for each survivor whose seed it helps rebuild, that survivor's signed mask peers show at least t - 1 of them
-survived (so the server learns only sums over groups of at least t inputs).
+survived (so the server learns only sums over groups of at least t inputs). Those signatures are bound to this
+execution — a mask-peer statement to the signer's fresh keys, a confirmation to the session id over every party's
+advertisement — so a server that runs one setup several times cannot carry a signature from one run into another.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from strategies.secagg.identity import (
     SigningIdentity,
     TrustedIdentities,
     advertisement_bytes,
+    advertisement_digest,
     mask_peers_bytes,
+    session_id,
     verify_signature,
     view_bytes,
 )
@@ -98,6 +102,9 @@ class Party:
     def advertise_keys(self, identity: SigningIdentity | None = None) -> bytes:
         """Stage 1: fresh X25519 key pairs for this round; returns SecAggPublicKeys, signed with this node's
         long-term ``identity`` when given (bound to the exact setup, this party and both keys)."""
+        if identity is not None and not self.setup.message.run:
+            raise SecAggError("a signed secure-aggregation setup must name the Flower run that carries it (run 0 "
+                              "could be replayed in any run); refused")
         self._advance(NEW)
         self.state.cipher_secret = X25519PrivateKey.generate().private_bytes_raw()
         self.state.mask_secret = X25519PrivateKey.generate().private_bytes_raw()
@@ -126,6 +133,8 @@ class Party:
         for entry in keys.keys:
             if entry.party not in mine:
                 raise SecAggError(f"key list holds party {entry.party}, not a neighbour of {self.me}")
+            if any(entry.party == peer.party for peer in peers):
+                raise SecAggError(f"key list names party {entry.party} twice")
             if entry.round != self.setup.round:
                 raise SecAggError(f"key list entry of party {entry.party} is for another round")
             if len(entry.cipher_key) != common.KEY_BYTES or len(entry.mask_key) != common.KEY_BYTES:
@@ -143,6 +152,8 @@ class Party:
             peers.append(entry)
         if len(peers) + 1 < self.setup.threshold:
             raise SecAggError(f"only {len(peers)} neighbours advertised keys; {self.setup.threshold - 1} are needed")
+        if self.authenticated:
+            self.state.session = self._session(keys, peers)
         self.state.neighbour_keys.CopyFrom(secagg_pb2.SecAggKeyList(round=self.setup.round, keys=peers))
         self.state.self_mask_seed = os.urandom(32)
         holders = [self.me] + [p.party for p in peers]
@@ -162,11 +173,40 @@ class Party:
             key = common.share_key(self.state.cipher_secret, peer.cipher_key, self.setup.round, self.me, holder)
             nonce = os.urandom(12)
             sealed = AESGCM(key).encrypt(nonce, shares.SerializeToString(),
-                                         common.share_aad(self.setup.round, self.me, holder, seed_digest + key_digest))
+                                         common.share_aad(self.setup.round, self.me, holder, seed_digest + key_digest,
+                                                          self.state.session))
             bundle.shares.append(secagg_pb2.SecAggCiphertext(sender=self.me, receiver=holder,
                                                              ciphertext=nonce + sealed, self_mask_digest=seed_digest,
                                                              mask_key_digest=key_digest))
         return bundle.SerializeToString()
+
+    def _digest(self, party: int, cipher_key: bytes, mask_key: bytes, identity: bytes) -> bytes:
+        return advertisement_digest(self.state.setup, party, cipher_key, mask_key, identity)
+
+    def _session(self, keys: secagg_pb2.SecAggKeyList, peers: list[secagg_pb2.SecAggPublicKeys]) -> bytes:
+        """This execution's session id from the server's list of advertisement digests, once the list is shown to
+        hold this party's own keys and exactly the neighbours' keys it was sent, each once, in party order."""
+        listed = [(entry.party, entry.digest) for entry in keys.session]
+        parties = [party for party, _ in listed]
+        if parties != sorted(set(parties)) or not set(parties) <= set(self.setup.parties) \
+                or any(len(digest) != 32 for _, digest in listed):
+            raise SecAggError("the session list must name distinct parties of the setup in ascending order, each "
+                              "with a 32-byte digest")
+        digests = dict(listed)
+        mine = self._digest(self.me, common.public_bytes(self.state.cipher_secret),
+                            common.public_bytes(self.state.mask_secret), self.state.identity)
+        if digests.get(self.me) != mine:
+            raise SecAggError("the session list does not hold this party's own keys of this execution; refused")
+        for entry in peers:
+            if digests.get(entry.party) != self._digest(entry.party, entry.cipher_key, entry.mask_key,
+                                                       entry.identity):
+                raise SecAggError(f"the session list disagrees with the keys of neighbour {entry.party} this party "
+                                  "was sent; refused")
+        missing = (set(digests) & self.setup.neighbours[self.me]) - {entry.party for entry in peers}
+        if missing:
+            raise SecAggError(f"the session list holds neighbours {sorted(missing)[:8]} whose keys this party was not "
+                              "sent; refused")
+        return session_id(self.state.setup, listed)
 
     def masked_input(self, forwarded: bytes, identity: SigningIdentity | None = None) -> bytes:
         """Stage 3: open the neighbours' shares (each must match the digests its dealer published), then mask the
@@ -184,11 +224,13 @@ class Party:
                 raise SecAggError(f"forwarded share from {item.sender} to {item.receiver} is not for this party "
                                   "from a neighbour, or repeats one")
             key = common.share_key(self.state.cipher_secret, peer.cipher_key, self.setup.round, self.me, item.sender)
-            aad = common.share_aad(self.setup.round, item.sender, self.me, item.self_mask_digest + item.mask_key_digest)
+            aad = common.share_aad(self.setup.round, item.sender, self.me, item.self_mask_digest + item.mask_key_digest,
+                                   self.state.session)
             try:
                 plain = AESGCM(key).decrypt(item.ciphertext[:12], item.ciphertext[12:], aad)
             except (InvalidTag, ValueError) as exc:
-                raise SecAggError(f"share ciphertext from party {item.sender} does not authenticate") from exc
+                raise SecAggError(f"share ciphertext from party {item.sender} does not authenticate (altered, or dealt "
+                                  "in another session of this setup)") from exc
             shares = common.parse(secagg_pb2.SecAggShares, plain, f"shares from party {item.sender}")
             if (shares.round, shares.sender, shares.receiver) != (self.setup.round, item.sender, self.me):
                 raise SecAggError(f"shares from party {item.sender} name another round, sender or receiver")
@@ -218,9 +260,10 @@ class Party:
             out.segments.append(ring.pack(words, bits))
         self.state.mask_peers[:] = sorted(senders)
         if signer is not None:
-            out.mask_peers.CopyFrom(secagg_pb2.SecAggMaskPeers(
-                party=self.me, peers=sorted(senders),
-                signature=signer.sign(mask_peers_bytes(self.state.setup, self.me, sorted(senders)))))
+            signed = mask_peers_bytes(self.state.setup, self.me, common.public_bytes(self.state.cipher_secret),
+                                      common.public_bytes(self.state.mask_secret), sorted(senders))
+            out.mask_peers.CopyFrom(secagg_pb2.SecAggMaskPeers(party=self.me, peers=sorted(senders),
+                                                               signature=signer.sign(signed)))
         del self.state.inputs[:]
         return out.SerializeToString()
 
@@ -244,7 +287,8 @@ class Party:
         return message
 
     def _view(self, message: secagg_pb2.SecAggUnmaskRequest) -> bytes:
-        return view_bytes(self.state.setup, self.me, list(message.survivors), list(message.dropped))
+        return view_bytes(self.state.setup, self.state.session, self.me, list(message.survivors),
+                          list(message.dropped))
 
     def _check_isolation(self, owner: int, peers: list[int], survivors: set[int]) -> None:
         """Refuse to help rebuild ``owner``'s self-mask seed unless at least t - 1 of the peers it masked with
@@ -299,7 +343,8 @@ class Party:
         return response.SerializeToString()
 
     def _check_confirmed(self, message: secagg_pb2.SecAggUnmaskRequest, trusted: TrustedIdentities | None) -> None:
-        """The request tells the story this party confirmed, and enough distinct trusted survivors signed it."""
+        """The request tells the story this party confirmed, and enough distinct trusted survivors signed it in this
+        execution (under this party's session id: a confirmation from another execution does not verify)."""
         if trusted is None:
             raise SecAggError(f"party {self.me} signed its keys, so it needs the trusted identities to unmask")
         survivors, signers, parties = set(message.survivors), set(), set()
@@ -307,7 +352,8 @@ class Party:
             if confirmation.round != self.setup.round or confirmation.party not in survivors \
                     or confirmation.party in parties or confirmation.identity in signers:
                 continue  # not a distinct survivor's confirmation of this round: it counts for nothing
-            signed = view_bytes(self.state.setup, confirmation.party, list(message.survivors), list(message.dropped))
+            signed = view_bytes(self.state.setup, self.state.session, confirmation.party, list(message.survivors),
+                                list(message.dropped))
             try:
                 trusted.verify(confirmation.identity, confirmation.signature, signed,
                                f"the confirmation of party {confirmation.party}")
@@ -317,14 +363,15 @@ class Party:
             parties.add(confirmation.party)
         needed = common.confirmations_needed(self.setup)
         if len(signers) < needed:
-            raise SecAggError(f"only {len(signers)} parties confirmed the survivor/dropped story this party was told, "
-                              f"{needed} are needed (the server may be telling parties different stories); refused")
+            raise SecAggError(f"only {len(signers)} parties confirmed the survivor/dropped story this party was told "
+                              f"in this execution, {needed} are needed (the server may be telling parties different "
+                              "stories, or replaying confirmations from another execution); refused")
 
     def _check_mask_peers(self, message: secagg_pb2.SecAggUnmaskRequest, owners: set[int]) -> None:
         """Every survivor whose self-mask share this party will reveal signed whom it masked with, and enough
         of those survived."""
         survivors = set(message.survivors)
-        identities = {entry.party: entry.identity for entry in self.state.neighbour_keys.keys}
+        advertised = {entry.party: entry for entry in self.state.neighbour_keys.keys}
         statements = {statement.party: statement for statement in message.mask_peers}
         for owner in sorted(owners):
             if owner == self.me:
@@ -334,9 +381,9 @@ class Party:
                 if statement is None:
                     raise SecAggError(f"the unmask request lacks the signed mask peers of survivor {owner}; refused")
                 peers = list(statement.peers)
-                signed = mask_peers_bytes(self.state.setup, owner, peers)
-                verify_signature(identities.get(owner, b""), statement.signature, signed,
-                                 f"the mask peers of party {owner}")
+                keys = advertised[owner]
+                signed = mask_peers_bytes(self.state.setup, owner, keys.cipher_key, keys.mask_key, peers)
+                verify_signature(keys.identity, statement.signature, signed, f"the mask peers of party {owner}")
                 if not set(peers) <= self.setup.neighbours[owner] or len(set(peers)) != len(peers):
                     raise SecAggError(f"the signed mask peers of party {owner} are not distinct neighbours of it")
             self._check_isolation(owner, peers, survivors)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64squeeze/v1/secagg.proto\x12\rfedsqueeze.v1\"-\n\rSecAggSegment\x12\x0e\n\x06length\x18\x01 \x01(\x04\x12\x0c\n\x04\x62its\x18\x02 \x01(\r\"\xbf\x01\n\x0bSecAggSetup\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07parties\x18\x03 \x03(\x04\x12\x12\n\nneighbours\x18\x04 \x01(\r\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x12\n\ngraph_seed\x18\x06 \x01(\x0c\x12.\n\x08segments\x18\x07 \x03(\x0b\x32\x1c.fedsqueeze.v1.SecAggSegment\x12\x0b\n\x03run\x18\x08 \x01(\x04\"{\n\x10SecAggPublicKeys\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05party\x18\x02 \x01(\x04\x12\x12\n\ncipher_key\x18\x03 \x01(\x0c\x12\x10\n\x08mask_key\x18\x04 \x01(\x0c\x12\x10\n\x08identity\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"M\n\rSecAggKeyList\x12\r\n\x05round\x18\x01 \x01(\x04\x12-\n\x04keys\x18\x02 \x03(\x0b\x32\x1f.fedsqueeze.v1.SecAggPublicKeys\"{\n\x10SecAggCiphertext\x12\x0e\n\x06sender\x18\x01 \x01(\x04\x12\x10\n\x08receiver\x18\x02 \x01(\x04\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x18\n\x10self_mask_digest\x18\x04 \x01(\x0c\x12\x17\n\x0fmask_key_digest\x18\x05 \x01(\x0c\"\xac\x01\n\x11SecAggShareBundle\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x1c\n\x14self_mask_commitment\x18\x02 \x01(\x0c\x12/\n\x06shares\x18\x03 \x03(\x0b\x32\x1f.fedsqueeze.v1.SecAggCiphertext\x12\x1c\n\x14own_self_mask_digest\x18\x04 \x01(\x0c\x12\x1b\n\x13own_mask_key_digest\x18\x05 \x01(\x0c\"p\n\x0cSecAggShares\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\x04\x12\x10\n\x08receiver\x18\x03 \x01(\x04\x12\x17\n\x0fself_mask_share\x18\x04 \x01(\x0c\x12\x16\n\x0emask_key_share\x18\x05 \x01(\x0c\"w\n\x11SecAggMaskedInput\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05party\x18\x02 \x01(\x04\x12\x10\n\x08segments\x18\x03 \x03(\x0c\x12\x32\n\nmask_peers\x18\x04 \x01(\x0b\x32\x1e.fedsqueeze.v1.SecAggMaskPeers\"B\n\x0fSecAggMaskPeers\x12\r\n\x05party\x18\x01 \x01(\x04\x12\r\n\x05peers\x18\x02 \x03(\x04\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"W\n\x12SecAggConfirmation\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05party\x18\x02 \x01(\x04\x12\x10\n\x08identity\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\xb6\x01\n\x13SecAggUnmaskRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tsurvivors\x18\x02 \x03(\x04\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\x04\x12\x38\n\rconfirmations\x18\x04 \x03(\x0b\x32!.fedsqueeze.v1.SecAggConfirmation\x12\x32\n\nmask_peers\x18\x05 \x03(\x0b\x32\x1e.fedsqueeze.v1.SecAggMaskPeers\"F\n\x13SecAggRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\x04\x12\x11\n\tself_mask\x18\x02 \x01(\x08\x12\r\n\x05share\x18\x03 \x01(\x0c\"h\n\x14SecAggUnmaskResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05party\x18\x02 \x01(\x04\x12\x32\n\x06shares\x18\x03 \x03(\x0b\x32\".fedsqueeze.v1.SecAggRevealedShare\"\xac\x02\n\x10SecAggPartyState\x12\r\n\x05setup\x18\x01 \x01(\x0c\x12\r\n\x05party\x18\x02 \x01(\x04\x12\r\n\x05stage\x18\x03 \x01(\r\x12\x15\n\rcipher_secret\x18\x04 \x01(\x0c\x12\x13\n\x0bmask_secret\x18\x05 \x01(\x0c\x12\x16\n\x0eself_mask_seed\x18\x06 \x01(\x0c\x12\x34\n\x0eneighbour_keys\x18\x07 \x01(\x0b\x32\x1c.fedsqueeze.v1.SecAggKeyList\x12-\n\x08received\x18\x08 \x03(\x0b\x32\x1b.fedsqueeze.v1.SecAggShares\x12\x0e\n\x06inputs\x18\t \x03(\x0c\x12\x10\n\x08identity\x18\n \x01(\x0c\x12\x12\n\nmask_peers\x18\x0b \x03(\x04\x12\x0c\n\x04view\x18\x0c \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64squeeze/v1/secagg.proto\x12\rfedsqueeze.v1\"-\n\rSecAggSegment\x12\x0e\n\x06length\x18\x01 \x01(\x04\x12\x0c\n\x04\x62its\x18\x02 \x01(\r\"\xbf\x01\n\x0bSecAggSetup\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07parties\x18\x03 \x03(\x04\x12\x12\n\nneighbours\x18\x04 \x01(\r\x12\x11\n\tthreshold\x18\x05 \x01(\r\x12\x12\n\ngraph_seed\x18\x06 \x01(\x0c\x12.\n\x08segments\x18\x07 \x03(\x0b\x32\x1c.fedsqueeze.v1.SecAggSegment\x12\x0b\n\x03run\x18\x08 \x01(\x04\"{\n\x10SecAggPublicKeys\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05party\x18\x02 \x01(\x04\x12\x12\n\ncipher_key\x18\x03 \x01(\x0c\x12\x10\n\x08mask_key\x18\x04 \x01(\x0c\x12\x10\n\x08identity\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"~\n\rSecAggKeyList\x12\r\n\x05round\x18\x01 \x01(\x04\x12-\n\x04keys\x18\x02 \x03(\x0b\x32\x1f.fedsqueeze.v1.SecAggPublicKeys\x12/\n\x07session\x18\x03 \x03(\x0b\x32\x1e.fedsqueeze.v1.SecAggKeyDigest\"0\n\x0fSecAggKeyDigest\x12\r\n\x05party\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\"{\n\x10SecAggCiphertext\x12\x0e\n\x06sender\x18\x01 \x01(\x04\x12\x10\n\x08receiver\x18\x02 \x01(\x04\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x18\n\x10self_mask_digest\x18\x04 \x01(\x0c\x12\x17\n\x0fmask_key_digest\x18\x05 \x01(\x0c\"\xac\x01\n\x11SecAggShareBundle\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x1c\n\x14self_mask_commitment\x18\x02 \x01(\x0c\x12/\n\x06shares\x18\x03 \x03(\x0b\x32\x1f.fedsqueeze.v1.SecAggCiphertext\x12\x1c\n\x14own_self_mask_digest\x18\x04 \x01(\x0c\x12\x1b\n\x13own_mask_key_digest\x18\x05 \x01(\x0c\"p\n\x0cSecAggShares\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\x04\x12\x10\n\x08receiver\x18\x03 \x01(\x04\x12\x17\n\x0fself_mask_share\x18\x04 \x01(\x0c\x12\x16\n\x0emask_key_share\x18\x05 \x01(\x0c\"w\n\x11SecAggMaskedInput\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05party\x18\x02 \x01(\x04\x12\x10\n\x08segments\x18\x03 \x03(\x0c\x12\x32\n\nmask_peers\x18\x04 \x01(\x0b\x32\x1e.fedsqueeze.v1.SecAggMaskPeers\"B\n\x0fSecAggMaskPeers\x12\r\n\x05party\x18\x01 \x01(\x04\x12\r\n\x05peers\x18\x02 \x03(\x04\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"W\n\x12SecAggConfirmation\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05party\x18\x02 \x01(\x04\x12\x10\n\x08identity\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\xb6\x01\n\x13SecAggUnmaskRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x11\n\tsurvivors\x18\x02 \x03(\x04\x12\x0f\n\x07\x64ropped\x18\x03 \x03(\x04\x12\x38\n\rconfirmations\x18\x04 \x03(\x0b\x32!.fedsqueeze.v1.SecAggConfirmation\x12\x32\n\nmask_peers\x18\x05 \x03(\x0b\x32\x1e.fedsqueeze.v1.SecAggMaskPeers\"F\n\x13SecAggRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\x04\x12\x11\n\tself_mask\x18\x02 \x01(\x08\x12\r\n\x05share\x18\x03 \x01(\x0c\"h\n\x14SecAggUnmaskResponse\x12\r\n\x05round\x18\x01 \x01(\x04\x12\r\n\x05party\x18\x02 \x01(\x04\x12\x32\n\x06shares\x18\x03 \x03(\x0b\x32\".fedsqueeze.v1.SecAggRevealedShare\"\xbd\x02\n\x10SecAggPartyState\x12\r\n\x05setup\x18\x01 \x01(\x0c\x12\r\n\x05party\x18\x02 \x01(\x04\x12\r\n\x05stage\x18\x03 \x01(\r\x12\x15\n\rcipher_secret\x18\x04 \x01(\x0c\x12\x13\n\x0bmask_secret\x18\x05 \x01(\x0c\x12\x16\n\x0eself_mask_seed\x18\x06 \x01(\x0c\x12\x34\n\x0eneighbour_keys\x18\x07 \x01(\x0b\x32\x1c.fedsqueeze.v1.SecAggKeyList\x12-\n\x08received\x18\x08 \x03(\x0b\x32\x1b.fedsqueeze.v1.SecAggShares\x12\x0e\n\x06inputs\x18\t \x03(\x0c\x12\x10\n\x08identity\x18\n \x01(\x0c\x12\x12\n\nmask_peers\x18\x0b \x03(\x04\x12\x0c\n\x04view\x18\x0c \x01(\x0c\x12\x0f\n\x07session\x18\r \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,25 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECAGGPUBLICKEYS']._serialized_start=286
   _globals['_SECAGGPUBLICKEYS']._serialized_end=409
   _globals['_SECAGGKEYLIST']._serialized_start=411
-  _globals['_SECAGGKEYLIST']._serialized_end=488
-  _globals['_SECAGGCIPHERTEXT']._serialized_start=490
-  _globals['_SECAGGCIPHERTEXT']._serialized_end=613
-  _globals['_SECAGGSHAREBUNDLE']._serialized_start=616
-  _globals['_SECAGGSHAREBUNDLE']._serialized_end=788
-  _globals['_SECAGGSHARES']._serialized_start=790
-  _globals['_SECAGGSHARES']._serialized_end=902
-  _globals['_SECAGGMASKEDINPUT']._serialized_start=904
-  _globals['_SECAGGMASKEDINPUT']._serialized_end=1023
-  _globals['_SECAGGMASKPEERS']._serialized_start=1025
-  _globals['_SECAGGMASKPEERS']._serialized_end=1091
-  _globals['_SECAGGCONFIRMATION']._serialized_start=1093
-  _globals['_SECAGGCONFIRMATION']._serialized_end=1180
-  _globals['_SECAGGUNMASKREQUEST']._serialized_start=1183
-  _globals['_SECAGGUNMASKREQUEST']._serialized_end=1365
-  _globals['_SECAGGREVEALEDSHARE']._serialized_start=1367
-  _globals['_SECAGGREVEALEDSHARE']._serialized_end=1437
-  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=1439
-  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1543
-  _globals['_SECAGGPARTYSTATE']._serialized_start=1546
-  _globals['_SECAGGPARTYSTATE']._serialized_end=1846
+  _globals['_SECAGGKEYLIST']._serialized_end=537
+  _globals['_SECAGGKEYDIGEST']._serialized_start=539
+  _globals['_SECAGGKEYDIGEST']._serialized_end=587
+  _globals['_SECAGGCIPHERTEXT']._serialized_start=589
+  _globals['_SECAGGCIPHERTEXT']._serialized_end=712
+  _globals['_SECAGGSHAREBUNDLE']._serialized_start=715
+  _globals['_SECAGGSHAREBUNDLE']._serialized_end=887
+  _globals['_SECAGGSHARES']._serialized_start=889
+  _globals['_SECAGGSHARES']._serialized_end=1001
+  _globals['_SECAGGMASKEDINPUT']._serialized_start=1003
+  _globals['_SECAGGMASKEDINPUT']._serialized_end=1122
+  _globals['_SECAGGMASKPEERS']._serialized_start=1124
+  _globals['_SECAGGMASKPEERS']._serialized_end=1190
+  _globals['_SECAGGCONFIRMATION']._serialized_start=1192
+  _globals['_SECAGGCONFIRMATION']._serialized_end=1279
+  _globals['_SECAGGUNMASKREQUEST']._serialized_start=1282
+  _globals['_SECAGGUNMASKREQUEST']._serialized_end=1464
+  _globals['_SECAGGREVEALEDSHARE']._serialized_start=1466
+  _globals['_SECAGGREVEALEDSHARE']._serialized_end=1536
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=1538
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1642
+  _globals['_SECAGGPARTYSTATE']._serialized_start=1645
+  _globals['_SECAGGPARTYSTATE']._serialized_end=1962
 # @@protoc_insertion_point(module_scope)

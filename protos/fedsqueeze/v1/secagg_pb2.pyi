@@ -51,12 +51,22 @@ class SecAggPublicKeys(_message.Message):
     def __init__(self, round: _Optional[int] = ..., party: _Optional[int] = ..., cipher_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., identity: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SecAggKeyList(_message.Message):
-    __slots__ = ("round", "keys")
+    __slots__ = ("round", "keys", "session")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     round: int
     keys: _containers.RepeatedCompositeFieldContainer[SecAggPublicKeys]
-    def __init__(self, round: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[SecAggPublicKeys, _Mapping]]] = ...) -> None: ...
+    session: _containers.RepeatedCompositeFieldContainer[SecAggKeyDigest]
+    def __init__(self, round: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[SecAggPublicKeys, _Mapping]]] = ..., session: _Optional[_Iterable[_Union[SecAggKeyDigest, _Mapping]]] = ...) -> None: ...
+
+class SecAggKeyDigest(_message.Message):
+    __slots__ = ("party", "digest")
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    party: int
+    digest: bytes
+    def __init__(self, party: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class SecAggCiphertext(_message.Message):
     __slots__ = ("sender", "receiver", "ciphertext", "self_mask_digest", "mask_key_digest")
@@ -169,7 +179,7 @@ class SecAggUnmaskResponse(_message.Message):
     def __init__(self, round: _Optional[int] = ..., party: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[SecAggRevealedShare, _Mapping]]] = ...) -> None: ...
 
 class SecAggPartyState(_message.Message):
-    __slots__ = ("setup", "party", "stage", "cipher_secret", "mask_secret", "self_mask_seed", "neighbour_keys", "received", "inputs", "identity", "mask_peers", "view")
+    __slots__ = ("setup", "party", "stage", "cipher_secret", "mask_secret", "self_mask_seed", "neighbour_keys", "received", "inputs", "identity", "mask_peers", "view", "session")
     SETUP_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +192,7 @@ class SecAggPartyState(_message.Message):
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     MASK_PEERS_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     setup: bytes
     party: int
     stage: int
@@ -194,4 +205,5 @@ class SecAggPartyState(_message.Message):
     identity: bytes
     mask_peers: _containers.RepeatedScalarFieldContainer[int]
     view: bytes
-    def __init__(self, setup: _Optional[bytes] = ..., party: _Optional[int] = ..., stage: _Optional[int] = ..., cipher_secret: _Optional[bytes] = ..., mask_secret: _Optional[bytes] = ..., self_mask_seed: _Optional[bytes] = ..., neighbour_keys: _Optional[_Union[SecAggKeyList, _Mapping]] = ..., received: _Optional[_Iterable[_Union[SecAggShares, _Mapping]]] = ..., inputs: _Optional[_Iterable[bytes]] = ..., identity: _Optional[bytes] = ..., mask_peers: _Optional[_Iterable[int]] = ..., view: _Optional[bytes] = ...) -> None: ...
+    session: bytes
+    def __init__(self, setup: _Optional[bytes] = ..., party: _Optional[int] = ..., stage: _Optional[int] = ..., cipher_secret: _Optional[bytes] = ..., mask_secret: _Optional[bytes] = ..., self_mask_seed: _Optional[bytes] = ..., neighbour_keys: _Optional[_Union[SecAggKeyList, _Mapping]] = ..., received: _Optional[_Iterable[_Union[SecAggShares, _Mapping]]] = ..., inputs: _Optional[_Iterable[bytes]] = ..., identity: _Optional[bytes] = ..., mask_peers: _Optional[_Iterable[int]] = ..., view: _Optional[bytes] = ..., session: _Optional[bytes] = ...) -> None: ...
