@@ -20,7 +20,8 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
                       device: str = "", auth_private_key: Path | None = None,
                       trainer_socket: Path | None = None, capped_poll: bool = False,
                       trusted_nodes: Path | None = None, app_sha256: tuple[str, ...] = (),
-                      privacy_floor: str = "", state_dir: Path | None = None) -> list[str]:
+                      privacy_floor: str = "", state_dir: Path | None = None,
+                      max_wait_s: float | None = None) -> list[str]:
     """The ``flower-supernode`` command line for one client node (TLS when ``root_certificates`` is given).
 
     ``auth_private_key`` is this node's OpenSSH EC private key for a SuperLink with SuperNode authentication (its
@@ -33,24 +34,26 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
     runs the SuperNode through ``client/supernode.py``. ValueError/FileNotFoundError for a malformed or missing pin.
     ``privacy_floor`` (client/privacy_floor.py, ``"secagg=true min-parties=5"``) is the least protection this node
     accepts of a round; ValueError naming a bad entry.
+    ``max_wait_s`` bounds how long the SuperNode keeps retrying an unreachable SuperLink (Flower: without end).
     ``state_dir`` is where the node keeps what must outlive one Flower run (its error-feedback residuals, so a
     coordinator restart loses none, client/residual_store.py; the secure-aggregation setups it took part in,
     client/setup_ledger.py).
     """
     PrivacyFloor.parse(privacy_floor)
     pins = sorted(parse_pins(app_sha256))
-    if trusted_nodes is not None:
-        if auth_private_key is None:
-            raise ValueError("--trusted-nodes needs this node's own key (--auth-key): it signs the node's round keys")
-        if not trusted_nodes.exists():
-            raise FileNotFoundError(f"trusted node keys {trusted_nodes} are missing")
+    if num_partitions < 1:
+        raise ValueError(f"--num-partitions must be at least 1, got {num_partitions}")
     if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+        raise ValueError(f"--partition-id {partition_id} is outside 0..{num_partitions - 1} (--num-partitions "
+                         f"{num_partitions})")
+    if trusted_nodes is not None and auth_private_key is None:
+        raise ValueError("--trusted-nodes needs this node's own key (--auth-key): it signs the node's round keys")
     if auth_private_key is not None:
         if root_certificates is None:
             raise ValueError("SuperNode authentication needs TLS: give the root certificates, not --insecure")
-        if not auth_private_key.is_file():
-            raise FileNotFoundError(f"node private key {auth_private_key} is missing")
+        check_identity_files(auth_private_key, trusted_nodes)
+    if root_certificates is not None:
+        check_certificate_file(root_certificates, "--root-certificates")
     node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
     if device:
         node_config += f' device="{device}"'
@@ -71,11 +74,11 @@ def supernode_command(*, superlink: str, partition_id: int, num_partitions: int,
     if root_certificates is None:
         command.append("--insecure")
     else:
-        if not root_certificates.is_file():
-            raise FileNotFoundError(f"root certificate {root_certificates} is missing")
         command += ["--root-certificates", str(root_certificates)]
     if auth_private_key is not None:
         command += ["--auth-supernode-private-key", str(auth_private_key)]
+    if max_wait_s is not None:
+        command += ["--max-wait-time", f"{max_wait_s:.0f}"]
     return command
 
 
@@ -84,3 +87,46 @@ def trainer_command(socket_path: Path, parent_pid: int | None = None) -> list[st
     with ``parent_pid`` it stops when that process (the node) is gone."""
     command = [sys.executable, "-m", "client.trainer", "--socket", str(socket_path)]
     return command + (["--parent-pid", str(parent_pid)] if parent_pid is not None else [])
+
+
+def check_private_key_file(path: Path, flag: str) -> None:
+    """A private key file must exist and be readable by its owner only, as SSH demands of its keys: ValueError
+    (FileNotFoundError when missing) naming ``flag`` and the chmod that fixes it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path} is missing")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(f"{flag} {path} is readable by others (mode {mode:04o}): a private key must be its owner's "
+                         f"alone; chmod 600 {path}")
+
+
+def check_identity_files(auth_private_key: Path, trusted_nodes: Path | None) -> None:
+    """The node's private key loads, is its owner's alone, and (with ``trusted_nodes``) the pinned keys load and
+    hold this node's own public key (the others, pinning the same list, would otherwise refuse its keys);
+    ValueError naming the file and the problem."""
+    from strategies.secagg.identity import SigningIdentity, TrustedIdentities
+
+    check_private_key_file(auth_private_key, "--auth-key")
+    identity = SigningIdentity.from_file(auth_private_key)
+    if trusted_nodes is None:
+        return
+    if not trusted_nodes.exists():
+        raise FileNotFoundError(f"--trusted-nodes {trusted_nodes} is missing")
+    pinned = TrustedIdentities.from_path(trusted_nodes)
+    if identity.public_der not in pinned.names:
+        raise ValueError(f"--trusted-nodes {trusted_nodes} does not hold this node's own public key (--auth-key "
+                         f"{auth_private_key}): nodes pinning the same list would refuse its keys")
+
+
+def check_certificate_file(path: Path, flag: str) -> None:
+    """``path`` holds a PEM certificate: FileNotFoundError when missing, ValueError naming ``flag`` otherwise (an
+    OpenSSH public key or a private key given by mistake)."""
+    from cryptography import x509
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {path} is missing")
+    try:
+        x509.load_pem_x509_certificates(path.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{flag} {path} is not a PEM certificate (give the CA's certificate, ca.crt: not a key)"
+                         ) from exc

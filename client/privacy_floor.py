@@ -126,8 +126,24 @@ def _floor_value(key: str, value: str) -> object:
             names = frozenset(name for name in value.split(",") if name)
             if not names:
                 raise ValueError
-            return names
+            return _known_codecs(names)
+    except _UnknownCodec:
+        raise
     except ValueError:
         raise ValueError(f"privacy floor {key}={value!r} is not a valid value for {key}") from None
     raise ValueError(f"unknown privacy floor key {key!r} (known: secagg, min-parties, min-threshold, min-dp-noise, "
                      "max-dp-clip, codecs)")
+
+
+def _known_codecs(names: frozenset[str]) -> frozenset[str]:
+    """``names`` when each is a registered codec; ValueError naming the first that is not."""
+    from strategies.codecs.registry import CODEC_NAMES  # here, not at the top: the registry imports torch
+
+    unknown = sorted(names - set(CODEC_NAMES))
+    if unknown:
+        raise _UnknownCodec(f"privacy floor codecs: unknown codec {unknown[0]!r} (known: {', '.join(CODEC_NAMES)})")
+    return names
+
+
+class _UnknownCodec(ValueError):
+    """A floor names a codec nobody registered (its message is already the one line to show)."""

@@ -53,18 +53,7 @@ def node_identity(context: Context) -> tuple[SigningIdentity | None, TrustedIden
     if not key or not trusted:
         raise ValueError(f"node config needs both {IDENTITY_KEY} and {TRUSTED_NODES} to take part in "
                          "authenticated secure aggregation")
-    return SigningIdentity.from_file(Path(str(key))), _trusted(Path(str(trusted)))
-
-
-def _trusted(path: Path) -> TrustedIdentities:
-    if not path.is_dir():
-        return TrustedIdentities.from_file(path)
-    keys: dict[bytes, str] = {}
-    for file in sorted(path.glob("*.pub")):
-        keys.update(TrustedIdentities.from_file(file).names)
-    if not keys:
-        raise ValueError(f"{path} holds no .pub node keys")
-    return TrustedIdentities(keys)
+    return SigningIdentity.from_file(Path(str(key))), TrustedIdentities.from_path(Path(str(trusted)))
 
 
 def setup_ledger(context: Context, signed: bool) -> SetupLedger | None:

@@ -46,27 +46,29 @@ class CappedSleepTime(ModuleType):
 
 
 def _env_seconds(environ: dict[str, str] | os._Environ, name: str, default: float, low: float, high: float,
-                 low_open: bool = False) -> float:
-    """Seconds from ``environ[name]`` (``default`` when unset); ValueError unless a number within the bounds."""
-    raw = environ.get(name, str(default))
+                 low_open: bool = False, label: str = "") -> float:
+    """Seconds from ``environ[name]`` (``default`` when unset); ValueError, naming ``label`` (default: the
+    variable), unless a number within the bounds."""
+    raw, label = environ.get(name, str(default)), label or name
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got '{raw}'") from None
+        raise ValueError(f"{label} must be a number of seconds, got '{raw}'") from None
     if not ((low < value) if low_open else (low <= value)) or not value <= high:
-        raise ValueError(f"{name} must be in {'(' if low_open else '['}{low:g}, {high:g}] seconds, got {value}")
+        raise ValueError(f"{label} must be in {'(' if low_open else '['}{low:g}, {high:g}] seconds, got {raw}")
     return value
 
 
-def poll_seconds(environ: dict[str, str] | os._Environ = os.environ) -> float:
-    """The idle wait from ``FEDSQUEEZE_SUPERNODE_POLL_S``; ValueError unless it is a number in (0, 60]."""
-    return _env_seconds(environ, POLL_ENV, DEFAULT_POLL_S, 0.0, 60.0, low_open=True)
+def poll_seconds(environ: dict[str, str] | os._Environ = os.environ, label: str = "") -> float:
+    """The idle wait from ``FEDSQUEEZE_SUPERNODE_POLL_S``; ValueError (naming ``label``, e.g. the flag that set
+    it) unless it is a number in (0, 60]."""
+    return _env_seconds(environ, POLL_ENV, DEFAULT_POLL_S, 0.0, 60.0, low_open=True, label=label)
 
 
-def heartbeat_seconds(environ: dict[str, str] | os._Environ = os.environ) -> float:
-    """The heartbeat interval from ``FEDSQUEEZE_HEARTBEAT_S``; ValueError unless within what the SuperLink
-    accepts, [10, 1800] s."""
-    return _env_seconds(environ, HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S, *HEARTBEAT_RANGE_S)
+def heartbeat_seconds(environ: dict[str, str] | os._Environ = os.environ, label: str = "") -> float:
+    """The heartbeat interval from ``FEDSQUEEZE_HEARTBEAT_S``; ValueError (naming ``label``) unless within what the
+    SuperLink accepts, [10, 1800] s."""
+    return _env_seconds(environ, HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S, *HEARTBEAT_RANGE_S, label=label)
 
 
 def set_heartbeat(seconds: float) -> None:

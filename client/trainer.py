@@ -103,6 +103,8 @@ def serve(socket_path: Path, parent_pid: int | None = None) -> None:
             connection.settimeout(None)
             with connection:
                 try:
+                    if not connection.recv(1, socket.MSG_PEEK):
+                        continue  # closed before a byte: the node checking that this trainer listens
                     serve_one(connection, digest)
                 except (ConnectionError, ValueError) as exc:  # a broken or foreign request: drop it, keep serving
                     log.warning("dropped a request: %s", exc)

@@ -57,9 +57,19 @@ def model_hooks(cfg: RunConfig) -> ModelHooks:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Entry point Flower calls with the fused run config (pyproject defaults + --run-config)."""
+    """Entry point Flower calls with the fused run config (pyproject defaults + --run-config). An exception is
+    logged as one fedsqueeze line (what ``fedsqueeze submit`` shows) before Flower records the run as failed."""
     quiet_libraries()
     configure_logging()
+    try:
+        run(grid, context)
+    except Exception as exc:
+        log.error("error: the run stopped: %s", " ".join(str(exc).split()) or type(exc).__name__)
+        raise
+
+
+def run(grid: Grid, context: Context) -> None:
+    """Check the run config and the output directory, then run the federation and write its outputs."""
     cfg = resolve(dict(context.run_config))
     out_dir = cfg.output_dir().resolve()
     # Before the model loads or any node is asked: a directory holding another run needs resume=true or

@@ -6,9 +6,13 @@ import json
 import subprocess
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 from server.certs import CA_CERT, SERVER_CERT, SERVER_KEY
+from server.logs import strip_ansi
 
 APP_DIR = Path(__file__).resolve().parents[1]
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 CONNECTION_NAME = "fedsqueeze"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -34,13 +38,13 @@ def superlink_command(*, certs_dir: Path | None, fleet_address: str = "0.0.0.0:9
                          "(make a dev set with: fedsqueeze certs DIR), not --insecure")
     command = ["flower-superlink", "--fleet-api-address", fleet_address, "--host", control_host,
                "--port", str(control_port), "--disable-runtime-dependency-installation"]
+    check_address(fleet_address, "--fleet-address")
+    if not 0 < control_port < 65536:
+        raise ValueError(f"--control-port must be in 1..65535, got {control_port}")
     if certs_dir is None:
         command.append("--insecure")
     else:
-        for name in (CA_CERT, SERVER_CERT, SERVER_KEY):
-            if not (certs_dir / name).is_file():
-                raise FileNotFoundError(f"TLS file {certs_dir / name} is missing "
-                                        "(make a dev set with: fedsqueeze certs DIR)")
+        check_tls_files(certs_dir)
         command += ["--ssl-ca-certfile", str(certs_dir / CA_CERT), "--ssl-certfile", str(certs_dir / SERVER_CERT),
                     "--ssl-keyfile", str(certs_dir / SERVER_KEY)]
     if node_auth:
@@ -104,6 +108,51 @@ def register_node(public_key: Path, *, env: dict[str, str], name: str = "", time
     except json.JSONDecodeError:
         reply = {}
     if result.returncode != 0 or not reply.get("success"):
-        detail = reply.get("error-message") or (result.stdout + result.stderr)[-1000:]
+        detail = strip_ansi(reply.get("error-message") or (result.stdout + result.stderr)[-1000:])
         raise RuntimeError(f"registering {public_key} failed: {' '.join(detail.split())}")
     return int(reply["node-id"])
+
+
+def check_address(address: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[V6]:PORT`` for an IPv6 address) split; ValueError naming ``flag`` otherwise."""
+    host, sep, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        raise ValueError(f"{flag} {address!r} is not HOST:PORT (e.g. 0.0.0.0:9092)")
+    return host, int(port)
+
+
+def check_tls_files(certs_dir: Path) -> None:
+    """The SuperLink's TLS files load and agree: ca.crt and server.pem are PEM certificates, ca.crt signed
+    server.pem, server.key is a PEM private key for server.pem and its owner's alone. FileNotFoundError or
+    ValueError naming the file and the problem, before the SuperLink starts (it would otherwise print a traceback
+    or keep running with handshakes that all fail)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    paths = {name: certs_dir / name for name in (CA_CERT, SERVER_CERT, SERVER_KEY)}
+    for path in paths.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"TLS file {path} is missing (make a dev set with: fedsqueeze certs DIR)")
+    certs = {}
+    for name in (CA_CERT, SERVER_CERT):
+        try:
+            certs[name] = x509.load_pem_x509_certificate(paths[name].read_bytes())
+        except ValueError as exc:
+            raise ValueError(f"{paths[name]} is not a PEM certificate: {exc}") from None
+    mode = paths[SERVER_KEY].stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(f"{paths[SERVER_KEY]} is readable by others (mode {mode:04o}): chmod 600 {paths[SERVER_KEY]}")
+    try:
+        key = serialization.load_pem_private_key(paths[SERVER_KEY].read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ValueError(f"{paths[SERVER_KEY]} is not an unencrypted PEM private key (an OpenSSH key will not do: "
+                         f"{' '.join(str(exc).split())[:120]})") from None
+    if key.public_key().public_bytes(*_SPKI) != certs[SERVER_CERT].public_key().public_bytes(*_SPKI):
+        raise ValueError(f"{paths[SERVER_KEY]} is not the key of {paths[SERVER_CERT]}")
+    try:
+        certs[SERVER_CERT].verify_directly_issued_by(certs[CA_CERT])
+    except (ValueError, TypeError, InvalidSignature):
+        raise ValueError(f"{paths[SERVER_CERT]} is not signed by {paths[CA_CERT]}: nodes holding that CA would "
+                         "refuse every connection") from None

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour and cursor codes (what Flower's CLI prints carries them)."""
+    return _ANSI.sub("", text)
 
 
 def configure_logging(level: int = logging.INFO) -> logging.Logger:

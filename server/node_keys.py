@@ -19,24 +19,42 @@ NODE_KEYS_DIR = "node-keys"
 
 @dataclass(frozen=True)
 class NodeKeyPair:
-    """Paths of one SuperNode's key pair: ``private_key`` stays on the node, ``public_key`` is registered."""
+    """Paths of one SuperNode's key pair: ``private_key`` stays on the node, ``public_key`` is registered;
+    ``created``: written by this call (else an existing pair, kept)."""
 
     private_key: Path
     public_key: Path
+    created: bool = True
 
 
-def generate_node_keys(out_dir: Path, count: int, prefix: str = "node") -> list[NodeKeyPair]:
-    """Write ``count`` key pairs as ``out_dir/{prefix}-{i}.key`` (OpenSSH private, 0600) and ``.pub`` (OpenSSH).
+def generate_node_keys(out_dir: Path, count: int, prefix: str = "node", *, replace: bool = False
+                       ) -> list[NodeKeyPair]:
+    """The key pairs ``out_dir/{prefix}-{i}.key`` (OpenSSH private, 0600) and ``.pub`` (OpenSSH), i < ``count``.
 
-    Existing files of the same names are replaced. Raises ValueError when ``count`` is negative.
+    A complete existing pair is kept (it may be registered and on its node already) and only missing pairs are
+    written, unless ``replace``, which writes every one anew. ValueError for a negative ``count``, a folder that
+    is a file, or half a pair (one file without the other).
     """
     if count < 0:
         raise ValueError(f"number of node keys must be >= 0, got {count}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a folder for node keys")
+    wanted = [NodeKeyPair(out_dir / f"{prefix}-{i}.key", out_dir / f"{prefix}-{i}.pub") for i in range(count)]
+    kept = set()
+    for pair in wanted:  # every pair checked before any is written
+        present = [path for path in (pair.private_key, pair.public_key) if path.exists()]
+        if len(present) == 1 and not replace:
+            raise ValueError(f"{present[0]} exists without its other half: move it aside, or write a new pair with "
+                             "--replace")
+        if present and not replace:
+            kept.add(pair)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = []
-    for index in range(count):
+    for index, pair in enumerate(wanted):
+        if pair in kept:
+            pairs.append(NodeKeyPair(pair.private_key, pair.public_key, created=False))
+            continue
         key = ec.generate_private_key(ec.SECP384R1())
-        pair = NodeKeyPair(out_dir / f"{prefix}-{index}.key", out_dir / f"{prefix}-{index}.pub")
         write_secret(pair.private_key, key.private_bytes(serialization.Encoding.PEM,
                                                           serialization.PrivateFormat.OpenSSH,
                                                           serialization.NoEncryption()))

@@ -22,6 +22,9 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 # What a finished, stopped or resumable run leaves: a directory holding one of these is another run's.
 NODE_STATE = "node-state"  # a simulation's clients keep their error-feedback residuals here (across resumes)
 RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "checkpoint", "samples.jsonl", "adapter", "model", NODE_STATE)
+# The run's layout: what it writes as folders and as files (a name taken by the other kind fails only when written).
+OUTPUT_FOLDERS = ("checkpoint", "adapter", "model", "plots", NODE_STATE)
+OUTPUT_FILES = ("metrics.jsonl", "summary.json", "samples.jsonl", "log.txt")
 
 
 class OutputDirError(ValueError):
@@ -47,6 +50,14 @@ def check_out_dir(out_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     except OSError as exc:
         raise OutputDirError(f"output directory '{out_dir}' cannot be written ({existing}: "
                              f"{exc.strerror or exc})") from None
+    for name in OUTPUT_FOLDERS:
+        if (target / name).exists() and not (target / name).is_dir():
+            raise OutputDirError(f"output directory '{out_dir}' holds a file '{name}' where the run writes its "
+                                 f"{name}/ folder: move it away, or choose a new {ways_out[2]}")
+    for name in OUTPUT_FILES:
+        if (target / name).is_dir():
+            raise OutputDirError(f"output directory '{out_dir}' holds a folder '{name}' where the run writes its "
+                                 f"{name} file: move it away, or choose a new {ways_out[2]}")
     earlier = [name for name in RUN_OUTPUTS if (target / name).exists()]
     if earlier and not (resume or overwrite):
         raise OutputDirError(f"output directory '{out_dir}' already holds a run ({', '.join(earlier)}): continue "

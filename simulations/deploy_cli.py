@@ -6,21 +6,23 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from client.app_trust import app_sha256
 from client.launch import supernode_command, trainer_command
 from client.supernode import DEFAULT_HEARTBEAT_S, HEARTBEAT_ENV, POLL_ENV, heartbeat_seconds, poll_seconds
-from server.certs import generate_dev_certificates
-from server.launch import APP_DIR, register_node, submit_command, superlink_command, write_connection
+from server.certs import certificate_paths, ensure_dev_certificates
+from server.launch import APP_DIR, register_node, superlink_command, write_connection
 from server.node_keys import NODE_KEYS_DIR, generate_node_keys
-from simulations.terminal import stream_filtered
+from simulations.connection_check import Unreachable, WrongServer, probe
+from simulations.node_process import DEFAULT_RECONNECT_S, make_trainer_folder, run_supernode, wait_for_trainer
+from simulations.processes import Stopped, start_child, stop_child, stop_on_signals
+from simulations.submit import submit
+
+IN_MEMORY = ":memory:"  # coordinator --database value: keep the SuperLink's state in memory (lost with it)
+DATABASE = "superlink.db"
 
 
 def _tool_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -30,51 +32,56 @@ def _tool_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _run(command: list[str], env: dict[str, str] | None = None) -> int:
-    print("+ " + " ".join(command), flush=True)
-    return subprocess.call(command, env=_tool_env(env))
-
-
 def _cmd_certs(args: argparse.Namespace) -> int:
     if args.nodes < 0:
         raise ValueError(f"--nodes must be >= 0, got {args.nodes}")
-    paths = generate_dev_certificates(Path(args.dir), tuple(args.host or ("localhost", "127.0.0.1")))
-    for role, path in paths.items():
-        print(f"{role}: {path}")
-    for index, pair in enumerate(generate_node_keys(Path(args.dir) / NODE_KEYS_DIR, args.nodes)):
-        print(f"node {index}: {pair.private_key} (private, copy to that node only), {pair.public_key} (register)")
+    folder = Path(args.dir)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a folder for the certificates")
+    hosts = tuple(args.host) if args.host else None
+    had_set = any(path.exists() for path in certificate_paths(folder).values())
+    had_keys = {i for i in range(args.nodes) if (folder / NODE_KEYS_DIR / f"node-{i}.key").exists()}
+    paths, written = ensure_dev_certificates(folder, hosts, replace=args.replace)
+    pairs = generate_node_keys(folder / NODE_KEYS_DIR, args.nodes, replace=args.replace)  # checked, then written
+    print(f"{paths['ca']}, {paths['cert']}, {paths['key']}: {'written' if written else 'kept as they were'}")
+    if written and had_set:
+        print("replaced: every node's copy of the old ca.crt stops matching; copy the new ca.crt to every node")
+    for index, pair in enumerate(pairs):
+        if not pair.created:
+            print(f"node {index}: {pair.private_key}, {pair.public_key}: kept as they were")
+            continue
+        print(f"node {index}: {pair.private_key} (private, copy to that node only), {pair.public_key} (register it)"
+              + ("; replaced: the old key of this node stops matching its registration" if index in had_keys else ""))
     return 0
+
+
+def default_coordinator_dir(environ: dict[str, str] | os._Environ = os.environ) -> Path:
+    """Where the coordinator keeps its SuperLink's state unless told: $XDG_STATE_HOME (or ~/.local/state)/
+    fedsqueeze/coordinator."""
+    return Path(environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "fedsqueeze" / "coordinator"
 
 
 def _cmd_coordinator(args: argparse.Namespace) -> int:
     certs = None if args.insecure else Path(args.certs)
-    return _run(superlink_command(certs_dir=certs, fleet_address=args.fleet_address, control_host=args.control_host,
-                                  control_port=args.control_port, database=args.database,
-                                  node_auth=args.node_auth))
-
-
-def _wait_for_trainer(socket_path: Path, trainer: subprocess.Popen, timeout_s: float) -> None:
-    """Block until the warm trainer accepts connections; RuntimeError if it exits or does not listen in time."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if trainer.poll() is not None:
-            raise RuntimeError(f"the warm trainer exited with status {trainer.returncode} before it listened")
-        if socket_path.exists():
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                if probe.connect_ex(str(socket_path)) == 0:
-                    return
-        time.sleep(0.1)
-    raise RuntimeError(f"the warm trainer did not listen at {socket_path} within {timeout_s:.0f} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
+    database = None if args.database == IN_MEMORY else Path(args.database or default_coordinator_dir() / DATABASE)
+    command = superlink_command(certs_dir=certs, fleet_address=args.fleet_address, control_host=args.control_host,
+                                control_port=args.control_port, database=str(database) if database else None,
+                                node_auth=args.node_auth)  # every argument and TLS file checked here
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with stop_on_signals():
+        superlink = start_child(command, _tool_env())
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            status = superlink.wait()
+        except Stopped as exc:
+            print(f"fedsqueeze: coordinator stopped ({exc}); its SuperLink is stopped too", file=sys.stderr)
+            return 128 + exc.signum
+        finally:
+            stop_child(superlink)
+    if status != 0:
+        print(f"fedsqueeze: error: flower-superlink exited with status {status} (its last lines above say why)",
+              file=sys.stderr)
+    return status
 
 
 def default_state_dir(partition_id: int, environ: dict[str, str] | os._Environ = os.environ) -> Path:
@@ -91,35 +98,48 @@ def _cmd_node(args: argparse.Namespace) -> int:
                 trusted_nodes=Path(args.trusted_nodes) if args.trusted_nodes else None,
                 app_sha256=tuple(args.app_sha256 or ()), privacy_floor=args.privacy_floor,
                 state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(args.partition_id))
-    poll_seconds({POLL_ENV: str(args.poll_s)})  # ValueError (one line, exit 2) before anything starts
-    heartbeat_seconds({HEARTBEAT_ENV: str(args.heartbeat_s)})
-    if args.cold:  # a pinned cold node runs Flower's loop through client/supernode.py, so --poll-s applies
-        return _run(supernode_command(**node), env={**os.environ, POLL_ENV: str(args.poll_s),
-                                                    HEARTBEAT_ENV: str(args.heartbeat_s)})
-    socket_dir = Path(tempfile.mkdtemp(prefix="fedsqueeze-trainer-"))  # 0700: only this user reaches the socket
-    socket_path = socket_dir / "trainer.sock"
-    supernode = supernode_command(**node, trainer_socket=socket_path, capped_poll=True)  # checks the arguments
+    poll_seconds({POLL_ENV: str(args.poll_s)}, label="--poll-s")  # ValueError (one line, exit 2) before anything
+    heartbeat_seconds({HEARTBEAT_ENV: str(args.heartbeat_s)}, label="--heartbeat-s")
+    if not args.reconnect_s > 0:
+        raise ValueError(f"--reconnect-s must be a positive number of seconds, got {args.reconnect_s}")
+    supernode_command(**node)  # every argument and key file checked before anything starts
+    try:
+        probe(args.superlink, root, "--superlink")
+    except WrongServer as exc:
+        raise ValueError(str(exc)) from None  # waiting cannot fix a wrong CA or a wrong port
+    except Unreachable as exc:
+        print(f"fedsqueeze: {exc}; waiting for the SuperLink (up to {args.reconnect_s:.0f} s, --reconnect-s)",
+              file=sys.stderr, flush=True)
     env = _tool_env()
     env[POLL_ENV] = str(args.poll_s)
     env[HEARTBEAT_ENV] = str(args.heartbeat_s)
     env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")  # start the per-message ClientApp within 0.2 s
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stop both children on SIGTERM
-    processes: list[subprocess.Popen] = []
+    retry = dict(superlink=args.superlink, reconnect_s=args.reconnect_s)
+    with stop_on_signals():
+        try:
+            if args.cold:  # a pinned cold node runs Flower's loop through client/supernode.py, so --poll-s applies
+                return run_supernode(lambda left: supernode_command(**node, max_wait_s=left), env, **retry)
+            return _run_warm_node(node, env, retry)
+        except Stopped as exc:
+            print(f"fedsqueeze: node stopped ({exc})", file=sys.stderr)
+            return 128 + exc.signum
+        except RuntimeError as exc:
+            print(f"fedsqueeze: error: {exc}", file=sys.stderr)
+            return 1
+
+
+def _run_warm_node(node: dict, env: dict[str, str], retry: dict) -> int:
+    """The node's warm trainer, then its SuperNode handing each message to it; both stopped on the way out."""
+    folder = make_trainer_folder()
+    socket_path = folder / "trainer.sock"
+    trainer = start_child(trainer_command(socket_path, parent_pid=os.getpid()), env)
     try:
-        trainer = trainer_command(socket_path, parent_pid=os.getpid())
-        print("+ " + " ".join(trainer), flush=True)
-        processes.append(subprocess.Popen(trainer, env=env))
-        _wait_for_trainer(socket_path, processes[0], timeout_s=120)
-        print("+ " + " ".join(supernode), flush=True)
-        processes.append(subprocess.Popen(supernode, env=env))
-        return processes[1].wait()
-    except RuntimeError as exc:
-        print(f"fedsqueeze: error: {exc}", file=sys.stderr)
-        return 1
+        wait_for_trainer(socket_path, trainer, timeout_s=120)
+        return run_supernode(lambda left: supernode_command(**node, trainer_socket=socket_path, capped_poll=True,
+                                                            max_wait_s=left), env, **retry)
     finally:
-        for process in reversed(processes):
-            _stop(process)
-        shutil.rmtree(socket_dir, ignore_errors=True)
+        stop_child(trainer)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _cmd_app_hash(args: argparse.Namespace) -> int:
@@ -129,17 +149,16 @@ def _cmd_app_hash(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     root = None if args.insecure else Path(args.root_certificates)
-    with tempfile.TemporaryDirectory(prefix="fedsqueeze-flwr-") as home:
-        write_connection(Path(home), address=args.superlink, root_certificates=root)
-        env = {**os.environ, "FLWR_HOME": home}
-        command = submit_command(args.run_config, stream=not args.no_stream)
-        if args.no_stream:
-            return _run(command, env=env)
-        print(f"+ {' '.join(command)}  (Flower's lines go to {args.log})", file=sys.stderr, flush=True)
-        return stream_filtered(command, _tool_env(env), Path(args.log), verbose=args.verbose)
+    return submit(args.run_config, superlink=args.superlink, root_certificates=root, log_path=Path(args.log),
+                  stream=not args.no_stream, verbose=args.verbose, env=_tool_env())
 
 
 def _cmd_register_node(args: argparse.Namespace) -> int:
+    try:
+        probe(args.superlink, Path(args.root_certificates), "--superlink")
+    except ConnectionError as exc:
+        print(f"fedsqueeze: error: SuperLink unreachable: {exc}", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory(prefix="fedsqueeze-flwr-") as home:
         write_connection(Path(home), address=args.superlink, root_certificates=Path(args.root_certificates))
         env = {**os.environ, "FLWR_HOME": home,
@@ -162,11 +181,15 @@ def _tls_args(parser: argparse.ArgumentParser, flag: str, help_text: str) -> Non
 
 def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     """Register the deployment subcommands on the ``fedsqueeze`` parser."""
-    certs = sub.add_parser("certs", help="make a dev CA and SuperLink certificate for TLS trials")
+    certs = sub.add_parser("certs", help="make a dev CA and SuperLink certificate for TLS trials (never overwrites: "
+                                         "an existing set and existing node keys are kept)")
     certs.add_argument("dir", help="output directory for ca.crt, server.pem, server.key")
     certs.add_argument("--host", action="append", default=None, help="host name or IP (repeatable)")
     certs.add_argument("--nodes", type=int, default=0,
-                       help=f"also write this many SuperNode key pairs under DIR/{NODE_KEYS_DIR}/ (for --node-auth)")
+                       help=f"also write this many SuperNode key pairs under DIR/{NODE_KEYS_DIR}/ (for --node-auth); "
+                            "pairs already there are kept, missing ones added")
+    certs.add_argument("--replace", action="store_true",
+                       help="write everything anew: every node's ca.crt and every registered node key stop matching")
     certs.set_defaults(func=_cmd_certs, host=None)
 
     coord = sub.add_parser("coordinator", help="start the SuperLink (Fleet API over gRPC)")
@@ -174,7 +197,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     coord.add_argument("--fleet-address", default="0.0.0.0:9092", help="gRPC Fleet API address for SuperNodes")
     coord.add_argument("--control-host", default="127.0.0.1", help="control API host (flwr run connects here)")
     coord.add_argument("--control-port", type=int, default=8000, help="control API port")
-    coord.add_argument("--database", default=None, help="SuperLink state database file (default: in memory)")
+    coord.add_argument("--database", default="",
+                       help="the SuperLink's state (registered nodes, runs) on disk, so a restarted coordinator keeps "
+                            f"its federation (default $XDG_STATE_HOME/fedsqueeze/coordinator/{DATABASE}; "
+                            f"'{IN_MEMORY}' keeps it in memory, lost with the process)")
     coord.add_argument("--node-auth", action="store_true",
                        help="only SuperNodes whose public keys were registered (register-node) may connect; needs TLS")
     coord.set_defaults(func=_cmd_coordinator)
@@ -210,6 +236,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
                            "coordinator that restarts and resumes loses none) and the secure-aggregation setups it "
                            "took part in (it never joins one twice; a node that signs its keys needs it) (default "
                            "$XDG_STATE_HOME/fedsqueeze/node-<partition>)")
+    node.add_argument("--reconnect-s", type=float, default=DEFAULT_RECONNECT_S,
+                      help="how long the node keeps trying to reach the SuperLink (at start, after losing it, or "
+                           "while it still holds this node's previous session) before it gives up with an error "
+                           f"(default {DEFAULT_RECONNECT_S:.0f})")
     node.add_argument("--heartbeat-s", type=float, default=DEFAULT_HEARTBEAT_S,
                       help="how often the node tells the SuperLink it is alive, 10-1800 s (Flower's own: 30): after "
                            "two missed beats the round goes on without it, and a restarted node may rejoin")

@@ -15,6 +15,8 @@ import os
 import re
 import sys
 import threading
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -23,15 +25,10 @@ from rich.console import Console
 from rich.text import Text
 
 from server import progress
+from server.logs import strip_ansi
 
 LOG_NAME = "log.txt"
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _FD_OUT, _FD_ERR = 1, 2
-
-
-def strip_ansi(text: str) -> str:
-    """``text`` without terminal colour and cursor codes."""
-    return _ANSI.sub("", text)
 
 
 def timestamped(text: str) -> str:
@@ -140,9 +137,19 @@ class TerminalCapture:
 _OWN_LINE = re.compile(r"fedsqueeze: |\bERROR\b")
 
 
-def stream_filtered(command: list[str], env: dict[str, str], log_path: Path, *, verbose: bool = False) -> int:
+@dataclass
+class Streamed:
+    """How a streamed command ended: its exit status and its last lines (colour codes removed)."""
+
+    status: int
+    lines: list[str]
+
+
+def stream_filtered(command: list[str], env: dict[str, str], log_path: Path, *, verbose: bool = False,
+                    keep: int = 400) -> Streamed:
     """Run ``command`` (``flwr run --stream``), every line of its output to ``log_path`` with a timestamp, and to
-    the terminal only the run's own fedsqueeze lines and errors (every line with ``verbose``); its exit status."""
+    the terminal only the run's own fedsqueeze lines and errors (every line with ``verbose``); its exit status and
+    its last ``keep`` lines, for the caller to say how the run ended."""
     import subprocess
 
     try:
@@ -150,6 +157,7 @@ def stream_filtered(command: list[str], env: dict[str, str], log_path: Path, *, 
         log = log_path.open("a", encoding="utf-8", errors="replace", buffering=1)
     except OSError as exc:
         raise ValueError(f"cannot write the submission's log {log_path}: {exc.strerror or exc}") from exc
+    tail: deque[str] = deque(maxlen=keep)
     with log, subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                encoding="utf-8", errors="replace", bufsize=1) as child:
         log.write(timestamped("fedsqueeze: " + " ".join(command)) + "\n")
@@ -157,6 +165,7 @@ def stream_filtered(command: list[str], env: dict[str, str], log_path: Path, *, 
         for line in child.stdout:
             line = line.rstrip("\n")
             log.write(timestamped(line) + "\n")
-            if verbose or _OWN_LINE.search(strip_ansi(line)):
-                print(strip_ansi(line), file=sys.stderr, flush=True)
-        return child.wait()
+            tail.append(strip_ansi(line))
+            if verbose or _OWN_LINE.search(tail[-1]):
+                print(tail[-1], file=sys.stderr, flush=True)
+        return Streamed(child.wait(), list(tail))

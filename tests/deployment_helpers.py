@@ -91,7 +91,7 @@ def start_tls_federation(tmp_path: Path, *, logs: Path, env: dict[str, str],
                          identities: bool = False, database: Path | None = None,
                          commands: dict[str, list[str]] | None = None, fleet_host: str = "127.0.0.1",
                          node_dial: Callable[[int], str] | None = None, node_prefix: tuple[str, ...] = (),
-                         cert_hosts: tuple[str, ...] = ()) -> dict[str, Path]:
+                         cert_hosts: tuple[str, ...] = (), coordinator_cli: bool = False) -> dict[str, Path]:
     """A SuperLink with dev TLS certificates and ``nodes`` client nodes (``fedsqueeze node``, one partition each),
     and the flwr connection to submit runs to it; returns the certificate paths. With ``identities`` the SuperLink
     authenticates nodes, each node's key is registered, and every node pins all of them (``--trusted-nodes``), so
@@ -99,15 +99,23 @@ def start_tls_federation(tmp_path: Path, *, logs: Path, env: dict[str, str],
     state in that file (it survives a restart). ``commands`` receives every process's command line by name, for a
     test that restarts one. Links: the Fleet API listens on ``fleet_host``, nodes dial ``node_dial(fleet_port)``
     (default localhost:PORT; a relay's address, say), each node command starts with ``node_prefix`` (``ip netns
-    exec NS``), and the server certificate also names ``cert_hosts``."""
+    exec NS``), and the server certificate also names ``cert_hosts``. With ``coordinator_cli`` the SuperLink runs
+    under ``fedsqueeze coordinator`` (process name still ``superlink``), its state in its default place under
+    the environment's XDG_STATE_HOME unless ``database`` names one."""
     certs = generate_dev_certificates(tmp_path / "certs", hosts=("localhost", "127.0.0.1", *cert_hosts))
     fleet_port, control_port = free_port(), free_port()
     commands = {} if commands is None else commands
-    commands["superlink"] = superlink_command(certs_dir=certs["ca"].parent, fleet_address=f"{fleet_host}:{fleet_port}",
-                                              control_port=control_port, node_auth=identities,
-                                              database=str(database) if database is not None else None)
+    if coordinator_cli:
+        commands["superlink"] = [sys.executable, "-m", "simulations.cli", "coordinator", "--certs",
+                                 str(certs["ca"].parent), "--fleet-address", f"{fleet_host}:{fleet_port}",
+                                 "--control-port", str(control_port), *(["--node-auth"] if identities else []),
+                                 *(["--database", str(database)] if database is not None else [])]
+    else:
+        commands["superlink"] = superlink_command(
+            certs_dir=certs["ca"].parent, fleet_address=f"{fleet_host}:{fleet_port}", control_port=control_port,
+            node_auth=identities, database=str(database) if database is not None else None)
     start_process("superlink", commands["superlink"], logs=logs, env=env, processes=processes)
-    wait_for_port(fleet_port, 60)
+    wait_for_port(fleet_port, 90)
     wait_for_port(control_port, 60)
     write_connection(Path(env["FLWR_HOME"]), address=f"localhost:{control_port}", root_certificates=certs["ca"])
     keys = generate_node_keys(tmp_path / "certs" / "node-keys", nodes) if identities else []
@@ -137,8 +145,17 @@ def restart_process(name: str, command: list[str], *, logs: Path, env: dict[str,
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL ``proc`` and every process of its group (a machine that lost power), and reap it."""
+    """SIGKILL ``proc``, every process of its group and every process below it, all at once (a machine that lost
+    power: nothing gets to stop gracefully), and reap it."""
+    import psutil
+
+    below = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)
+    for child in below:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait(timeout=30)
 
 
@@ -148,19 +165,24 @@ def warm_trainer_pid(node: subprocess.Popen, timeout_s: float = 60.0) -> int:
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for child in psutil.Process(node.pid).children():
-            if "client.trainer" in child.cmdline():
-                return child.pid
+        for child in psutil.Process(node.pid).children(recursive=True):
+            try:
+                if child.cmdline()[1:3] == ["-m", "client.trainer"]:  # not its tree guard, which names it too
+                    return child.pid
+            except psutil.Error:  # a process that came and went meanwhile
+                continue
         time.sleep(0.2)
     raise TimeoutError(f"no warm trainer under process {node.pid} after {timeout_s} s")
 
 
-def tiny_sft_config(model: str, out_dir: Path, *, clients: int, rounds: int, extra: str = "") -> str:
+def tiny_sft_config(model: str, out_dir: Path, *, clients: int, rounds: int, wait_s: float = 120.0,
+                    extra: str = "") -> str:
     """The run config of a deployed test run: SFT of the tiny causal LM at ``model``, ``clients`` nodes (one iid
-    partition each), ``rounds`` rounds, written to ``out_dir``; ``extra`` adds run-config entries."""
+    partition each, waited for ``wait_s``), ``rounds`` rounds, written to ``out_dir``; ``extra`` adds run-config
+    entries."""
     return (f"preset='sft' model='{model}' per-topic=20 heldout=16 max-length=64 local-steps=4 batch-size=4 "
             f"lr=0.01 eval-samples=2 max-new-tokens=4 num-clients={clients} num-server-rounds={rounds} "
-            f"partitioner='iid' wait-for-clients-s=120.0 out-dir='{out_dir}' {extra}").strip()
+            f"partitioner='iid' wait-for-clients-s={wait_s} out-dir='{out_dir}' {extra}").strip()
 
 
 def metrics_rows(out_dir: Path) -> list[dict]:

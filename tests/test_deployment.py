@@ -1,8 +1,9 @@
-"""Real deployment over gRPC with TLS: a flower-superlink, client nodes (``fedsqueeze node``: a flower-supernode and
-its warm trainer), a run submitted with flwr run: the encoder classification preset in plain FedAvg on two nodes,
-and instruction tuning (kind=sft, a tiny causal LM made from a config with SmolLM2's tokenizer) on four nodes under
-secure aggregation against a lying coordinator (registered node keys, pinned by every node: signed keys, the
-session, signed mask peers and the confirmation stage over gRPC), with one node gone mid-protocol."""
+"""Real deployment over gRPC with TLS: a flower-superlink, four client nodes (``fedsqueeze node``: a
+flower-supernode and its warm trainer), a run submitted with flwr run: instruction tuning (kind=sft, a tiny causal
+LM made from a config with SmolLM2's tokenizer) under secure aggregation against a lying coordinator (registered
+node keys, pinned by every node: signed keys, the session, signed mask peers and the confirmation stage over gRPC),
+with one node gone mid-protocol. The plain deployed run (``fedsqueeze coordinator``/``node``/``submit``) is in
+tests/test_operators.py."""
 
 import json
 import os
@@ -20,7 +21,6 @@ from tests.deployment_helpers import (
     start_process,
     start_tls_federation,
     stop_processes,
-    submit_and_wait,
     tiny_sft_config,
     wait_for_log,
     warm_trainer_pid,
@@ -29,31 +29,6 @@ from tests.secagg_harness import audited_sums_are_exact
 
 pytestmark = pytest.mark.slow
 ONE_SETUP = len(MAGIC) + RECORD.size + 32  # a ledger holding one setup (client/setup_ledger.py)
-
-
-def test_two_supernodes_train_over_grpc_with_tls(tmp_path: Path, tiny_causal_lm: str) -> None:
-    env = deployment_env(tmp_path)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    processes: dict[str, subprocess.Popen] = {}
-    try:
-        start_tls_federation(tmp_path, logs=logs, env=env, processes=processes)
-        out_dir = tmp_path / "run"
-        run_config = (f"preset='encoder' num-clients=2 num-server-rounds=2 partitioner='iid' "
-                      f"wait-for-clients-s=120.0 out-dir='{out_dir}'")
-        submit_and_wait(run_config, out_dir=out_dir, logs=logs, env=env)
-        summary = json.loads((out_dir / "summary.json").read_text())
-        rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-        assert summary["rounds"] == 2 and [r["clients_ok"] for r in rows] == [2, 2]
-        # The warm trainer built each node's task on its first message and reused it afterwards.
-        assert [[c["task_built"] for c in r["clients"]] for r in rows] == [[1.0, 1.0], [0.0, 0.0]]
-        assert summary["metric"] == "accuracy" and summary["metric_final"] > summary["metric_base"]
-        assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
-        superlink_log = (logs / "superlink.log").read_text()
-        assert "TLS disabled" not in superlink_log and "insecure" not in superlink_log.lower()
-    finally:
-        stop_processes(list(processes.values()))
-    assert all(proc.poll() is not None for proc in processes.values())
 
 
 def test_signed_secure_aggregation_over_grpc_is_exact_with_n_minus_t_dropouts(tmp_path: Path,

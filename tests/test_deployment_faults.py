@@ -1,5 +1,6 @@
 """Faults in a real deployment (TLS SuperLink with node authentication, three ``fedsqueeze node`` processes, one run
-submitted with flwr run): a node killed mid-round and restarted, and a straggler slower than the round deadline. The
+submitted with flwr run): a node killed mid-round and restarted at once, and a straggler slower than the round
+deadline. The
 run must lose nothing but the faulty nodes' contributions to those rounds: every round recorded and applied, the
 crashed node back with its global state rebuilt, the straggler's late reply refused by round id."""
 
@@ -50,16 +51,17 @@ def test_a_crashed_node_and_a_straggler_cost_only_their_own_updates(tmp_path: Pa
         start_tls_federation(tmp_path, logs=logs, env=env, processes=processes, nodes=3, identities=True,
                              commands=commands)
         start_process("submit", submit_command(run_config), logs=logs, env=env, processes=processes)
-        # Round 2: the node of partition 2 dies (SIGKILL to all its processes) holding its train message.
+        # Round 2: the node of partition 2 dies (SIGKILL to all its processes) holding its train message, and is
+        # restarted at once, while the SuperLink still holds its session: it retries until it may rejoin.
         wait_for_round(out_dir, 1, 300, logs)
         wait_for_log(logs / f"supernode{CRASHED}.log", "Receiving: train message", 2, 60)
         kill_group(processes[f"supernode{CRASHED}"])
-        wait_for_round(out_dir, 2, 120, logs)
-        # Round 3: the node of partition 1 stalls (its trainer stopped) past the deadline; the crashed node restarts.
-        straggler = warm_trainer_pid(processes[f"supernode{STRAGGLER}"])
-        os.kill(straggler, signal.SIGSTOP)
         restart_process(f"supernode{CRASHED}", commands[f"supernode{CRASHED}"], logs=logs, env=env,
                         processes=processes)
+        wait_for_round(out_dir, 2, 120, logs)
+        # Round 3: the node of partition 1 stalls (its trainer stopped) past the deadline.
+        straggler = warm_trainer_pid(processes[f"supernode{STRAGGLER}"])
+        os.kill(straggler, signal.SIGSTOP)
         try:
             wait_for_round(out_dir, 3, 120, logs)
         finally:
@@ -83,6 +85,8 @@ def test_a_crashed_node_and_a_straggler_cost_only_their_own_updates(tmp_path: Pa
     assert rows[2]["round_s"] >= ROUND_TIMEOUT_S and rows[2]["clients_ok"] >= 1
     # Round 4: the restarted node (its registered key keeps its node id) trained from the current global state,
     # and the straggler's round-3 reply, which came during round 4, was refused by its round id.
+    restarted = (logs / f"supernode{CRASHED}-restarted.log").read_text()
+    assert "still holds this node's previous session; starting it again" in restarted, restarted[-3000:]
     rejoined = _client(rows[3], first[CRASHED])
     assert rejoined is not None and rejoined["partition_id"] == CRASHED, rows[3]
     assert rejoined["status"] == "ok" and rejoined["in_sync"], rejoined

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,9 +141,11 @@ def _kill_serverapp() -> int:
 
 @pytest.mark.slow
 def test_a_deployed_coordinator_killed_twice_resumes_over_grpc(tmp_path: Path, reference: Path) -> None:
-    """The ServerApp alone SIGKILLed after round 1 (the SuperLink lives on), then the whole SuperLink (and the
-    ServerApp it ran) after round 2 and restarted on its --database: each time the nodes stay up and reconnect,
-    the run is resubmitted with resume=true, and the final adapter is the uninterrupted run's, bit for bit."""
+    """The ServerApp alone SIGKILLed after round 1 (the SuperLink lives on), then the whole coordinator machine
+    after round 2 (``fedsqueeze coordinator``, its SuperLink and the ServerApp it ran, all SIGKILLed at once) and
+    ``fedsqueeze coordinator`` started again on its default state: each time the nodes stay up and reconnect, the
+    run is resubmitted with resume=true (the last time with ``fedsqueeze submit``, which exits 0), and the final
+    adapter is the uninterrupted run's, bit for bit."""
     from server.launch import submit_command
     from tests.deployment_helpers import (
         deployment_env,
@@ -151,7 +154,6 @@ def test_a_deployed_coordinator_killed_twice_resumes_over_grpc(tmp_path: Path, r
         start_process,
         start_tls_federation,
         stop_processes,
-        submit_and_wait,
         wait_for_port,
     )
 
@@ -173,8 +175,8 @@ def test_a_deployed_coordinator_killed_twice_resumes_over_grpc(tmp_path: Path, r
             submitted.wait(timeout=30)
 
     try:
-        start_tls_federation(tmp_path, logs=tmp_path, env=env, processes=processes,
-                             database=tmp_path / "superlink.db", commands=commands)
+        certs = start_tls_federation(tmp_path, logs=tmp_path, env=env, processes=processes, commands=commands,
+                                     coordinator_cli=True)
         submit_until_checkpoint("submit-1", run_config, 1)
         assert _kill_serverapp() >= 1 and not (out_dir / "summary.json").exists()
         first_stop = json.loads(manifest.read_text())["round"]
@@ -183,12 +185,18 @@ def test_a_deployed_coordinator_killed_twice_resumes_over_grpc(tmp_path: Path, r
         kill_group(processes["superlink"])  # the coordinator machine loses power
         second_stop = json.loads(manifest.read_text())["round"]
         assert second_stop == 2 and not (out_dir / "summary.json").exists()
+        assert (tmp_path / "node-state" / "fedsqueeze" / "coordinator" / "superlink.db").is_file()
         restart_process("superlink", commands["superlink"], logs=tmp_path, env=env, processes=processes)
-        control_port = int(commands["superlink"][commands["superlink"].index("--port") + 1])
-        wait_for_port(control_port, 60)
-        resumed = submit_and_wait(run_config + " resume=true", out_dir=out_dir, logs=tmp_path, env=env)
-        assert f"resuming after round {second_stop}" in resumed.stdout + resumed.stderr
+        control_port = int(commands["superlink"][commands["superlink"].index("--control-port") + 1])
+        wait_for_port(control_port, 90)
+        resumed = subprocess.run([sys.executable, "-m", "simulations.cli", "submit", "--root-certificates",
+                                  str(certs["ca"]), "--superlink", f"127.0.0.1:{control_port}", "--run-config",
+                                  run_config + " resume=true", "--log", str(tmp_path / "submit-3.txt")],
+                                 env=env, capture_output=True, text=True, timeout=900)
+        assert resumed.returncode == 0 and resumed.stderr.strip().endswith("finished"), resumed.stderr[-3000:]
+        assert f"resuming after round {second_stop}" in resumed.stderr
         _assert_same_run(reference, out_dir)
         assert "resuming after round 1" in (tmp_path / "submit-2.log").read_text()
+        assert all(processes[f"supernode{i}"].poll() is None for i in (0, 1))  # the nodes never left
     finally:
         stop_processes(list(processes.values()))

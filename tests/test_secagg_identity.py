@@ -224,7 +224,7 @@ def test_a_node_pins_identities_only_with_its_own_key(tmp_path: Path) -> None:
     node = dict(superlink="127.0.0.1:9092", partition_id=0, num_partitions=2, root_certificates=certs["ca"])
     with pytest.raises(ValueError, match="needs this node's own key"):
         supernode_command(**node, trusted_nodes=tmp_path / "node-keys")
-    with pytest.raises(FileNotFoundError, match=r"trusted node keys .* are missing"):
+    with pytest.raises(FileNotFoundError, match=r"--trusted-nodes .* is missing"):
         supernode_command(**node, auth_private_key=pairs[0].private_key, trusted_nodes=tmp_path / "nowhere.pub")
     command = supernode_command(**node, auth_private_key=pairs[0].private_key, trusted_nodes=tmp_path / "node-keys")
     node_config = command[command.index("--node-config") + 1]

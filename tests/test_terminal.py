@@ -66,8 +66,8 @@ def test_a_submission_stream_shows_only_the_runs_own_lines(tmp_path: Path, capsy
     script = ("print('\\x1b[33mINFO\\x1b[0m :      Starting Flower ServerApp'); "
               "print('08:00:01 INFO fedsqueeze: round 1/2: perplexity 20.1'); "
               "print('ERROR :      the run failed'); raise SystemExit(3)")
-    status = stream_filtered([sys.executable, "-c", script], {"PATH": "/usr/bin:/bin"}, tmp_path / "s" / "log.txt")
-    assert status == 3
+    streamed = stream_filtered([sys.executable, "-c", script], {"PATH": "/usr/bin:/bin"}, tmp_path / "s" / "log.txt")
+    assert streamed.status == 3 and streamed.lines[0] == "INFO :      Starting Flower ServerApp"
     log = (tmp_path / "s" / "log.txt").read_text()
     assert "Starting Flower ServerApp" in log and "round 1/2" in log and "\x1b" not in log
     shown = capsys.readouterr().err.splitlines()

@@ -158,6 +158,19 @@ class TrustedIdentities:
             raise SecAggError(f"{path} holds no public keys")
         return cls(keys)
 
+    @classmethod
+    def from_path(cls, path: Path) -> TrustedIdentities:
+        """The pinned keys in ``path``: a file of OpenSSH public keys, or a folder of ``.pub`` files; SecAggError
+        naming the file that does not parse (a private key given by mistake included), or an empty folder."""
+        if not path.is_dir():
+            return cls.from_file(path)
+        keys: dict[bytes, str] = {}
+        for file in sorted(path.glob("*.pub")):
+            keys.update(cls.from_file(file).names)
+        if not keys:
+            raise SecAggError(f"{path} holds no .pub node keys")
+        return cls(keys)
+
     def verify(self, identity: bytes, signature: bytes, data: bytes, what: str) -> str:
         """The name of the pinned key ``identity`` when ``signature`` over ``data`` verifies under it; SecAggError
         naming ``what`` otherwise (an unsigned, unknown or forged advertisement)."""
