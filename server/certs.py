@@ -90,6 +90,11 @@ def ensure_dev_certificates(out_dir: Path, hosts: tuple[str, ...] | None = None,
     paths = certificate_paths(out_dir)
     present = [path.name for path in paths.values() if path.exists()]
     if replace or not present:
+        if not hosts and paths["cert"].exists():  # a new set for the hosts the old one served, not localhost
+            try:
+                hosts = tuple(certificate_hosts(paths["cert"])) or None
+            except ValueError:
+                hosts = None
         return generate_dev_certificates(out_dir, hosts or DEFAULT_HOSTS), True
     if len(present) < len(paths):
         missing = [path.name for path in paths.values() if not path.exists()]
@@ -107,3 +112,8 @@ def ensure_dev_certificates(out_dir: Path, hosts: tuple[str, ...] | None = None,
                          "certificate means a new CA, and every node's copy of ca.crt stops matching; write it with "
                          "--replace and copy the new ca.crt to every node")
     return paths, False
+
+
+def certificate_expiry(cert_path: Path) -> datetime.datetime:
+    """When the certificate at ``cert_path`` stops being valid (UTC)."""
+    return x509.load_pem_x509_certificate(cert_path.read_bytes()).not_valid_after_utc

@@ -114,21 +114,26 @@ def register_node(public_key: Path, *, env: dict[str, str], name: str = "", time
 
 
 def check_address(address: str, flag: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[V6]:PORT`` for an IPv6 address) split; ValueError naming ``flag`` otherwise."""
+    """``HOST:PORT`` (``[V6]:PORT`` for an IPv6 address) split; ValueError naming ``flag`` otherwise (a URL, a
+    scheme, a path, a port outside 1..65535)."""
     host, sep, port = address.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    valid_host = bool(host) and host.isascii() and not any(c.isspace() or c in "/@?#" for c in host) and (
+        bracketed or ":" not in host)
+    if not sep or not valid_host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{flag} {address!r} is not HOST:PORT (e.g. 0.0.0.0:9092)")
     return host, int(port)
 
 
 def check_tls_files(certs_dir: Path) -> None:
-    """The SuperLink's TLS files load and agree: ca.crt and server.pem are PEM certificates, ca.crt signed
-    server.pem, server.key is a PEM private key for server.pem and its owner's alone. FileNotFoundError or
-    ValueError naming the file and the problem, before the SuperLink starts (it would otherwise print a traceback
-    or keep running with handshakes that all fail)."""
+    """The SuperLink's TLS files load and agree: ca.crt and server.pem hold PEM certificates (server.pem its own
+    first, then any intermediates), server.pem's chain leads to a certificate in ca.crt, and server.key is a PEM
+    private key for server.pem and its owner's alone. FileNotFoundError or ValueError naming the file and the
+    problem, before the SuperLink starts (it would otherwise print a traceback or keep running with handshakes that
+    all fail)."""
     from cryptography import x509
-    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
     paths = {name: certs_dir / name for name in (CA_CERT, SERVER_CERT, SERVER_KEY)}
@@ -138,9 +143,9 @@ def check_tls_files(certs_dir: Path) -> None:
     certs = {}
     for name in (CA_CERT, SERVER_CERT):
         try:
-            certs[name] = x509.load_pem_x509_certificate(paths[name].read_bytes())
-        except ValueError as exc:
-            raise ValueError(f"{paths[name]} is not a PEM certificate: {exc}") from None
+            certs[name] = x509.load_pem_x509_certificates(paths[name].read_bytes())
+        except ValueError:
+            raise ValueError(f"{paths[name]} is not a PEM certificate") from None
     mode = paths[SERVER_KEY].stat().st_mode & 0o777
     if mode & 0o077:
         raise ValueError(f"{paths[SERVER_KEY]} is readable by others (mode {mode:04o}): chmod 600 {paths[SERVER_KEY]}")
@@ -149,10 +154,32 @@ def check_tls_files(certs_dir: Path) -> None:
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"{paths[SERVER_KEY]} is not an unencrypted PEM private key (an OpenSSH key will not do: "
                          f"{' '.join(str(exc).split())[:120]})") from None
-    if key.public_key().public_bytes(*_SPKI) != certs[SERVER_CERT].public_key().public_bytes(*_SPKI):
+    leaf, *intermediates = certs[SERVER_CERT]
+    if key.public_key().public_bytes(*_SPKI) != leaf.public_key().public_bytes(*_SPKI):
         raise ValueError(f"{paths[SERVER_KEY]} is not the key of {paths[SERVER_CERT]}")
-    try:
-        certs[SERVER_CERT].verify_directly_issued_by(certs[CA_CERT])
-    except (ValueError, TypeError, InvalidSignature):
-        raise ValueError(f"{paths[SERVER_CERT]} is not signed by {paths[CA_CERT]}: nodes holding that CA would "
-                         "refuse every connection") from None
+    if not _chains_to(leaf, intermediates, certs[CA_CERT]):
+        raise ValueError(f"{paths[SERVER_CERT]} is not signed by {paths[CA_CERT]} (nor through the intermediates it "
+                         "holds): nodes holding that CA would refuse every connection")
+
+
+def _chains_to(cert, intermediates: list, roots: list) -> bool:
+    """Whether ``cert`` was issued, directly or through ``intermediates``, by one of ``roots`` (signatures
+    checked; at most one pass over the intermediates, so no loop)."""
+    from cryptography.exceptions import InvalidSignature
+
+    def issued(child, parent) -> bool:
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    remaining = list(intermediates)
+    while True:
+        if any(issued(cert, root) for root in roots):
+            return True
+        parent = next((candidate for candidate in remaining if issued(cert, candidate)), None)
+        if parent is None:
+            return False
+        remaining.remove(parent)
+        cert = parent

@@ -27,6 +27,25 @@ class NodeKeyPair:
     created: bool = True
 
 
+def check_node_keys(out_dir: Path, count: int, prefix: str = "node", *, replace: bool = False) -> set[NodeKeyPair]:
+    """The existing pairs ``generate_node_keys`` would keep; ValueError, before anything is written, for a negative
+    ``count``, a folder that is a file, or half a pair (unless ``replace``)."""
+    if count < 0:
+        raise ValueError(f"number of node keys must be >= 0, got {count}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} is a file, not a folder for node keys")
+    kept = set()
+    for index in range(count):
+        pair = NodeKeyPair(out_dir / f"{prefix}-{index}.key", out_dir / f"{prefix}-{index}.pub")
+        present = [path for path in (pair.private_key, pair.public_key) if path.exists()]
+        if len(present) == 1 and not replace:
+            raise ValueError(f"{present[0]} exists without its other half: move it aside, or write a new pair with "
+                             "--replace")
+        if present and not replace:
+            kept.add(pair)
+    return kept
+
+
 def generate_node_keys(out_dir: Path, count: int, prefix: str = "node", *, replace: bool = False
                        ) -> list[NodeKeyPair]:
     """The key pairs ``out_dir/{prefix}-{i}.key`` (OpenSSH private, 0600) and ``.pub`` (OpenSSH), i < ``count``.
@@ -35,19 +54,8 @@ def generate_node_keys(out_dir: Path, count: int, prefix: str = "node", *, repla
     written, unless ``replace``, which writes every one anew. ValueError for a negative ``count``, a folder that
     is a file, or half a pair (one file without the other).
     """
-    if count < 0:
-        raise ValueError(f"number of node keys must be >= 0, got {count}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} is a file, not a folder for node keys")
+    kept = check_node_keys(out_dir, count, prefix, replace=replace)
     wanted = [NodeKeyPair(out_dir / f"{prefix}-{i}.key", out_dir / f"{prefix}-{i}.pub") for i in range(count)]
-    kept = set()
-    for pair in wanted:  # every pair checked before any is written
-        present = [path for path in (pair.private_key, pair.public_key) if path.exists()]
-        if len(present) == 1 and not replace:
-            raise ValueError(f"{present[0]} exists without its other half: move it aside, or write a new pair with "
-                             "--replace")
-        if present and not replace:
-            kept.add(pair)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = []
     for index, pair in enumerate(wanted):

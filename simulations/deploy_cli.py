@@ -4,23 +4,28 @@ gRPC."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import fcntl
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from client.app_trust import app_sha256
 from client.launch import supernode_command, trainer_command
 from client.supernode import DEFAULT_HEARTBEAT_S, HEARTBEAT_ENV, POLL_ENV, heartbeat_seconds, poll_seconds
-from server.certs import certificate_paths, ensure_dev_certificates
+from server.certs import certificate_expiry, certificate_paths, ensure_dev_certificates
 from server.launch import APP_DIR, register_node, superlink_command, write_connection
-from server.node_keys import NODE_KEYS_DIR, generate_node_keys
+from server.node_keys import NODE_KEYS_DIR, check_node_keys, generate_node_keys
 from simulations.connection_check import Unreachable, WrongServer, probe
 from simulations.node_process import DEFAULT_RECONNECT_S, make_trainer_folder, run_supernode, wait_for_trainer
 from simulations.processes import Stopped, start_child, stop_child, stop_on_signals
 from simulations.submit import submit
 
+ALREADY_REGISTERED = "Public key already in use"  # Flower's words for a key registered before
 IN_MEMORY = ":memory:"  # coordinator --database value: keep the SuperLink's state in memory (lost with it)
 DATABASE = "superlink.db"
 
@@ -41,11 +46,16 @@ def _cmd_certs(args: argparse.Namespace) -> int:
     hosts = tuple(args.host) if args.host else None
     had_set = any(path.exists() for path in certificate_paths(folder).values())
     had_keys = {i for i in range(args.nodes) if (folder / NODE_KEYS_DIR / f"node-{i}.key").exists()}
+    check_node_keys(folder / NODE_KEYS_DIR, args.nodes, replace=args.replace)  # before anything is written
     paths, written = ensure_dev_certificates(folder, hosts, replace=args.replace)
-    pairs = generate_node_keys(folder / NODE_KEYS_DIR, args.nodes, replace=args.replace)  # checked, then written
+    pairs = generate_node_keys(folder / NODE_KEYS_DIR, args.nodes, replace=args.replace)
     print(f"{paths['ca']}, {paths['cert']}, {paths['key']}: {'written' if written else 'kept as they were'}")
     if written and had_set:
         print("replaced: every node's copy of the old ca.crt stops matching; copy the new ca.crt to every node")
+    expiry = certificate_expiry(paths["cert"])
+    if expiry < datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=3):
+        print(f"warning: {paths['cert']} expires {expiry:%Y-%m-%d %H:%M} UTC: write a new set with --replace (every "
+              "node then needs the new ca.crt)")
     for index, pair in enumerate(pairs):
         if not pair.created:
             print(f"node {index}: {pair.private_key}, {pair.public_key}: kept as they were")
@@ -67,21 +77,42 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     command = superlink_command(certs_dir=certs, fleet_address=args.fleet_address, control_host=args.control_host,
                                 control_port=args.control_port, database=str(database) if database else None,
                                 node_auth=args.node_auth)  # every argument and TLS file checked here
-    if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with stop_on_signals():
-        superlink = start_child(command, _tool_env())
-        try:
-            status = superlink.wait()
-        except Stopped as exc:
-            print(f"fedsqueeze: coordinator stopped ({exc}); its SuperLink is stopped too", file=sys.stderr)
-            return 128 + exc.signum
-        finally:
-            stop_child(superlink)
+    with contextlib.ExitStack() as held:
+        if database is not None:
+            held.enter_context(_only_user(database))
+        with stop_on_signals():
+            superlink = start_child(command, _tool_env())
+            stopped: Stopped | None = None
+            try:
+                status = superlink.wait()
+            except Stopped as exc:
+                stopped = exc
+            finally:
+                stop_child(superlink)
+    if stopped is not None:
+        print(f"fedsqueeze: coordinator stopped ({stopped}); its SuperLink is stopped too", file=sys.stderr)
+        return 128 + stopped.signum
     if status != 0:
         print(f"fedsqueeze: error: flower-superlink exited with status {status} (its last lines above say why)",
               file=sys.stderr)
     return status
+
+
+@contextlib.contextmanager
+def _only_user(database: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside ``database`` for the coordinator's life (the kernel drops it when the process
+    dies); ValueError naming the database when another coordinator holds it."""
+    database.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(database.with_name(database.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another coordinator keeps its state in {database}: stop it, or give this one "
+                             "another --database") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def default_state_dir(partition_id: int, environ: dict[str, str] | os._Environ = os.environ) -> Path:
@@ -163,14 +194,19 @@ def _cmd_register_node(args: argparse.Namespace) -> int:
         write_connection(Path(home), address=args.superlink, root_certificates=Path(args.root_certificates))
         env = {**os.environ, "FLWR_HOME": home,
                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-        for public_key in args.public_keys:
-            try:
+        failed = 0
+        for public_key in args.public_keys:  # every key is tried: a federation grown by certs --nodes N+1 can be
+            try:                              # registered with node-keys/*.pub again
                 node_id = register_node(Path(public_key), env=env)
             except RuntimeError as exc:
+                if ALREADY_REGISTERED in str(exc):
+                    print(f"{public_key}: registered already, kept")
+                    continue
                 print(f"fedsqueeze: error: {exc}", file=sys.stderr)
-                return 1
+                failed += 1
+                continue
             print(f"{public_key}: registered as node {node_id}")
-    return 0
+    return 1 if failed else 0
 
 
 def _tls_args(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:

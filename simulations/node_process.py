@@ -5,10 +5,10 @@ SIGKILLed cannot remove it, so every node removes, on start, such folders of thi
 
 Flower's SuperNode gives up in two ways that an operator should not have to watch for: it exits at once when the
 SuperLink still holds its previous session (a node restarted within the ~20 s the SuperLink takes to let a dead
-node go: "Failed to activate SuperNode"), and it retries an unreachable SuperLink for as long as it is told
-(``--max-wait-time``; without end by default). ``run_supernode`` starts it with the time left of the node's
-reconnection budget and starts it again, with backoff, whenever it fails, until the budget is spent without a
-working connection: then one line and a non-zero exit.
+node go: "Failed to activate SuperNode"; an unregistered key reads the same), and it retries an unreachable
+SuperLink for as long as it is told (``--max-wait-time``; without end by default). ``run_supernode`` gives it the
+node's reconnection budget, reads its output as it passes, and starts it again with backoff after a quick failure,
+until the budget is spent: then one line and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ TRAINER_PREFIX = "fedsqueeze-trainer-"
 PID_FILE = "node.pid"
 DEFAULT_RECONNECT_S = 600.0
 MAX_BACKOFF_S = 30.0
+STABLE_S = 60.0  # a SuperNode that ran this long before it failed had been working: its failure is a new one
 
 
 def _alive(pid: int) -> bool:
@@ -79,21 +80,34 @@ def wait_for_trainer(socket_path: Path, trainer: subprocess.Popen, timeout_s: fl
     raise RuntimeError(f"the warm trainer did not listen at {socket_path} within {timeout_s:.0f} s")
 
 
+class _Watch:
+    """What a SuperNode's output said about how it ended."""
+
+    GAVE_UP = "Giving up reconnection"  # Flower: its retry budget (--max-wait-time) ran out
+    TLS_FAILED = "SSL/TLS handshake error detected"
+
+    def __init__(self) -> None:
+        self.gave_up = self.tls_failed = False
+
+    def line(self, text: str) -> None:
+        """Note one line of the SuperNode's output."""
+        self.gave_up |= self.GAVE_UP in text
+        self.tls_failed |= self.TLS_FAILED in text
+
+
 def run_supernode(command_for: Callable[[float], list[str]], env: dict[str, str], *, superlink: str,
-                  reconnect_s: float = DEFAULT_RECONNECT_S,
-                  on_start: Callable[[subprocess.Popen], None] | None = None) -> int:
-    """Run the SuperNode (``command_for(seconds)``: its command line retrying a lost SuperLink that long) until it
-    stops cleanly (0), starting it again with backoff after each failure; 1 with one line once ``reconnect_s``
-    pass without a working connection. A SuperNode that ran longer than ``reconnect_s`` before it failed had a
-    connection: its failure starts a new budget. ``on_start`` sees each SuperNode process."""
-    failing_since: float | None = None
+                  reconnect_s: float = DEFAULT_RECONNECT_S) -> int:
+    """Run the SuperNode (``command_for(seconds)``: its command line, retrying a lost SuperLink that long) until it
+    stops cleanly (0). When it fails it is started again with backoff, unless its own retries already ran out
+    (Flower retried the SuperLink for ``reconnect_s``) or the TLS handshake failed, which waiting does not fix;
+    quick failures (the SuperLink still holding this node's previous session, or not knowing its key) are retried
+    for ``reconnect_s`` from the first of them. Each way out is one line and status 1."""
+    streak_start: float | None = None
     backoff = 1.0
     while True:
+        watch = _Watch()
         started = time.monotonic()
-        left = reconnect_s if failing_since is None else reconnect_s - (started - failing_since)
-        process = start_child(command_for(max(left, 1.0)), env)
-        if on_start is not None:
-            on_start(process)
+        process = start_child(command_for(reconnect_s), env, watch=watch.line)
         try:
             status = process.wait()
         finally:
@@ -101,13 +115,26 @@ def run_supernode(command_for: Callable[[float], list[str]], env: dict[str, str]
         if status == 0:
             return 0
         now = time.monotonic()
-        if failing_since is None or now - started > reconnect_s:
-            failing_since, backoff = started, 1.0
-        if now - failing_since >= reconnect_s:
-            print(f"fedsqueeze: error: no working connection to the SuperLink at {superlink} for {reconnect_s:.0f} s "
-                  f"(--reconnect-s); the SuperNode's last lines above say why", file=sys.stderr, flush=True)
-            return 1
-        print(f"fedsqueeze: the SuperNode stopped (status {status}): the SuperLink is unreachable or still holds "
-              f"this node's previous session; starting it again in {backoff:.0f} s", file=sys.stderr, flush=True)
-        time.sleep(backoff)
+        if watch.tls_failed:
+            return _give_up(f"the TLS handshake with the SuperLink at {superlink} failed (does --root-certificates "
+                            "still hold the CA that signed its certificate?)")
+        if watch.gave_up:
+            return _give_up(f"no working connection to the SuperLink at {superlink} for {reconnect_s:.0f} s "
+                            "(--reconnect-s)")
+        if streak_start is None or now - started >= STABLE_S:  # it had been running: a new failure
+            streak_start, backoff = started, 1.0
+        left = reconnect_s - (now - streak_start)
+        if left <= 0:
+            return _give_up(f"the SuperLink at {superlink} kept refusing this node for {reconnect_s:.0f} s "
+                            "(--reconnect-s): is its key registered there (fedsqueeze register-node)?")
+        delay = min(backoff, left)
+        print(f"fedsqueeze: the SuperNode stopped (status {status}): the SuperLink is unreachable, still holds this "
+              f"node's previous session, or does not know its key; starting it again in {delay:.0f} s",
+              file=sys.stderr, flush=True)
+        time.sleep(delay)
         backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def _give_up(reason: str) -> int:
+    print(f"fedsqueeze: error: {reason}; the SuperNode's last lines above say more", file=sys.stderr, flush=True)
+    return 1

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +84,52 @@ def outcome_line(run_id: int, status: RunStatus | None, superlink: str) -> tuple
                    "(fedsqueeze coordinator keeps its state) and resubmit with resume=true")
     if status.status == COMPLETED:
         return 0, f"fedsqueeze: run {run_id} finished"
-    details = status.details.removeprefix("ServerApp failed with exception: ") or "no reason given"
+    if not status.status.startswith("finished"):
+        return 1, (f"fedsqueeze: error: the log stream ended while run {run_id} is {status.status}: it goes on "
+                   f"without this terminal (flwr log {run_id} follows it)")
+    details = " ".join(status.details.removeprefix("ServerApp failed with exception: ").split()) or "no reason given"
     return 1, f"fedsqueeze: error: run {run_id} {status.status}: {details}"
+
+
+class Watchdog:
+    """Ends a log stream that cannot end by itself. Flower's stream has no read timeout, so a coordinator host that
+    loses power (no reset ever arrives) would hold ``submit`` forever: every ``poll_s`` the run's status is asked
+    for, and the stream is stopped once the SuperLink has not answered ``misses`` times in a row, or the run has
+    been finished for two polls."""
+
+    def __init__(self, env: dict[str, str], poll_s: float = 15.0, misses: int = 4) -> None:
+        self.env, self.poll_s, self.misses = env, poll_s, misses
+        self.run_id: int | None = None
+        self._process: subprocess.Popen | None = None
+        self._found = threading.Event()
+        self._done = threading.Event()
+
+    def line(self, text: str) -> None:
+        """Note the run id when ``flwr run`` prints it."""
+        if self.run_id is None and (found := _RUN_ID.search(text)):
+            self.run_id = int(found.group(1))
+            self._found.set()
+
+    def start(self, process: subprocess.Popen) -> None:
+        """Watch ``process`` (``flwr run --stream``) from now on."""
+        self._process = process
+        threading.Thread(target=self._watch, name="fedsqueeze-submit-watchdog", daemon=True).start()
+
+    def stop(self) -> None:
+        """The stream ended: stop watching."""
+        self._done.set()
+        self._found.set()
+
+    def _watch(self) -> None:
+        self._found.wait()
+        missed = finished = 0
+        while not self._done.wait(self.poll_s) and self.run_id is not None:
+            status = run_status(self.run_id, self.env)
+            missed = missed + 1 if status is None else 0
+            finished = finished + 1 if status is not None and status.status.startswith("finished") else 0
+            if (missed >= self.misses or finished >= 2) and self._process is not None:
+                self._process.kill()
+                return
 
 
 def submit(run_config: str, *, superlink: str, root_certificates: Path | None, log_path: Path, stream: bool = True,
@@ -102,13 +147,17 @@ def submit(run_config: str, *, superlink: str, root_certificates: Path | None, l
         env = {**(env if env is not None else os.environ), "FLWR_HOME": home}
         command = submit_command(run_config, stream=stream)
         print(f"+ {' '.join(command)}  (Flower's lines go to {log_path})", file=sys.stderr, flush=True)
-        streamed = stream_filtered(command, env, log_path, verbose=verbose)
-        found = next((m for line in streamed.lines if (m := _RUN_ID.search(line))), None)
-        if found is None:
+        watchdog = Watchdog(env)
+        try:
+            streamed = stream_filtered(command, env, log_path, verbose=verbose, on_line=watchdog.line,
+                                       on_start=watchdog.start if stream else None)
+        finally:
+            watchdog.stop()
+        if watchdog.run_id is None:
             print(f"fedsqueeze: error: the SuperLink refused the run: {refusal_reason(streamed.lines)}",
                   file=sys.stderr)
             return 1
-        run_id = int(found.group(1))
+        run_id = watchdog.run_id
         if not stream:
             print(f"fedsqueeze: run {run_id} submitted", file=sys.stderr)
             return 0

@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -146,12 +148,12 @@ class Streamed:
 
 
 def stream_filtered(command: list[str], env: dict[str, str], log_path: Path, *, verbose: bool = False,
-                    keep: int = 400) -> Streamed:
+                    keep: int = 400, on_start: Callable[[subprocess.Popen], None] | None = None,
+                    on_line: Callable[[str], None] | None = None) -> Streamed:
     """Run ``command`` (``flwr run --stream``), every line of its output to ``log_path`` with a timestamp, and to
     the terminal only the run's own fedsqueeze lines and errors (every line with ``verbose``); its exit status and
-    its last ``keep`` lines, for the caller to say how the run ended."""
-    import subprocess
-
+    its last ``keep`` lines, for the caller to say how the run ended. ``on_start`` sees the process once started,
+    ``on_line`` every line (colour codes removed)."""
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = log_path.open("a", encoding="utf-8", errors="replace", buffering=1)
@@ -161,11 +163,15 @@ def stream_filtered(command: list[str], env: dict[str, str], log_path: Path, *, 
     with log, subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                encoding="utf-8", errors="replace", bufsize=1) as child:
         log.write(timestamped("fedsqueeze: " + " ".join(command)) + "\n")
+        if on_start is not None:
+            on_start(child)
         assert child.stdout is not None
         for line in child.stdout:
             line = line.rstrip("\n")
             log.write(timestamped(line) + "\n")
             tail.append(strip_ansi(line))
+            if on_line is not None:
+                on_line(tail[-1])
             if verbose or _OWN_LINE.search(tail[-1]):
                 print(tail[-1], file=sys.stderr, flush=True)
         return Streamed(child.wait(), list(tail))

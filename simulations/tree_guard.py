@@ -1,12 +1,13 @@
-"""``python -m simulations.tree_guard -- COMMAND ...``: run COMMAND and take every process it starts down with it.
+"""``python -m simulations.tree_guard [--parent-pid PID] -- COMMAND ...``: run COMMAND and take every process it
+starts down with it.
 
 Flower's SuperLink starts a SuperExec in a process group of its own, which starts each ServerApp; its graceful stop
 waits for open log streams, so a SIGTERM to the SuperLink alone can leave it, or its children, running and
 listening. A SuperNode starts a process per message the same way. ``fedsqueeze coordinator`` and ``fedsqueeze node``
 therefore run such commands under this guard, which:
 
-- is told by the kernel (parent-death signal, set by ``simulations/processes.py``) when the ``fedsqueeze`` command
-  that started it dies, however it dies;
+- is told by the kernel (Linux parent-death signal) when the ``fedsqueeze`` command that started it (``PID``)
+  dies, however it dies, and stops at once if that happened before it could ask;
 - adopts every orphaned descendant (Linux child subreaper), so nothing escapes to init;
 - whenever it stops — asked to, its parent gone, or COMMAND exited — sends SIGTERM to every process below it, waits
   ``STOP_GRACE_S``, SIGKILLs what is left, reaps them all, and exits with COMMAND's status (128 + signal when it
@@ -23,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-_PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 STOP_GRACE_S = 10.0
 
 
@@ -77,6 +78,28 @@ def _signal_all(pids: list[int], signum: int) -> None:
             pass
 
 
+def _wait(child: subprocess.Popen) -> int:
+    """The child's exit status, reaping adopted orphans meanwhile (so none lingers as a zombie)."""
+    while True:
+        try:
+            return child.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            _reap_others(child.pid)
+
+
+def _reap_others(keep: int) -> None:
+    """Collect exited children other than ``keep`` (whose status ``Popen.wait`` must still read): peek at the
+    next exited child without reaping it, and reap it only when it is not ``keep``."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid == keep:
+            return
+        os.waitpid(info.si_pid, 0)
+
+
 def stop_tree(grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM to every process below this one, SIGKILL after ``grace_s`` to those left; all reaped."""
     _signal_all(descendants(os.getpid()), signal.SIGTERM)
@@ -94,23 +117,35 @@ def stop_tree(grace_s: float = STOP_GRACE_S) -> None:
     _reap()
 
 
+def _parse(argv: list[str]) -> tuple[int | None, list[str]]:
+    parent = None
+    if argv[:1] == ["--parent-pid"] and len(argv) > 1 and argv[1].isdigit():
+        parent, argv = int(argv[1]), argv[2:]
+    return parent, argv[1:] if argv[:1] == ["--"] else argv
+
+
 def main(argv: list[str]) -> int:
-    """Run ``argv`` (after an optional ``--``) under the guard; its exit status."""
-    command = argv[1:] if argv[:1] == ["--"] else argv
+    """Run the command in ``argv`` under the guard; its exit status."""
+    parent, command = _parse(argv)
     if not command:
-        print("usage: python -m simulations.tree_guard -- COMMAND ...", file=sys.stderr)
+        print("usage: python -m simulations.tree_guard [--parent-pid PID] -- COMMAND ...", file=sys.stderr)
         return 2
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
     def stop(signum: int, _frame: object) -> None:
         raise _Stop(signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        if parent is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        return 128 + signal.SIGTERM  # the command that started us died before we could ask to be told
     try:
         child = subprocess.Popen(command)
-        status = child.wait()
+        status = _wait(child)
         status = 128 - status if status < 0 else status  # killed by a signal: the shell's convention
     except _Stop as exc:
         status = 128 + exc.signum

@@ -5,6 +5,7 @@ destroys a federation."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -261,3 +262,96 @@ def test_a_killed_nodes_trainer_folder_is_removed_by_the_next_node(tmp_path: Pat
     (live / PID_FILE).write_text(str(os.getpid()))
     assert remove_stale_trainer_folders(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and starting.exists()
+
+
+def _chain(folder: Path) -> dict[str, Path]:
+    """A root CA, an intermediate it signed, and a server certificate the intermediate signed (production's shape):
+    ca.crt holds the root, server.pem the server's certificate then the intermediate."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, issuer: x509.Certificate | None, key, signer, ca: bool) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        return (x509.CertificateBuilder().subject_name(name)
+                .issuer_name(issuer.subject if issuer is not None else name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                .sign(signer, hashes.SHA256()))
+
+    root_key, mid_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    root = cert("root", None, root_key, root_key, True)
+    mid = cert("intermediate", root, mid_key, root_key, True)
+    leaf = cert("localhost", mid, leaf_key, mid_key, False)
+    pem = serialization.Encoding.PEM
+    folder.mkdir()
+    (folder / "ca.crt").write_bytes(root.public_bytes(pem))
+    (folder / "server.pem").write_bytes(leaf.public_bytes(pem) + mid.public_bytes(pem))
+    (folder / "server.key").write_bytes(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                               serialization.NoEncryption()))
+    (folder / "server.key").chmod(0o600)
+    return {"dir": folder, "leaf_only": leaf.public_bytes(pem)}
+
+
+def test_a_server_certificate_signed_through_an_intermediate_is_accepted(tmp_path: Path) -> None:
+    from server.launch import check_tls_files
+
+    chain = _chain(tmp_path / "chain")
+    check_tls_files(chain["dir"])  # leaf + intermediate in server.pem, the root in ca.crt: a production set
+    (chain["dir"] / "server.pem").write_bytes(chain["leaf_only"])  # the intermediate left out: no path to the root
+    with pytest.raises(ValueError, match=r"is not signed by .*ca\.crt"):
+        check_tls_files(chain["dir"])
+
+
+def test_a_peer_that_hangs_up_mid_handshake_is_waited_for_not_refused(federation) -> None:
+    """A proxy in front of a SuperLink that is not up yet accepts and closes: that is 'not there yet'."""
+    from simulations.connection_check import Unreachable, probe
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = server.accept()
+            conn.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    with pytest.raises(Unreachable, match="hung up during the TLS handshake"):
+        probe(f"127.0.0.1:{port}", federation["ca"], "--superlink")
+    server.close()
+
+
+def test_certs_checks_everything_before_writing_and_replace_keeps_the_hosts(tmp_path: Path, capfd,
+                                                                              monkeypatch) -> None:
+    from server.certs import certificate_hosts
+
+    half = tmp_path / "half"
+    (half / "node-keys").mkdir(parents=True)
+    (half / "node-keys" / "node-0.key").write_text("a lone private key")
+    code, _, err = _fedsqueeze(["certs", str(half), "--nodes", "1"], capfd, monkeypatch)
+    assert code == 2 and not (half / "ca.crt").exists()  # refused before the CA set was written
+    _one_line(err, "node-0.key exists without its other half")
+    remote = tmp_path / "remote"
+    assert _fedsqueeze(["certs", str(remote), "--host", "coord.example.org"], capfd, monkeypatch)[0] == 0
+    assert _fedsqueeze(["certs", str(remote), "--replace"], capfd, monkeypatch)[0] == 0
+    assert certificate_hosts(remote / "server.pem") == ["coord.example.org"]
+
+
+def test_a_second_coordinator_on_the_same_state_is_refused(tmp_path: Path, federation, capfd, monkeypatch) -> None:
+    import fcntl
+
+    database = tmp_path / "state" / "superlink.db"
+    database.parent.mkdir()
+    with (database.parent / "superlink.db.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first coordinator
+        code, _, err = _fedsqueeze(["coordinator", "--certs", str(federation["dir"]), "--database", str(database)],
+                                   capfd, monkeypatch)
+    assert code == 2
+    _one_line(err, f"another coordinator keeps its state in {database}")

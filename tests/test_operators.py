@@ -73,8 +73,11 @@ def test_submit_reports_how_each_run_ended_and_the_coordinator_stops_with_its_su
         assert done.returncode == 0, done.stderr[-2000:]
         again = subprocess.run([*register, str(keys / "node-0.pub")], env=env, capture_output=True, text=True,
                                timeout=120, cwd=ROOT)
-        errors = [line for line in again.stderr.splitlines() if line.startswith("fedsqueeze: error:")]
-        assert again.returncode == 1 and len(errors) == 1 and "\x1b" not in again.stderr, again.stderr
+        assert again.returncode == 0 and "node-0.pub: registered already, kept" in again.stdout, again.stderr
+        refused = subprocess.run([*register, str(certs / "ca.crt")], env=env, capture_output=True, text=True,
+                                 timeout=120, cwd=ROOT)  # not a node's public key: Flower's refusal, as plain text
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("fedsqueeze: error:")]
+        assert refused.returncode == 1 and len(errors) == 1 and "\x1b" not in refused.stderr, refused.stderr
 
         # No node yet: the ServerApp gives up waiting, and submit says so.
         run = tmp_path / "runs"
