@@ -27,7 +27,8 @@ import time
 import numpy as np
 import torch
 
-from strategies.codecs import compeft, compeft_size, magnitude_select
+from strategies.codecs import compeft, magnitude_select
+from strategies.codecs.compeft import size as compeft_size
 
 DENSITIES = (0.01, 0.05, 0.1, 0.2)
 

@@ -1,7 +1,7 @@
 """A real deployment under load: one TLS SuperLink with node authentication and N ``fedsqueeze node`` processes
 (SuperNode + warm trainer each) on 127.0.0.1, several rounds of instruction tuning with ComPEFT updates. The model is
 a tiny causal LM the benchmark builds from a config (a two-layer Llama with SmolLM2's tokenizer, see
-simulations/tiny_model.py), so that 32 nodes fit on one machine: what grows with N here is the federation's own
+simulations/testing/tiny_model.py), so that 32 nodes fit on one machine: what grows with N here is the federation's own
 cost (transport, the SuperLink, the coordinator's checks and aggregation), not the model's.
 
 Per size: each round's wall time, the time from its first to its last reply, bytes both ways; the ServerApp's CPU
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository root: tests/ holds the process helpers
 
-from simulations.tiny_model import write_tiny_causal_lm  # noqa: E402
+from simulations.testing.tiny_model import write_tiny_causal_lm  # noqa: E402
 from tests.link_faults import LinkUnavailable, LossyRelay, netem_namespace  # noqa: E402
 from tests.load_harness import measure_load  # noqa: E402
 

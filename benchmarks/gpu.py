@@ -30,8 +30,9 @@ from typing import Any
 
 import torch
 
-from client.task.build import base_weight_dtype, build_task, load_splits, resolve_precision
+from client.task.build import base_weight_dtype, build_task, load_splits
 from client.task.loop import train_locally, training_order
+from client.task.precision import resolve_precision
 from client.task.task_keys import task_spec
 from strategies.codecs import compeft, ferret
 from strategies.random_basis import buckets_and_signs

@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simulations.byzantine import ByzantineSetup, run  # noqa: E402
-from simulations.fuzzing import FuzzReport, codec_targets, fuzz, fuzz_secagg, meets_layout, secagg_targets  # noqa: E402
+from simulations.testing.fuzz import FuzzReport, fuzz  # noqa: E402
+from simulations.testing.fuzz_codecs import codec_targets, meets_layout  # noqa: E402
+from simulations.testing.fuzz_secagg import fuzz_secagg, secagg_targets  # noqa: E402
 from strategies.codecs.registry import codec_settings  # noqa: E402
 
 DENSE_RULES = ("fedavg", "median", "trimmed-mean", "multi-krum", "norm-bound")
@@ -72,7 +74,7 @@ def fuzz_rows(cases: int) -> list[dict]:
     """Fuzz every decoder, the reply handler and every secure-aggregation message; per target the cases, clean
     rejections, accepted, failures, outcomes by kind and seconds taken."""
     from server.federation import ClientReply, read_reply
-    from simulations.fuzzing import FUZZ_DIGEST, accept_dense, reply_content
+    from simulations.testing.fuzz_codecs import FUZZ_DIGEST, accept_dense, reply_content
 
     targets = dict(codec_targets())
     seeds = targets["dense-fp32"][0]
@@ -102,7 +104,7 @@ def merge_fuzz_rows(out: Path, cases: int) -> list[dict]:
 
 def resume_row() -> dict:
     """Kill a simulation after its first checkpoint, resume it, compare with an uninterrupted run."""
-    from simulations.crash_resume import (
+    from simulations.testing.crash_resume import (
         RESUME_RUN,
         adapter_tensors,
         child_env,

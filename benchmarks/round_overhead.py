@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from client.quiet import quiet_libraries
 from client.task.build import build_task, load_splits
 from client.task.loop import train_locally
 from client.task.partition import client_partition
+from client.task.quiet import quiet_libraries
 from server.run_config import resolve
 from simulations.simulate import simulate
 from strategies.codecs.registry import encode_update

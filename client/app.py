@@ -2,7 +2,10 @@
 
 Kept light on purpose: on a deployed node Flower starts this app in a fresh process for every message, and when
 ``fedsqueeze node`` runs a warm trainer the app only hands the message to it (``client/warm_channel.py``). Without
-one (simulation, a plain ``flower-supernode``) the work runs here, in ``client/handlers.py``.
+one (simulation, a plain ``flower-supernode``) the work runs here, in ``client/handlers.py``. Every message type of
+``strategies/message_types.py`` gets the same handler: enrolment (``query``: which partition this node holds),
+``train`` (train and reply with an encoded update or, under secure aggregation, with its round keys), and the
+secure-aggregation stages (``train.secagg_*``).
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client.warm_channel import forward_if_warm
-
-app = ClientApp()
+from strategies.message_types import MESSAGE_TYPES, category_and_action
 
 
 def handle(msg: Message, context: Context) -> Message:
@@ -25,37 +27,13 @@ def handle(msg: Message, context: Context) -> Message:
     return run_message(msg, context)
 
 
-@app.query()
-def query(msg: Message, context: Context) -> Message:
-    """Enrolment before round 1: this node's partition and its number of training examples."""
-    return handle(msg, context)
+def register(app: ClientApp, handler=handle, message_types: tuple[str, ...] = MESSAGE_TYPES) -> ClientApp:
+    """``app`` with ``handler`` registered for ``message_types`` (by default every type a fedsqueeze node serves)."""
+    for message_type in message_types:
+        category, action = category_and_action(message_type)
+        decorator = getattr(app, category)
+        (decorator(action) if action else decorator())(handler)
+    return app
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the received global adapter on this node's data and reply with an encoded update."""
-    return handle(msg, context)
-
-
-@app.train("secagg_share")
-def secagg_share(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 2: Shamir-share this round's secrets with the neighbours."""
-    return handle(msg, context)
-
-
-@app.train("secagg_mask")
-def secagg_mask(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 3: send the masked update."""
-    return handle(msg, context)
-
-
-@app.train("secagg_confirm")
-def secagg_confirm(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 4a (node identities): sign the survivor/dropped story this node was told."""
-    return handle(msg, context)
-
-
-@app.train("secagg_unmask")
-def secagg_unmask(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 4: reveal the shares that remove the masks of the round."""
-    return handle(msg, context)
+app = register(ClientApp())

@@ -19,15 +19,19 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client import node_state, residual_store, secure
 from client.privacy_floor import FloorRefusal
-from client.quiet import quiet_libraries
 from client.task.build import Task, build_task, load_splits
+from client.task.kinds.registry import check_spec
 from client.task.loop import client_training_seed, train_locally
 from client.task.partition import client_partition
+from client.task.quiet import quiet_libraries
 from client.task.spec import TaskSpec
 from strategies import downlink, messages
-from strategies.codecs.registry import SEED_KEY, CodecSettings
-from strategies.fedavg import apply_update, l2_norm, subtract
-from strategies.privacy import DPSettings, privatize
+from strategies.codecs.registry import CodecSettings
+from strategies.fedavg import apply_update, subtract
+from strategies.message_types import QUERY, SECAGG_STAGES, TRAIN, secagg_message_type
+from strategies.messages import TrainInstructions
+from strategies.norms import l2_norm
+from strategies.privacy import privatize
 
 log = logging.getLogger(__name__)
 Sent = dict[str, torch.Tensor]  # what an encoded update stands for, as the receiver will decode it
@@ -140,10 +144,10 @@ def _codec_encoder(settings: CodecSettings, round_id: int, seed: int | None
     return encode
 
 
-def _secure_encoder(config: dict, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]]
+def _secure_encoder(instructions: TrainInstructions, context: Context, layout: dict[str, tuple[int, ...]]
                     ) -> Callable[[dict[str, torch.Tensor]], tuple[bytes, Sent]]:
     def encode(delta: dict[str, torch.Tensor]) -> tuple[bytes, Sent]:
-        keys, party_input = secure.start(config, context, settings, layout, _on_cpu(delta))
+        keys, party_input = secure.start(instructions, context, layout, _on_cpu(delta))
         if party_input.clipped:  # stays on the node: how often the clip bites is about this client's update
             log.info("secure aggregation clipped %d entries of this update", party_input.clipped)
         return keys, party_input.sent
@@ -166,24 +170,22 @@ def train(msg: Message, context: Context) -> Message:
     threads = int(os.environ.get("FEDSQUEEZE_CLIENT_THREADS", "0"))
     if threads > 0:
         torch.set_num_threads(threads)
-    config = dict(msg.content[messages.TRAIN_CONFIG])
-    round_id = int(config["round"])
-    spec = TaskSpec.from_record({k: v for k, v in config.items() if k in TaskSpec.__dataclass_fields__})
-    uplink = CodecSettings.from_record(config)
+    instructions = TrainInstructions.from_record(msg.content[messages.TRAIN_CONFIG], TaskSpec.field_names())
+    round_id = instructions.round
+    spec = check_spec(TaskSpec.from_record(instructions.task))  # a bad kind or columns: refused before anything
     try:
-        secure.admit(config, context, uplink.codec)  # before anything slow: the node's own privacy floor
+        secure.admit(instructions, context)  # before anything slow: the node's own privacy floor
     except FloorRefusal as exc:
         return _refusal(msg, round_id, exc)
-    downlink_settings = CodecSettings.from_record(config, prefix="downlink-")
     partition_id, num_partitions = _node_partition(context)
     for key in ("device", "quantization"):  # a node may choose its own device and base quantisation
         if context.node_config.get(key):
             spec = replace(spec, **{key: str(context.node_config[key])})
     loaded, built = _load(spec, partition_id, num_partitions)
     layout = loaded.task.trainable_shapes()
-    received, bytes_down, trained_from = _receive_global(msg, context, downlink_settings, layout, loaded.base)
+    received, bytes_down, trained_from = _receive_global(msg, context, instructions.downlink, layout, loaded.base)
     loaded.task.load_trainable_state(received)
-    secure_round = bool(config.get("secagg", False))
+    secure_round = instructions.secure is not None
     started = time.perf_counter()
     result = train_locally(loaded.task, loaded.partition, steps=spec.local_steps, batch_size=spec.batch_size,
                            lr=spec.lr, seed=_training_seed(spec.seed, round_id, partition_id, secure_round),
@@ -191,16 +193,15 @@ def train(msg: Message, context: Context) -> Message:
     trained = time.perf_counter()
     delta = loaded.task.trainable_delta(received, on_device=True)  # DP and the codec run where training ran
     del received
-    seed = int(config[SEED_KEY]) if SEED_KEY in config else None
-    dp = DPSettings(float(config.get("dp-noise-multiplier", 0.0)), float(config.get("dp-clip", 0.0)))
-    if dp.enabled:  # the pre-clip norm stays here: it is exactly what DP must not reveal
-        delta, _norm = privatize(delta, dp, int(config["clients-per-round"]), secure=secure_round)
-    encoder = (_secure_encoder(config, context, uplink, layout) if secure_round
-               else _codec_encoder(uplink, round_id, seed))
-    store = residual_store.store_dir(context.node_config, str(config.get(messages.FEDERATION_ID, "")), partition_id)
+    if instructions.dp.enabled:  # the pre-clip norm stays here: it is exactly what DP must not reveal
+        delta, _norm = privatize(delta, instructions.dp, instructions.clients_per_round, secure=secure_round)
+    encoder = (_secure_encoder(instructions, context, layout) if secure_round
+               else _codec_encoder(instructions.uplink, round_id, instructions.round_seed))
+    store = residual_store.store_dir(context.node_config, instructions.federation_id, partition_id)
     try:
-        encoded_update, feedback_metrics = _encode_with_feedback(delta, uplink, bool(config["error-feedback"]),
-                                                              context, encoder, round_id, store)
+        encoded_update, feedback_metrics = _encode_with_feedback(delta, instructions.uplink,
+                                                              instructions.error_feedback, context, encoder,
+                                                              round_id, store)
     except FloorRefusal as exc:  # the setup ledger, checked again as the keys are about to leave
         return _refusal(msg, round_id, exc)
     finished = time.perf_counter()
@@ -230,33 +231,17 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def secagg_share(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 2: Shamir-share this round's secrets with the neighbours."""
-    return secure.answer(msg, context, "secagg_share")
-
-
-def secagg_mask(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 3: send the masked update."""
-    return secure.answer(msg, context, "secagg_mask")
-
-
-def secagg_confirm(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 4a (node identities): sign the survivor/dropped story this node was told."""
-    return secure.answer(msg, context, "secagg_confirm")
-
-
-def secagg_unmask(msg: Message, context: Context) -> Message:
-    """Secure aggregation, stage 4: reveal the shares that remove the masks of the round."""
-    return secure.answer(msg, context, "secagg_unmask")
+def _stage(stage: str) -> Callable[[Message, Context], Message]:
+    def answer(msg: Message, context: Context) -> Message:
+        return secure.answer(msg, context, stage)
+    answer.__doc__ = f"Secure aggregation, stage {stage}: the party's next step (client/secure.py)."
+    return answer
 
 
 HANDLERS: dict[str, Callable[[Message, Context], Message]] = {
-    "query": describe,
-    "train": train,
-    "train.secagg_share": secagg_share,
-    "train.secagg_mask": secagg_mask,
-    "train.secagg_confirm": secagg_confirm,
-    "train.secagg_unmask": secagg_unmask,
+    QUERY: describe,
+    TRAIN: train,
+    **{secagg_message_type(stage): _stage(stage) for stage in SECAGG_STAGES},
 }
 
 

@@ -26,8 +26,12 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from strategies.secagg.common import SIGNED_MIN_THRESHOLD
+
+if TYPE_CHECKING:
+    from strategies.privacy import DPSettings
 
 FLOOR_KEY = "privacy-floor"  # node config entry holding the floor's text
 FLOOR_ENV = "FEDSQUEEZE_NODE_FLOOR"  # simulation: the floor every simulated node holds
@@ -78,10 +82,10 @@ class PrivacyFloor:
             return self.min_threshold
         return SIGNED_MIN_THRESHOLD if signed else 0
 
-    def check(self, config: Mapping[str, object], codec: str, parties: int | None, threshold: int | None,
+    def check(self, codec: str, dp: DPSettings, parties: int | None, threshold: int | None,
               signed: bool = False) -> None:
-        """FloorRefusal naming the first demand a round does not meet: ``config`` is its train config, ``codec``
-        the uplink codec, ``parties``/``threshold`` its secure-aggregation setup (None when not secure), ``signed``
+        """FloorRefusal naming the first demand a round does not meet: ``codec`` is its uplink codec, ``dp`` its DP
+        settings, ``parties``/``threshold`` its secure-aggregation setup (None when not secure), ``signed``
         whether this node signs its keys (which sets a default least threshold)."""
         if self.secagg and parties is None:
             raise FloorRefusal("this node trains only for securely aggregated rounds, and this round is not")
@@ -95,7 +99,7 @@ class PrivacyFloor:
             raise FloorRefusal(f"the round's threshold is {threshold}: a signing node accepts {SIGNED_MIN_THRESHOLD} "
                                "or more unless its privacy floor sets min-threshold (a group of two inputs hides "
                                "neither from anyone who knows the other)")
-        noise, clip = float(config.get("dp-noise-multiplier", 0.0)), float(config.get("dp-clip", 0.0))
+        noise, clip = dp.noise_multiplier, dp.clip
         if self.min_dp_noise > 0 and not noise >= self.min_dp_noise:
             raise FloorRefusal(f"the round's DP noise multiplier is {noise}, this node needs {self.min_dp_noise} "
                                "or more")

@@ -24,7 +24,8 @@ from client.privacy_floor import CONTRIBUTED, FloorRefusal, PrivacyFloor
 from client.setup_ledger import SetupLedger
 from client.state_dir import STATE_DIR_KEY, state_root
 from strategies import messages
-from strategies.codecs.registry import SEED_KEY, CodecSettings
+from strategies.message_types import SECAGG_STAGES
+from strategies.messages import TrainInstructions
 from strategies.secagg import audit, common
 from strategies.secagg.errors import SecAggError
 from strategies.secagg.identity import SigningIdentity, TrustedIdentities
@@ -33,8 +34,7 @@ from strategies.secagg.ring import Quantizer
 from strategies.secagg.updates import PartyInput, SecureEncoding, encode_input
 
 PARTY_STATE = "secagg-party"
-STAGES = {"secagg_share": "share_keys", "secagg_mask": "masked_input", "secagg_confirm": "confirm",
-          "secagg_unmask": "unmask"}
+STAGES = dict(zip(SECAGG_STAGES, ("share_keys", "masked_input", "confirm", "unmask"), strict=True))  # Party steps
 SIGNS = {"masked_input", "confirm"}  # steps a party signs with its own identity; the others check the pinned ones
 IDENTITIES_ENV = "FEDSQUEEZE_NODE_IDENTITIES"  # simulation: a folder of node-<partition>.key / .pub (certs --nodes)
 
@@ -67,7 +67,7 @@ def setup_ledger(context: Context, signed: bool) -> SetupLedger | None:
     return None if root is None else SetupLedger(root)
 
 
-def admit(config: dict, context: Context, codec: str) -> None:
+def admit(instructions: TrainInstructions, context: Context) -> None:
     """Check a train message against this node's privacy floor and the checks every node makes of a secure round,
     before any training: FloorRefusal naming the first problem. A secure round must be bound to this Flower run
     and to the round its train message names, list exactly the ``clients-per-round`` its DP noise is scaled for,
@@ -76,23 +76,24 @@ def admit(config: dict, context: Context, codec: str) -> None:
     has one, else for this run), so a coordinator can neither run one setup twice nor replay a round with a
     changed party set."""
     floor = PrivacyFloor.of_node(context.node_config)
-    if not config.get("secagg", False):
-        floor.check(config, codec, None, None)
+    codec, dp, secure = instructions.uplink.codec, instructions.dp, instructions.secure
+    if secure is None:
+        floor.check(codec, dp, None, None)
         return
     try:
-        setup = common.read_setup(config["secagg-setup"])  # type: ignore[arg-type]
-    except (KeyError, SecAggError) as exc:
-        raise FloorRefusal(f"the secure round's setup is missing or malformed: {exc}") from exc
+        setup = common.read_setup(secure.setup)
+    except SecAggError as exc:
+        raise FloorRefusal(f"the secure round's setup is malformed: {exc}") from exc
     _, trusted = node_identity(context)
-    floor.check(config, codec, len(setup.parties), setup.threshold, signed=trusted is not None)
+    floor.check(codec, dp, len(setup.parties), setup.threshold, signed=trusted is not None)
     if setup.message.run != context.run_id:
         raise FloorRefusal(f"secagg setup is for run {setup.message.run}, this node is in run {context.run_id} "
                            "(a setup must name the Flower run that carries it)")
-    if int(config.get("round", setup.round)) != setup.round:  # type: ignore[arg-type]
-        raise FloorRefusal(f"the train message is for round {config.get('round')} but its secure-aggregation setup "
+    if instructions.round != setup.round:
+        raise FloorRefusal(f"the train message is for round {instructions.round} but its secure-aggregation setup "
                            f"for round {setup.round} (a replayed round under a new setup); refused")
-    if int(config.get("clients-per-round", -1)) != len(setup.parties):  # type: ignore[arg-type]
-        raise FloorRefusal(f"the round scales DP noise for {config.get('clients-per-round')} clients but its "
+    if instructions.clients_per_round != len(setup.parties):
+        raise FloorRefusal(f"the round scales DP noise for {instructions.clients_per_round} clients but its "
                            f"secure-aggregation setup lists {len(setup.parties)} parties")
     if trusted is not None and len(setup.parties) > len(trusted.names):
         raise FloorRefusal(f"the setup lists {len(setup.parties)} parties and the federation has only "
@@ -104,28 +105,32 @@ def admit(config: dict, context: Context, codec: str) -> None:
         raise FloorRefusal(f"this node already contributed to secure round {last} of this run; round "
                            f"{setup.round} is not after it (a replayed round); refused")
     ledger = setup_ledger(context, signed=trusted is not None)
-    reason = ledger.refusal(config["secagg-setup"], context.run_id, setup.round) if ledger is not None else None
+    reason = ledger.refusal(secure.setup, context.run_id, setup.round) if ledger is not None else None
     if reason is not None:
         raise FloorRefusal(f"{reason}; refused")
     context.state[CONTRIBUTED] = ConfigRecord({"run": context.run_id, "round": setup.round})
 
 
-def encoding_for(config: dict, settings: CodecSettings, layout: dict[str, tuple[int, ...]], parties: int
+def encoding_for(instructions: TrainInstructions, layout: dict[str, tuple[int, ...]], parties: int
                  ) -> SecureEncoding:
-    """The round's SecureEncoding from the train config (the coordinator builds the same one)."""
+    """The round's SecureEncoding from a secure round's train message (the coordinator builds the same one)."""
+    secure, settings = instructions.secure, instructions.uplink
+    if secure is None:
+        raise ValueError("the train message does not start a secure round")
     entries = sum(math.prod(shape) for shape in layout.values())
-    return SecureEncoding(settings=settings, quantizer=Quantizer(float(config["secagg-clip"]),
-                                                                 int(config["secagg-precision-bits"])),
-                          parties=parties, layout=layout, seed=int(config.get(SEED_KEY, 0)),
-                          support=settings.impl.secure_round_parameter(config, entries))
+    return SecureEncoding(settings=settings, quantizer=Quantizer(secure.clip, secure.precision_bits),
+                          parties=parties, layout=layout, seed=instructions.round_seed or 0,
+                          support=settings.impl.secure_round_parameter(secure.codec_parameter, entries))
 
 
-def start(config: dict, context: Context, settings: CodecSettings, layout: dict[str, tuple[int, ...]],
+def start(instructions: TrainInstructions, context: Context, layout: dict[str, tuple[int, ...]],
           update: dict[str, torch.Tensor]) -> tuple[bytes, PartyInput]:
     """Stage 1: quantise ``update`` and advertise this round's public keys; returns them and the party's input."""
-    setup_bytes = config["secagg-setup"]
+    if instructions.secure is None:
+        raise ValueError("the train message does not start a secure round")
+    setup_bytes = instructions.secure.setup
     setup = common.read_setup(setup_bytes)
-    encoding = encoding_for(config, settings, layout, len(setup.parties))
+    encoding = encoding_for(instructions, layout, len(setup.parties))
     if encoding.segments() != list(setup.segments):
         raise ValueError(f"secagg setup segments {list(setup.segments)} differ from this client's encoding "
                          f"{encoding.segments()}")
@@ -153,7 +158,7 @@ def answer(msg: Message, context: Context, action: str) -> Message:
     identity, trusted = node_identity(context)
     step = STAGES[action]
     output = getattr(party, step)(request, identity if step in SIGNS else trusted)
-    if action == "secagg_unmask":
+    if action == SECAGG_STAGES[-1]:  # the last stage: nothing of the round is left to keep
         del context.state[PARTY_STATE]
     else:
         context.state[PARTY_STATE] = ConfigRecord({"state": party.save()})

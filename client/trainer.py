@@ -90,7 +90,7 @@ def serve(socket_path: Path, parent_pid: int | None = None) -> None:
     try:
         # Listening already, so a message that arrives now waits in the backlog: import the heavy stack before it.
         from client.handlers import run_message  # noqa: F401
-        from client.quiet import quiet_libraries
+        from client.task.quiet import quiet_libraries
 
         quiet_libraries()
         digest = warm_channel.code_digest()

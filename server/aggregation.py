@@ -11,9 +11,8 @@ import torch
 from server.run_config import AggregationSettings, RunConfig
 from strategies import fedavg, robust
 from strategies.codecs import UpdateRejected
-from strategies.codecs.dense import dense_fp32_bytes
-from strategies.codecs.kinds.base import Aggregate, Codec, TensorAggregate
-from strategies.codecs.kinds.dense import DENSE
+from strategies.codecs.base import Aggregate, Codec, TensorAggregate
+from strategies.codecs.dense import DENSE, dense_fp32_bytes
 
 
 def byte_limit(cfg: RunConfig, layout: dict[str, tuple[int, ...]]) -> int:

@@ -11,8 +11,8 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from client.quiet import quiet_libraries
 from client.task.build import build_task, load_splits
+from client.task.quiet import quiet_libraries
 from client.task.spec import TaskSpec
 from server import checkpoint
 from server.evaluation import ModelHooks, RoundEvaluation, State

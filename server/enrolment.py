@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from server.replies import ReplyStream
 from strategies import messages
+from strategies.message_types import QUERY
 
 log = logging.getLogger("fedsqueeze")
 
@@ -45,7 +46,7 @@ def weight_ceiling(local_steps: int, batch_size: int) -> float:
 def enrol(grid: Grid, node_ids: list[int], timeout_s: float) -> Enrolment:
     """Ask every node for its partition; nodes that do not answer are sampled after the others, by node id (a late
     node is still sampled; only its place in the order is arbitrary)."""
-    out = [Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in node_ids]
+    out = [Message(content=RecordDict(), dst_node_id=node, message_type=QUERY) for node in node_ids]
     partitions: dict[int, int] = {}
     problems: list[str] = []
     stream = ReplyStream(grid, out, timeout_s)

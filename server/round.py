@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from server import checkpoint
@@ -32,9 +32,11 @@ from server.run_config import RESUMABLE_CHANGES, RunConfig
 from server.secure_round import SecurePlan, SecureResult, plan_round, run_protocol
 from server.timings import describe_straggler, round_timings
 from strategies import messages
-from strategies.codecs.kinds.base import Aggregate, TensorAggregate
-from strategies.codecs.registry import SEED_KEY, shared_seed
+from strategies.codecs.base import Aggregate, TensorAggregate
+from strategies.codecs.registry import shared_seed
 from strategies.downlink import GlobalState
+from strategies.message_types import TRAIN
+from strategies.messages import TrainInstructions
 from strategies.privacy import summed_noise_multiplier
 
 log = logging.getLogger("fedsqueeze")
@@ -116,19 +118,18 @@ def acceptor(cfg: RunConfig, round_id: int, layout: dict[str, tuple[int, ...]]) 
 
 def train_messages(plan: RoundPlan, global_state: GlobalState, cfg: RunConfig, federation_id: str) -> list[Message]:
     """One train message per sampled node, with the downlink that node needs; fills ``plan.bytes_down``."""
-    seed = shared_seed(cfg.uplink.impl, cfg.seed, plan.round_id)
-    extra = plan.secure.train_config if plan.secure is not None else {}
-    train_config = ConfigRecord({**cfg.task.to_record(), **cfg.codec_options(), "round": plan.round_id,
-                                 messages.FEDERATION_ID: federation_id,
-                                 **({SEED_KEY: seed} if seed is not None else {}),
-                                 "clients-per-round": len(plan.sampled), **extra})
+    train_config = TrainInstructions(
+        round=plan.round_id, task=cfg.task.to_record(), uplink=cfg.uplink, downlink=cfg.downlink,
+        clients_per_round=len(plan.sampled), error_feedback=cfg.error_feedback, dp=cfg.dp,
+        federation_id=federation_id, round_seed=shared_seed(cfg.uplink.impl, cfg.seed, plan.round_id),
+        secure=plan.secure.instructions if plan.secure is not None else None).to_record()
     out = []
     for node_id in plan.sampled:
         downlink = global_state.message_for(node_id)
         plan.bytes_down[node_id] = downlink.nbytes + (plan.secure.setup_bytes if plan.secure is not None else 0)
         out.append(Message(content=RecordDict({messages.DOWNLINK: messages.downlink_record(downlink),
                                                messages.TRAIN_CONFIG: train_config}),
-                           dst_node_id=node_id, message_type=MessageType.TRAIN, group_id=str(plan.round_id)))
+                           dst_node_id=node_id, message_type=TRAIN, group_id=str(plan.round_id)))
     return out
 
 

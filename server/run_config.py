@@ -18,6 +18,7 @@ from client.task.presets import PRESETS
 from client.task.spec import TaskSpec
 from client.task.task_keys import TaskKeys
 from strategies.codecs.registry import CODEC_NAMES, CODECS, CodecSettings, CompeftOptions, get_codec
+from strategies.messages import DOWNLINK_PREFIX
 from strategies.privacy import DPSettings
 from strategies.robust import AGGREGATION_RULES
 from strategies.secagg import graph
@@ -80,7 +81,7 @@ class RunSettings(KeyedSettings):
 
 @dataclass(frozen=True)
 class CodecChoice(KeyedSettings):
-    """Which codec goes up and which down (each codec's options are declared in strategies/codecs/kinds)."""
+    """Which codec goes up and which down (each codec's options are declared in strategies/codecs/<name>/options.py)."""
 
     codec: str = setting("codec", "dense", "uplink codec: `dense`, `compeft` or `ferret`")
     error_feedback: bool = setting("error-feedback", True, "each client keeps `delta − decoded(delta)` in its node "
@@ -118,10 +119,6 @@ class SecureSettings(KeyedSettings):
             raise ValueError(f"secagg-clip must be a positive finite number, got {self.clip}")
         if not 2 <= self.precision_bits <= 40:
             raise ValueError(f"secagg-precision-bits must be in 2..40, got {self.precision_bits}")
-
-    def to_record(self, prefix: str = "") -> dict[str, int | float | bool]:
-        """ConfigRecord entries for the clients."""
-        return {"secagg": self.enabled, "secagg-clip": self.clip, "secagg-precision-bits": self.precision_bits}
 
 
 @dataclass(frozen=True)
@@ -198,10 +195,10 @@ class RunConfig:
         return self.uplink.codec
 
     def codec_options(self) -> dict[str, str | float | bool]:
-        """The codec settings clients need, as ConfigRecord entries (uplink, error feedback, downlink)."""
-        return {**self.uplink.to_record(), "error-feedback": self.error_feedback,
-                **self.downlink.to_record(prefix="downlink-"), **self.secure.to_record(),
-                "dp-noise-multiplier": self.dp.noise_multiplier, "dp-clip": self.dp.clip}
+        """The codec, secure-aggregation and DP settings, keyed as in the run config (for summary.json; what
+        travels to the clients is strategies.messages.TrainInstructions)."""
+        return {**CodecChoice.from_values(self.values).to_record(), **self.uplink.to_record(),
+                **self.downlink.to_record(prefix=DOWNLINK_PREFIX), **self.secure.to_record(), **self.dp.to_record()}
 
     def output_dir(self) -> Path:
         """Where this run writes its outputs (``out-dir``, else ``runs/<preset>``)."""

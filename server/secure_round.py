@@ -6,18 +6,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from server.client_reply import ClientReply
 from server.replies import ReplyStream
 from server.run_config import RunConfig
 from strategies import messages
-from strategies.codecs.kinds.base import Aggregate
+from strategies.codecs.base import Aggregate
+from strategies.message_types import SECAGG_STAGES, secagg_message_type
+from strategies.messages import SecureRound
 from strategies.secagg import audit, common
 from strategies.secagg.aggregator import Aggregator
 from strategies.secagg.errors import SecAggAbort
@@ -25,22 +26,22 @@ from strategies.secagg.ring import Quantizer
 from strategies.secagg.updates import SecureEncoding, mean_update
 
 log = logging.getLogger("fedsqueeze")
-STAGES = (("secagg_share", "route_shares"), ("secagg_mask", "collect_masked"),
-          ("secagg_confirm", "collect_confirmations"), ("secagg_unmask", "finish"))
+# Each secure-aggregation stage after the train message, and the Aggregator method that reads its replies.
+STAGES = tuple(zip(SECAGG_STAGES, ("route_shares", "collect_masked", "collect_confirmations", "finish"), strict=True))
 
 
 @dataclass
 class SecurePlan:
-    """One round's protocol setup, how updates become ring words, and the extra train-config entries."""
+    """One round's protocol setup, how updates become ring words, and the secure part of its train message."""
 
     setup: bytes
     encoding: SecureEncoding
-    train_config: dict[str, Any]
+    instructions: SecureRound
 
     @property
     def setup_bytes(self) -> int:
-        """Bytes every party receives for the setup (and the compeft support)."""
-        return len(self.setup) + len(self.train_config.get("secagg-support", b""))
+        """Bytes every party receives for the setup (and the codec's round parameter: ComPEFT's support)."""
+        return len(self.setup) + len(self.instructions.codec_parameter)
 
 
 @dataclass
@@ -61,14 +62,13 @@ def plan_round(cfg: RunConfig, round_id: int, parties: list[int], layout: dict[s
     """The round's SecAggSetup over ``parties`` in Flower run ``run_id`` and the encoding every party must use."""
     codec = cfg.uplink.impl
     tag = f"fedsqueeze-support:{cfg.seed}:{round_id}".encode()
-    support, extra = codec.secure_round_config(cfg.uplink.options, layout, previous_update, tag)
+    support, coded = codec.secure_round_config(cfg.uplink.options, layout, previous_update, tag)
     encoding = SecureEncoding(settings=cfg.uplink, quantizer=Quantizer(cfg.secure.clip, cfg.secure.precision_bits),
                               parties=len(parties), layout=dict(layout), seed=shared_seed or 0, support=support)
     # The run config checked neighbours and threshold against this many clients per round.
     setup = common.make_setup(round_id, parties, encoding.segments(), neighbours=cfg.secure.neighbours,
                               threshold=cfg.secure.threshold, run=run_id)
-    return SecurePlan(setup, encoding, {"secagg-setup": setup, "secagg-clip": cfg.secure.clip,
-                                        "secagg-precision-bits": cfg.secure.precision_bits, **extra})
+    return SecurePlan(setup, encoding, SecureRound(setup, cfg.secure.clip, cfg.secure.precision_bits, coded))
 
 
 def _exchange(grid: Grid, action: str, requests: dict[int, bytes], round_id: int, timeout: float,
@@ -80,7 +80,7 @@ def _exchange(grid: Grid, action: str, requests: dict[int, bytes], round_id: int
     for node, data in requests.items():
         clients[node].bytes_down += len(data)
         out.append(Message(content=RecordDict({messages.SECAGG: ConfigRecord({messages.SECAGG_INPUT: data})}),
-                           dst_node_id=node, message_type=f"{MessageType.TRAIN}.{action}", group_id=str(round_id)))
+                           dst_node_id=node, message_type=secagg_message_type(action), group_id=str(round_id)))
     replies: dict[int, bytes] = {}
     answered: set[int] = set()
     stream = ReplyStream(grid, out, timeout)

@@ -113,8 +113,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from client.quiet import quiet_libraries
     from client.task.exported import answer, load_adapter
+    from client.task.quiet import quiet_libraries
 
     quiet_libraries()
     prompts = list(args.prompt) or [line.strip() for line in sys.stdin if line.strip()]

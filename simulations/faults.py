@@ -11,9 +11,12 @@ import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from client.app import query, secagg_confirm, secagg_mask, secagg_share, secagg_unmask, train
+from client.app import register
+from client.task.spec import TaskSpec
 from strategies import messages
 from strategies.codecs.registry import CodecSettings
+from strategies.message_types import QUERY, TRAIN
+from strategies.messages import TrainInstructions
 
 BYZANTINE_ATTACKS = ("sign-flip", "scale", "random", "inflate")
 SCALE = 100.0
@@ -27,17 +30,10 @@ class InjectedClientFailure(RuntimeError):
 def _client_app_with(mod: Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
                      ) -> ClientApp:
     """fedsqueeze's ClientApp (every message type it handles) with ``mod`` around each message."""
-    app = ClientApp(mods=[mod])
-    app.query()(query)
-    app.train()(train)
-    app.train("secagg_share")(secagg_share)
-    app.train("secagg_mask")(secagg_mask)
-    app.train("secagg_confirm")(secagg_confirm)
-    app.train("secagg_unmask")(secagg_unmask)
-    return app
+    return register(ClientApp(mods=[mod]))
 
 
-def client_app_with_failures(failing_partitions: set[int], at: str = "train") -> ClientApp:
+def client_app_with_failures(failing_partitions: set[int], at: str = TRAIN) -> ClientApp:
     """The fedsqueeze ClientApp, except that nodes holding ``failing_partitions`` raise on messages of type ``at``
     (``train``, or a secure-aggregation stage such as ``train.secagg_mask``: a dropout mid-protocol)."""
 
@@ -62,17 +58,16 @@ def attacked_tensor(values: torch.Tensor, attack: str, generator: torch.Generato
         SCALE * (spread or 1.0))
 
 
-def byzantine_payload(payload: bytes, config: dict, attack: str, seed: int) -> bytes:
-    """An honest client's encoded update turned into attack ``attack``, encoded again with the same codec and
-    options (a Byzantine client sends well-formed lies, which validation alone cannot catch)."""
+def byzantine_payload(payload: bytes, settings: CodecSettings, round_id: int, attack: str, seed: int) -> bytes:
+    """An honest client's encoded update of round ``round_id`` turned into attack ``attack``, encoded again with the
+    same codec and options (a Byzantine client sends well-formed lies, which validation alone cannot catch)."""
     if attack not in BYZANTINE_ATTACKS:
         raise ValueError(f"unknown byzantine attack '{attack}' (choose from {', '.join(BYZANTINE_ATTACKS)})")
-    settings = CodecSettings.from_record(config)
     generator = torch.Generator().manual_seed(seed)
     tensor_attack = "sign-flip" if attack == "inflate" else attack
     return settings.impl.map_values(payload, settings.options,
                                     lambda values: attacked_tensor(values, tensor_attack, generator),
-                                    round_id=int(config["round"]))
+                                    round_id=round_id)
 
 
 def client_app_with_byzantine(partitions: set[int], attack: str) -> ClientApp:
@@ -83,22 +78,21 @@ def client_app_with_byzantine(partitions: set[int], attack: str) -> ClientApp:
     def lie_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         reply = call_next(msg, context)
         partition_id = int(context.node_config["partition-id"])
-        if (partition_id not in partitions or msg.metadata.message_type != "train" or reply.has_error()
+        if (partition_id not in partitions or msg.metadata.message_type != TRAIN or reply.has_error()
                 or messages.ENCODED_UPDATE not in reply.content[messages.UPDATE]):
             return reply
-        config = dict(msg.content[messages.TRAIN_CONFIG])
+        instructions = TrainInstructions.from_record(msg.content[messages.TRAIN_CONFIG], TaskSpec.field_names())
         honest = reply.content[messages.UPDATE][messages.ENCODED_UPDATE]
-        lied = byzantine_payload(honest, config, attack, seed=int(config["round"]) * 1009 + partition_id)
+        lied = byzantine_payload(honest, instructions.uplink, instructions.round, attack,
+                                 seed=instructions.round * 1009 + partition_id)
         reply.content[messages.UPDATE] = ConfigRecord({messages.ENCODED_UPDATE: lied})
         if attack == "inflate":
             reply.content[messages.METRICS]["num-examples"] = INFLATE * float(
                 reply.content[messages.METRICS]["num-examples"])
         return reply
 
-    app = ClientApp(mods=[lie_mod])
-    app.query()(query)
-    app.train()(train)
-    return app
+    # Only the plain round: a Byzantine node does not serve the secure-aggregation stages (it drops out of them).
+    return register(ClientApp(mods=[lie_mod]), message_types=(QUERY, TRAIN))
 
 
 def client_app_with_delay(slow_partitions: set[int], seconds: float) -> ClientApp:
@@ -109,7 +103,7 @@ def client_app_with_delay(slow_partitions: set[int], seconds: float) -> ClientAp
 
     def delay_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         reply = call_next(msg, context)
-        if int(context.node_config["partition-id"]) in slow_partitions and msg.metadata.message_type == "train":
+        if int(context.node_config["partition-id"]) in slow_partitions and msg.metadata.message_type == TRAIN:
             time.sleep(seconds)
         return reply
 

@@ -27,10 +27,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from safetensors.torch import save_file
 
-from client.quiet import quiet_libraries
 from client.task.build import Task, build_task, load_splits
+from client.task.kinds.registry import check_spec
 from client.task.loop import client_training_seed, train_locally
 from client.task.partition import client_partition
+from client.task.quiet import quiet_libraries
 from client.task.spec import TaskSpec
 from server.app import model_hooks
 from server.run_config import RunConfig, resolve
@@ -55,7 +56,7 @@ def train(msg: Message, context: Context) -> Message:
     if threads > 0:
         torch.set_num_threads(threads)
     config = dict(msg.content["config"])
-    spec = TaskSpec.from_record({k: v for k, v in config.items() if k in TaskSpec.__dataclass_fields__})
+    spec = check_spec(TaskSpec.from_record({k: v for k, v in config.items() if k in TaskSpec.__dataclass_fields__}))
     partition_id, partitions = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     key = (spec, partition_id, partitions)
     if key not in _TASKS:

@@ -16,12 +16,12 @@ from flwr.simulation import run_simulation
 
 from client.app import app as client_app
 from client.privacy_floor import FLOOR_ENV, PrivacyFloor
-from client.quiet import quiet_libraries
 from client.secure import IDENTITIES_ENV
 from client.state_dir import STATE_DIR_ENV
 from client.task.build import load_splits
 from client.task.model_sources import resolve_model
 from client.task.partition import client_partition
+from client.task.quiet import quiet_libraries
 from server import checkpoint
 from server.app import model_hooks
 from server.federation import resume_point, run_federation

@@ -105,8 +105,3 @@ def subtract(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) ->
     if set(after) != set(before):
         raise ValueError("the two states name different tensors")
     return {name: after[name] - before[name] for name in after}
-
-
-def l2_norm(update: dict[str, torch.Tensor]) -> float:
-    """The L2 norm of an update (named tensors) taken as one vector, accumulated in fp64."""
-    return math.sqrt(sum(float((t.detach().double() ** 2).sum()) for t in update.values()))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from opacus.accountants import RDPAccountant
 
-from strategies.fedavg import l2_norm
+from strategies.norms import l2_norm
 from strategies.settings import KeyedSettings, setting
 
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from strategies.fedavg import l2_norm, weighted_mean
+from strategies.fedavg import weighted_mean
+from strategies.norms import l2_norm
 
 Update = dict[str, torch.Tensor]
 

@@ -23,6 +23,6 @@ def smollm_tokenizer():
 def tiny_causal_lm(tmp_path_factory, smollm_tokenizer) -> str:
     """A local model directory: a two-layer Llama made from a config (seeded), with SmolLM2's tokenizer and chat
     template, for fast SFT runs through the real loading code."""
-    from simulations.tiny_model import write_tiny_causal_lm
+    from simulations.testing.tiny_model import write_tiny_causal_lm
 
     return str(write_tiny_causal_lm(tmp_path_factory.mktemp("tiny-causal-lm"), smollm_tokenizer))

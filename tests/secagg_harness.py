@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -95,14 +94,3 @@ def plain_sum(inputs: dict[int, list[np.ndarray]], parties: list[int], segments:
             total += inputs[p][index]
         out.append(total & common.ring_mask(bits))
     return out
-
-
-def audited_sums_are_exact(audit_dir: Path, round_id: int) -> list[int]:
-    """The unmasked sum the coordinator got equals the plain sum of the survivors' words (integer equality)."""
-    summed = np.load(audit_dir / f"round{round_id}-sum.npz")
-    survivors = [int(s) for s in summed["survivors"]]
-    parties = [np.load(audit_dir / f"round{round_id}-party{node}.npz") for node in survivors]
-    for index in range(len(summed.files) - 1):
-        key = f"arr_{index}"
-        assert np.array_equal(summed[key], sum(p[key] for p in parties)), f"segment {index} differs"
-    return survivors

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protos.fedsqueeze.v1 import compeft_pb2, update_pb2
-from strategies.codecs import UpdateRejected, compeft, compeft_size, dense
+from strategies.codecs import UpdateRejected, compeft, dense
+from strategies.codecs.compeft import size as compeft_size
 from strategies.codecs.envelope import seal
 from strategies.codecs.position_coding import decode_positions, encode_positions
 
@@ -239,7 +240,7 @@ def test_size_and_entry_limits() -> None:
 
 @pytest.mark.parametrize("center", [0.0, 3.0, -1e4])
 def test_large_chunk_moments_match_fp64(center: float) -> None:
-    from strategies.codecs.compeft import _chunk_moments, _moments_fp64
+    from strategies.codecs.compeft.wire import _chunk_moments, _moments_fp64
 
     rng = np.random.default_rng(7)
     chunk = (center + rng.laplace(size=(1 << 18) + 123) * 1e-3).astype(np.float32)

@@ -30,7 +30,8 @@ from client.task.spec import TaskSpec
 from server.run_config import DEFAULTS, ConfigError, resolve
 from simulations.cli import build_parser, main
 from simulations.simulate import backend_config, simulate, with_gpu_device
-from strategies.codecs import compeft, compeft_size, dense, ferret
+from strategies.codecs import compeft, dense, ferret
+from strategies.codecs.compeft import size as compeft_size
 from strategies.random_basis import buckets_and_signs
 from tests.test_compeft_codec import reference, updates
 

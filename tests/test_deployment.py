@@ -15,6 +15,7 @@ import pytest
 
 from client.setup_ledger import MAGIC, RECORD
 from server.launch import submit_command
+from simulations.testing.audit import audited_sums_are_exact
 from strategies.secagg.audit import AUDIT_ENV
 from tests.deployment_helpers import (
     deployment_env,
@@ -25,7 +26,6 @@ from tests.deployment_helpers import (
     wait_for_log,
     warm_trainer_pid,
 )
-from tests.secagg_harness import audited_sums_are_exact
 
 pytestmark = pytest.mark.slow
 ONE_SETUP = len(MAGIC) + RECORD.size + 32  # a ledger holding one setup (client/setup_ledger.py)

@@ -17,10 +17,12 @@ from flwr.app.metadata import Metadata
 from client import handlers
 from client.privacy_floor import CONTRIBUTED, FloorRefusal, PrivacyFloor
 from client.secure import IDENTITIES_ENV
+from client.task.spec import TaskSpec
 from server.client_reply import collect_replies
 from server.node_keys import generate_node_keys
 from server.run_config import resolve
 from strategies import messages
+from strategies.messages import SecureRound, TrainInstructions
 from strategies.secagg import common
 
 NODE = 7
@@ -30,12 +32,16 @@ def _train_config(*, secagg: bool = True, parties: int = 3, clients_per_round: i
                   **overrides: object) -> dict:
     """The train config a coordinator sends (its own builders), before any lie the test then tells."""
     cfg = resolve({"preset": "encoder", "secagg": secagg, "num-clients": max(parties, 2), "out-dir": "unused"})
-    config = {**cfg.task.to_record(), **cfg.codec_options(), "round": round_id,
-              "clients-per-round": parties if clients_per_round is None else clients_per_round}
-    if secagg:
-        node_ids = [NODE, *range(100, 100 + parties - 1)]
-        config["secagg-setup"] = common.make_setup(round_id, node_ids, [(10, 24)], run=1)
+    node_ids = [NODE, *range(100, 100 + parties - 1)]
+    secure = SecureRound(common.make_setup(round_id, node_ids, [(10, 24)], run=1), 0.05, 16) if secagg else None
+    config = TrainInstructions(round=round_id, task=cfg.task.to_record(), uplink=cfg.uplink, downlink=cfg.downlink,
+                               clients_per_round=parties if clients_per_round is None else clients_per_round,
+                               secure=secure).to_record()
     return {**config, **overrides}
+
+
+def _instructions(config: dict) -> TrainInstructions:
+    return TrainInstructions.from_record(config, TaskSpec.field_names())
 
 
 def _message(config: dict) -> Message:
@@ -109,11 +115,11 @@ def test_a_replayed_round_is_refused() -> None:
     from client.secure import admit
 
     with pytest.raises(FloorRefusal, match="setup is for run 2"):
-        admit({**_train_config(round_id=5), "secagg-setup": common.make_setup(5, [NODE, 100, 101], [(10, 24)],
-                                                                              run=2)}, context, "dense")
+        admit(_instructions({**_train_config(round_id=5), "secagg-setup": common.make_setup(
+            5, [NODE, 100, 101], [(10, 24)], run=2)}), context)
     series = _context()  # node state that outlived another run of a run series does not count against this one
     series.state[CONTRIBUTED] = ConfigRecord({"run": 99, "round": 4})
-    admit(_train_config(round_id=1), series, "dense")
+    admit(_instructions(_train_config(round_id=1)), series)
 
 
 def test_the_coordinator_counts_a_refusal_with_its_reason() -> None:

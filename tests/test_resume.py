@@ -18,7 +18,8 @@ from server import checkpoint
 from server.federation import resume_point
 from server.outputs import MetricsLog
 from server.run_config import RESUMABLE_CHANGES, resolve
-from simulations.crash_resume import (
+from simulations.report import report
+from simulations.testing.crash_resume import (
     RESUME_RUN,
     adapter_tensors,
     child_env,
@@ -26,7 +27,6 @@ from simulations.crash_resume import (
     run_config_text,
     simulate_command,
 )
-from simulations.report import report
 
 
 def _checkpoint(round_id: int) -> checkpoint.Checkpoint:

@@ -12,7 +12,7 @@ from server.run_config import AggregationSettings, ConfigError, resolve
 from simulations.byzantine import ByzantineSetup, run
 from simulations.faults import SCALE, byzantine_payload
 from strategies.codecs import compeft, dense, ferret
-from strategies.codecs.kinds.ferret import FERRET
+from strategies.codecs.ferret import FERRET
 from strategies.codecs.registry import CodecSettings, codec_settings
 
 
@@ -32,24 +32,25 @@ def test_byzantine_payloads_are_well_formed_lies_of_the_same_codec() -> None:
     generator = torch.Generator().manual_seed(0)
     update = {"a": torch.randn(8, 8, generator=generator), "b": torch.randn(5, generator=generator)}
     layout = {n: tuple(t.shape) for n, t in update.items()}
-    config = {"round": 4, **CodecSettings(codec="dense").to_record()}
-    flipped = dense.decode(byzantine_payload(dense.encode(update, round_id=4), config, "sign-flip", 1),
+    config = CodecSettings(codec="dense")
+    flipped = dense.decode(byzantine_payload(dense.encode(update, round_id=4), config, 4, "sign-flip", 1),
                            expected_round=4, expected_layout=layout)
     assert torch.equal(flipped["a"], -update["a"])
-    scaled = dense.decode(byzantine_payload(dense.encode(update, round_id=4), config, "scale", 1), expected_round=4)
+    scaled = dense.decode(byzantine_payload(dense.encode(update, round_id=4), config, 4, "scale", 1),
+                          expected_round=4)
     torch.testing.assert_close(scaled["b"], update["b"] * SCALE)
-    config = {"round": 4, **codec_settings("compeft", density=0.5).to_record()}
+    config = codec_settings("compeft", density=0.5)
     honest = compeft.encode(update, density=0.5, round_id=4)
-    lied = compeft.decode(byzantine_payload(honest, config, "sign-flip", 1), expected_round=4)
+    lied = compeft.decode(byzantine_payload(honest, config, 4, "sign-flip", 1), expected_round=4)
     assert torch.equal(torch.sign(lied["a"]), -torch.sign(compeft.decode(honest)["a"]))
     payload = ferret.encode(update, seed=9, dim=4, block_size=32, round_id=4)
-    ferret_config = {"round": 4, **CodecSettings(codec="ferret").to_record()}
-    scaled = ferret.parse(byzantine_payload(payload, ferret_config, "scale", 1))
+    ferret_config = CodecSettings(codec="ferret")
+    scaled = ferret.parse(byzantine_payload(payload, ferret_config, 4, "scale", 1))
     assert scaled.round_id == 4 and scaled.seed == 9
     torch.testing.assert_close(torch.from_numpy(scaled.coefficients),
                                torch.from_numpy(ferret.parse(payload).coefficients) * SCALE)
     with pytest.raises(ValueError, match="unknown byzantine attack"):
-        byzantine_payload(payload, ferret_config, "nap", 1)
+        byzantine_payload(payload, ferret_config, 4, "nap", 1)
 
 
 def test_robust_rules_run_on_ferret_coefficients_and_return_a_payload() -> None:

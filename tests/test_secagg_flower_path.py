@@ -23,6 +23,7 @@ from protos.fedsqueeze.v1 import secagg_pb2
 from server.node_keys import generate_node_keys
 from strategies import messages
 from strategies.codecs.registry import CodecSettings
+from strategies.messages import SecureRound, TrainInstructions
 from strategies.secagg import common
 from strategies.secagg.aggregator import Aggregator
 from strategies.secagg.errors import SecAggAbort, SecAggError
@@ -65,14 +66,17 @@ def _round(nodes: dict[int, Context], round_id: int, rewrite: Rewrite | None = N
     handler raised) goes into ``refusals``; that node then stays silent, as after a Flower error reply."""
     refusals = {} if refusals is None else refusals
     settings = CodecSettings()
-    config = {"secagg-clip": 0.05, "secagg-precision-bits": 16}
-    encoding = encoding_for(config, settings, LAYOUT, len(NODES))
-    config["secagg-setup"] = setup = common.make_setup(round_id, NODES, encoding.segments(), neighbours=4,
-                                                       threshold=3, run=1)
+
+    def instructions(setup: bytes) -> TrainInstructions:
+        return TrainInstructions(round=round_id, task={}, uplink=settings, downlink=settings,
+                                 clients_per_round=len(NODES), secure=SecureRound(setup, 0.05, 16))
+
+    encoding = encoding_for(instructions(b""), LAYOUT, len(NODES))
+    setup = common.make_setup(round_id, NODES, encoding.segments(), neighbours=4, threshold=3, run=1)
     generator = torch.Generator().manual_seed(round_id)
     updates = {node: {name: torch.randn(shape, generator=generator) * 0.01 for name, shape in LAYOUT.items()}
                for node in NODES}
-    replies = {node: start(config, nodes[node], settings, LAYOUT, updates[node])[0] for node in NODES}
+    replies = {node: start(instructions(setup), nodes[node], LAYOUT, updates[node])[0] for node in NODES}
     aggregator = Aggregator(setup)
     requests = aggregator.collect_keys(replies)
     for action, method in (("secagg_share", "route_shares"), ("secagg_mask", "collect_masked"),

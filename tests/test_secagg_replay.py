@@ -27,6 +27,7 @@ from server.node_keys import generate_node_keys
 from server.run_config import resolve
 from strategies import messages
 from strategies.codecs.registry import CodecSettings
+from strategies.messages import SecureRound, TrainInstructions
 from strategies.secagg import common
 from strategies.secagg.aggregator import Aggregator
 from strategies.secagg.errors import SecAggAbort, SecAggError
@@ -280,9 +281,13 @@ def _contexts(keys: Path, states: Path, run_id: int) -> dict[int, Context]:
             for i, node in enumerate(NODES)}
 
 
-def _train_config(setup: bytes) -> dict:
-    return {"secagg": True, "secagg-setup": setup, "secagg-clip": 0.05, "secagg-precision-bits": 16,
-            "clients-per-round": len(NODES)}
+def _train_config(setup: bytes, round_id: int | None = None) -> TrainInstructions:
+    """The secure round's train message as the coordinator builds it (the encoder preset's task)."""
+    cfg = resolve({"preset": "encoder", "secagg": True, "num-clients": len(NODES), "out-dir": "unused"})
+    if round_id is None:
+        round_id = common.read_setup(setup).round if setup else 1
+    return TrainInstructions(round=round_id, task=cfg.task.to_record(), uplink=SETTINGS, downlink=SETTINGS,
+                             clients_per_round=len(NODES), secure=SecureRound(setup, 0.05, 16))
 
 
 def _handler_deliver(contexts: dict[int, Context], setup: bytes):
@@ -295,9 +300,9 @@ def _handler_deliver(contexts: dict[int, Context], setup: bytes):
     def deliver(node: int, step: str, request: bytes | None) -> bytes:
         context = contexts[node]
         if step == "advertise_keys":
-            admit(config, context, SETTINGS.codec)
+            admit(config, context)
             update = {name: torch.full(shape, 0.001 * node) for name, shape in LAYOUT.items()}
-            return start(config, context, SETTINGS, LAYOUT, update)[0]
+            return start(config, context, LAYOUT, update)[0]
         metadata = Metadata(run_id=context.run_id, message_id=f"{step}-{node}", src_node_id=0, dst_node_id=node,
                             reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600.0,
                             message_type=f"train.{actions[step]}")
@@ -312,20 +317,17 @@ def _handler_deliver(contexts: dict[int, Context], setup: bytes):
 def _train_refusal(setup: bytes, context: Context, round_id: int | None = None) -> str:
     """The node's train handler's reply to a secure round on ``setup`` (for train round ``round_id``, by default
     the setup's): a refusal, before it built any model."""
-    cfg = resolve({"preset": "encoder", "secagg": True, "num-clients": len(NODES), "out-dir": "unused"})
-    round_id = common.read_setup(setup).round if round_id is None else round_id
-    config = {**cfg.task.to_record(), **cfg.codec_options(), "round": round_id, **_train_config(setup)}
+    config = _train_config(setup, round_id).to_record()
     metadata = Metadata(run_id=context.run_id, message_id="t", src_node_id=0, dst_node_id=context.node_id,
                         reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600.0, message_type="train")
     handlers._CACHE.clear()
-    reply = handlers.train(make_message(metadata, RecordDict({messages.TRAIN_CONFIG: ConfigRecord(config)})),
-                           context)
+    reply = handlers.train(make_message(metadata, RecordDict({messages.TRAIN_CONFIG: config})), context)
     assert messages.REFUSAL in reply.content and not handlers._CACHE, "the node trained instead of refusing"
     return str(reply.content[messages.REFUSAL]["reason"])
 
 
 def _setup(run: int) -> bytes:
-    segments = encoding_for(_train_config(b""), SETTINGS, LAYOUT, len(NODES)).segments()
+    segments = encoding_for(_train_config(b""), LAYOUT, len(NODES)).segments()
     return common.make_setup(1, NODES, segments, run=run)
 
 
@@ -369,7 +371,7 @@ def test_a_signing_node_refuses_a_threshold_of_two_unless_its_floor_allows_it(tm
     assert "threshold is 2: a signing node accepts 3 or more unless its privacy floor sets min-threshold" in \
         _train_refusal(setup, contexts[101])
     contexts[101].node_config["privacy-floor"] = "min-threshold=2"
-    admit(_train_config(setup), contexts[101], SETTINGS.codec)  # the node's own floor allows it
+    admit(_train_config(setup), contexts[101])  # the node's own floor allows it
 
 
 def test_a_signing_node_without_a_state_directory_is_refused(tmp_path: Path) -> None:

@@ -10,20 +10,13 @@ import torch
 from opacus.accountants import RDPAccountant
 
 from strategies.codecs import ferret
+from strategies.codecs.compeft.secure import choose_support, support_from_bytes, support_to_bytes
+from strategies.codecs.ferret.secure import mean_coefficients
 from strategies.codecs.registry import codec_settings
 from strategies.privacy import DPSettings, PrivacyLedger, privatize, summed_noise_multiplier
 from strategies.secagg import common
 from strategies.secagg.ring import Quantizer
-from strategies.secagg.updates import (
-    SecureEncoding,
-    choose_support,
-    encode_input,
-    flatten,
-    mean_coefficients,
-    mean_update,
-    support_from_bytes,
-    support_to_bytes,
-)
+from strategies.secagg.updates import SecureEncoding, encode_input, flatten, mean_update
 from tests.secagg_harness import Dropouts, plain_sum, run_round
 
 LAYOUT = {"layer.0.lora_A.weight": (4, 48), "layer.0.lora_B.weight": (48, 4), "head.weight": (3, 17)}

@@ -87,7 +87,7 @@ def test_sft_under_secure_aggregation_with_signed_keys_is_exact_with_n_minus_t_d
     sharing their keys: the 3 survivors confirm, unmask, and the coordinator's sum equals theirs exactly."""
     from client.setup_ledger import MAGIC, RECORD
     from server.node_keys import generate_node_keys
-    from tests.secagg_harness import audited_sums_are_exact
+    from simulations.testing.audit import audited_sums_are_exact
 
     one_setup = len(MAGIC) + RECORD.size + 32  # a ledger holding one setup
 
@@ -183,7 +183,8 @@ def test_fedprox_pulls_local_training_towards_the_global_state(tiny_causal_lm: s
     from client.task.build import build_task, load_splits
     from client.task.loop import train_locally
     from server.run_config import resolve
-    from strategies.fedavg import l2_norm, subtract
+    from strategies.fedavg import subtract
+    from strategies.norms import l2_norm
 
     spec = resolve(_tiny_sft(tiny_causal_lm)).task
     train, _ = load_splits(spec)

@@ -12,7 +12,7 @@ from client.task.loop import evaluate
 from client.task.models import load_encoder_classifier
 from server.run_config import resolve
 from simulations.simulate import simulate
-from tests.secagg_harness import audited_sums_are_exact
+from simulations.testing.audit import audited_sums_are_exact
 
 pytestmark = pytest.mark.slow
 

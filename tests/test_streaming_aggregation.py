@@ -17,7 +17,7 @@ from server.replies import ReplyStream
 from server.run_config import AggregationSettings
 from strategies import messages, robust
 from strategies.codecs import dense, ferret
-from strategies.codecs.kinds.ferret import FERRET
+from strategies.codecs.ferret import FERRET
 from strategies.codecs.registry import decode_update
 from strategies.downlink import digest_prefix
 from strategies.exact_sum import LARGEST, ExactSum
@@ -220,7 +220,7 @@ def test_compeft_folds_from_its_sparse_form_to_the_same_bits_as_decode_then_fold
     """The coordinator folds ComPEFT payloads straight from kept positions x alpha x sign; the running sum (and
     every rule that needs whole tensors) gives exactly what decoding to dense tensors first gave."""
     from strategies.codecs import compeft
-    from strategies.codecs.kinds.compeft import COMPEFT
+    from strategies.codecs.compeft import COMPEFT
     from strategies.codecs.sparse import SparseTensor
 
     layout = {"a.lora_A": (8, 300), "a.lora_B": (300, 8), "b.bias": (7,), "c.one": (1,)}

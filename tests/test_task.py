@@ -7,10 +7,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from client.task.build import build_task, load_splits, native_bf16, resolve_precision
+from client.task.build import build_task, load_splits
 from client.task.loop import evaluate, train_locally
 from client.task.model_sources import ModelNotFoundError, resolve_model
 from client.task.models import load_causal_lm
+from client.task.precision import native_bf16, resolve_precision
 from server.run_config import resolve
 
 

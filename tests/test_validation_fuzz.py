@@ -16,22 +16,19 @@ from hypothesis import strategies as st
 
 from server.federation import ClientReply, collect_replies, read_reply
 from server.run_config import resolve
-from simulations.fuzzing import (
+from simulations.testing.fuzz import fuzz
+from simulations.testing.fuzz_codecs import (
     FUZZ_DIGEST,
     FUZZ_LAYOUT,
     FUZZ_ROUND,
     FUZZ_SEED,
-    SECAGG_PARTIES,
-    SenderRefused,
     accept_dense,
     codec_targets,
-    fuzz,
-    fuzz_secagg,
     fuzz_update,
     meets_layout,
     reply_content,
-    secagg_targets,
 )
+from simulations.testing.fuzz_secagg import SECAGG_PARTIES, SenderRefused, fuzz_secagg, secagg_targets
 from strategies import messages
 from strategies.codecs import UpdateRejected, compeft, dense
 from strategies.codecs.envelope import seal_body

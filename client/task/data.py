@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, load_dataset
@@ -14,11 +14,23 @@ from datasets.exceptions import DatasetGenerationError
 
 from client.task.data_files import unreadable
 from client.task.hub_names import may_be_hub_id
-from client.task.kinds.base import TaskData
 
 FORTUNE_DIRS = ("/usr/share/games/fortunes", "/usr/share/fortune", "/opt/homebrew/share/games/fortunes",
                 "/usr/local/share/games/fortunes")
 FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One split of a task's data.
+
+    dataset: the rows. partition_by: the column the non-IID partitioners split by ("" when there is none).
+    label_names: the class names of a classification task (empty otherwise).
+    """
+
+    dataset: Dataset
+    label_names: tuple[str, ...] = ()
+    partition_by: str = "label"
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -73,11 +73,7 @@ class TaskSpec:
     adapter: str = "lora"
 
     def __post_init__(self) -> None:
-        from client.task.data import parse_columns
-        from client.task.kinds.registry import kind_of
-
-        parse_columns(self.data_columns, kind_of(self.kind).column_roles)  # ValueError naming a bad kind or role
-        check_adapter(self.adapter)
+        check_adapter(self.adapter)  # the kind and its data-columns roles: client/task/kinds/registry.check_spec
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable '{self.trainable}' is not one of {', '.join(TRAINABLE)}")
         if self.precision not in PRECISIONS:
@@ -116,6 +112,11 @@ class TaskSpec:
     def topic_names(self) -> tuple[str, ...]:
         """The fortune topics as a tuple."""
         return tuple(t.strip() for t in self.topics.split(",") if t.strip())
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """The record keys of a spec (its field names)."""
+        return frozenset(field.name for field in fields(cls))
 
     def to_record(self) -> dict[str, str | int | float]:
         """A flat dict of scalars, ready for a Flower ConfigRecord."""

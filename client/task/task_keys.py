@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from client.task.kinds.registry import check_spec
 from client.task.partition import PARTITIONERS
 from client.task.presets import PRESETS
 from client.task.spec import TaskSpec
@@ -58,7 +59,7 @@ class TaskKeys(KeyedSettings):
             values["lr"] = preset["full-lr"]  # full-parameter tuning wants a far smaller step than LoRA
         if values["partitioner"] not in PARTITIONERS:
             raise ValueError(f"partitioner '{values['partitioner']}' is not one of {', '.join(PARTITIONERS)}")
-        return TaskSpec.from_record({k.replace("-", "_"): v for k, v in values.items()})
+        return check_spec(TaskSpec.from_record({k.replace("-", "_"): v for k, v in values.items()}))
 
 
 def task_spec(values: Mapping[str, object]) -> TaskSpec:

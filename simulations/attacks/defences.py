@@ -19,7 +19,7 @@ import torch
 
 from strategies.codecs import dense
 from strategies.codecs.registry import CodecSettings, codec_settings
-from strategies.fedavg import l2_norm
+from strategies.norms import l2_norm
 from strategies.privacy import DPSettings, privatize
 from strategies.secagg.ring import Quantizer, ring_bits
 

@@ -38,7 +38,7 @@ from simulations.attacks.federated import defended_mean, run_federation
 from simulations.attacks.reconstruction import ReconstructionSettings, random_tokens, reconstruct
 from simulations.attacks.text_recovery import THREATS
 from simulations.attacks.victim import LocalTraining, local_update, task_update
-from strategies.fedavg import l2_norm
+from strategies.norms import l2_norm
 
 log = logging.getLogger("fedsqueeze")
 QUICK_DEFENCES = ("none", "compeft-0.05", "ferret-64", "secagg-8", "dp-1")

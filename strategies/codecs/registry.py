@@ -1,4 +1,6 @@
-"""Codecs by name: the one place that maps a name to a codec object, and the settings a run chooses."""
+"""Codecs by name: the built-in codecs registered (``registration.register_codec``, as PEFT's
+``register_peft_method``; a codec of one's own registers the same way), the lookup by name, and the settings a run
+chooses."""
 
 from __future__ import annotations
 
@@ -9,17 +11,18 @@ from typing import Any
 
 import torch
 
+from strategies.codecs.base import Codec, CodecOptions
+from strategies.codecs.compeft import COMPEFT, CompeftOptions
+from strategies.codecs.dense import DENSE, DenseOptions
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
-from strategies.codecs.kinds.base import Codec, CodecOptions
-from strategies.codecs.kinds.compeft import COMPEFT, CompeftOptions
-from strategies.codecs.kinds.dense import DENSE, DenseOptions
-from strategies.codecs.kinds.ferret import FERRET, FerretOptions
+from strategies.codecs.ferret import FERRET, FerretOptions
+from strategies.codecs.registration import CODECS, register_codec
 
-CODECS: dict[str, Codec] = {codec.name: codec for codec in (DENSE, COMPEFT, FERRET)}
+for _built_in in (DENSE, COMPEFT, FERRET):  # in the order users see them listed
+    register_codec(_built_in)
 CODEC_NAMES = tuple(CODECS)
-SEED_KEY = "ferret-seed"  # the train-config entry carrying the round's shared seed to codecs that need one
 
-__all__ = ["CODECS", "CODEC_NAMES", "SEED_KEY", "CodecSettings", "CompeftOptions", "DenseOptions", "FerretOptions",
+__all__ = ["CODECS", "CODEC_NAMES", "CodecSettings", "CompeftOptions", "DenseOptions", "FerretOptions",
            "codec_settings", "decode_update", "encode_update", "get_codec", "round_seed", "shared_seed"]
 
 

@@ -50,8 +50,3 @@ SparseUpdate = dict[str, SparseTensor]
 def densify(update: SparseUpdate) -> dict[str, torch.Tensor]:
     """Every tensor of ``update`` as a dense tensor (for the rules that need whole tensors: median, Krum, ...)."""
     return {name: tensor.to_dense() for name, tensor in update.items()}
-
-
-def l2_norm(update: SparseUpdate) -> float:
-    """The L2 norm of the update taken as one vector, accumulated in fp64 (zeros add nothing)."""
-    return math.sqrt(sum(float((t.values.double() ** 2).sum()) for t in update.values()))

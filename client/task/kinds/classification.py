@@ -13,11 +13,11 @@ from datasets import Dataset
 from torch.nn import functional
 from transformers import PreTrainedTokenizerBase
 
-from client.task.data import load_files, load_finefoods, load_fortunes, parse_columns, split_heldout
-from client.task.kinds.base import Evaluation, TaskData
+from client.task.data import TaskData, load_files, load_finefoods, load_fortunes, parse_columns, split_heldout
+from client.task.kinds.base import Evaluation
 
 if TYPE_CHECKING:
-    from client.task.build import Task
+    from client.task.kinds.base import Task
     from client.task.spec import TaskSpec
 
 Batch = dict[str, torch.Tensor]

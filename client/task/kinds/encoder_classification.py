@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from client.task.kinds.base import TaskData
+from client.task.data import TaskData
 from client.task.kinds.classification import Batch, ClassifierHead, LabelledTextKind
 from client.task.models import load_encoder_classifier
 

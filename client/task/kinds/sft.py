@@ -17,14 +17,14 @@ from torch.nn import functional
 from transformers import PreTrainedTokenizerBase
 
 from client.task.chat_format import IGNORE, encode_conversation, ensure_chat_template, last_response, prompt_ids
-from client.task.data import split_heldout
+from client.task.data import TaskData, split_heldout
 from client.task.generation_scores import exact_match, rouge_l
-from client.task.kinds.base import Evaluation, TaskData
+from client.task.kinds.base import Evaluation
 from client.task.models import load_causal_lm, load_tokenizer
 from client.task.sft_data import COLUMN_ROLES, user_conversations, wordnet_conversations
 
 if TYPE_CHECKING:
-    from client.task.build import Task
+    from client.task.kinds.base import Task
     from client.task.models import Quantized
     from client.task.spec import TaskSpec
 

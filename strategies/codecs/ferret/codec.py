@@ -1,36 +1,20 @@
-"""The Ferret codec as the system sees it: coefficients on shared random directions, which aggregate linearly."""
+"""The Ferret codec as the system sees it: coefficients on shared random directions, which aggregate linearly;
+under secure aggregation the coefficients are what is summed (``secure.py``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from strategies.codecs import ferret
+from strategies.codecs.base import Codec, CodecOptions, PayloadAggregate, Rule, Tensors
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
-from strategies.codecs.kinds.base import Codec, CodecOptions, PayloadAggregate, Rule, Tensors
-from strategies.secagg import updates as secure
-from strategies.settings import setting
-
-if TYPE_CHECKING:
-    from strategies.secagg.ring import Quantizer
-    from strategies.secagg.updates import PartyInput, SecureEncoding
-
-
-@dataclasses.dataclass(frozen=True)
-class FerretOptions(CodecOptions):
-    """Options of the Ferret codec."""
-
-    dim: int = setting("ferret-dim", 64,
-        "directions per block")
-    block_size: int = setting("ferret-block-size", 65536,
-        "entries per block (dim/block_size is the fraction of fp32 bytes sent)")
-
-    def __post_init__(self) -> None:
-        ferret.check_options(self.dim, self.block_size)
+from strategies.codecs.ferret import secure, wire
+from strategies.codecs.ferret.options import FerretOptions
+from strategies.secagg.ring import Quantizer
+from strategies.secagg.updates import PartyInput, SecureEncoding
 
 
 class FerretCodec(Codec):
@@ -48,7 +32,7 @@ class FerretCodec(Codec):
         assert isinstance(options, FerretOptions)
         if seed is None:
             raise ValueError("the ferret codec needs the round's seed")
-        return ferret.encode(update, seed=seed, dim=options.dim, block_size=options.block_size, round_id=round_id)
+        return wire.encode(update, seed=seed, dim=options.dim, block_size=options.block_size, round_id=round_id)
 
     def decode(self, payload: bytes, *, expected_round: int | None, expected_layout: Layout | None,
                max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, expected_seed: int | None = None) -> Tensors:
@@ -56,7 +40,7 @@ class FerretCodec(Codec):
         if expected_layout is None:
             raise ValueError("decoding a ferret payload needs the layout it was projected from")
         like = {name: torch.empty(tuple(shape)) for name, shape in expected_layout.items()}
-        return ferret.decode(payload, like=like, expected_seed=expected_seed, expected_round=expected_round,
+        return wire.decode(payload, like=like, expected_seed=expected_seed, expected_round=expected_round,
                              max_bytes=max_bytes)
 
     def feedback_helps(self, options: CodecOptions) -> bool:
@@ -65,13 +49,13 @@ class FerretCodec(Codec):
 
     def accept(self, payload: bytes, *, round_id: int, layout: Layout, max_bytes: int, seed: int | None) -> bytes:
         """Check the payload (round, seed, layout, sizes, finite coefficients) and keep it as coefficients."""
-        ferret.parse(payload, expected_seed=seed, expected_round=round_id, expected_layout=layout,
+        wire.parse(payload, expected_seed=seed, expected_round=round_id, expected_layout=layout,
                      max_bytes=max_bytes)
         return payload
 
     def norm(self, contribution: Any) -> float:
         """L2 norm of the coefficient vector."""
-        return float(np.linalg.norm(ferret.parse(contribution).coefficients.astype(np.float64)))
+        return float(np.linalg.norm(wire.parse(contribution).coefficients.astype(np.float64)))
 
     def nbytes(self, contribution: Any) -> int:
         """The payload's length."""
@@ -83,12 +67,12 @@ class FerretCodec(Codec):
         again a payload."""
         if plain_mean:
             total = float(sum(weights))
-            return PayloadAggregate(ferret.combine(contributions, [w / total for w in weights], round_id=round_id))
-        parsed = ferret.parse_same_basis(contributions)
+            return PayloadAggregate(wire.combine(contributions, [w / total for w in weights], round_id=round_id))
+        parsed = wire.parse_same_basis(contributions)
         first = parsed[0]
         coefficients = [{"coefficients": torch.from_numpy(p.coefficients.copy())} for p in parsed]
         mean = rule(coefficients, list(weights))
-        return PayloadAggregate(ferret.pack(mean["coefficients"].numpy(), seed=first.seed, plan=first.plan,
+        return PayloadAggregate(wire.pack(mean["coefficients"].numpy(), seed=first.seed, plan=first.plan,
                                             layout_sha256=first.layout_sha256, round_id=round_id))
 
     def check_downlink(self, downlink: Codec) -> None:
@@ -100,22 +84,22 @@ class FerretCodec(Codec):
     def map_values(self, payload: bytes, options: CodecOptions, change: Callable[[torch.Tensor], torch.Tensor], *,
                    round_id: int) -> bytes:
         """Rewrite the coefficients (the values this codec sends) and pack them on the same basis."""
-        parsed = ferret.parse(payload)
+        parsed = wire.parse(payload)
         changed = change(torch.from_numpy(parsed.coefficients.copy())).numpy()
-        return ferret.pack(np.asarray(changed, dtype=np.float32), seed=parsed.seed, plan=parsed.plan,
+        return wire.pack(np.asarray(changed, dtype=np.float32), seed=parsed.seed, plan=parsed.plan,
                            layout_sha256=parsed.layout_sha256, round_id=parsed.round_id)
 
     def secure_value_quantizer(self, encoding: SecureEncoding) -> Quantizer:
         """Coefficients add up ``block/dim`` entries each: their range is scaled to match."""
-        return secure.ferret_value_quantizer(encoding)
+        return secure.value_quantizer(encoding)
 
     def secure_segments(self, encoding: SecureEncoding) -> list[tuple[int, int]]:
         """One word per coefficient."""
-        return secure.ferret_segments(encoding)
+        return secure.segments(encoding)
 
     def secure_input(self, encoding: SecureEncoding, flat: np.ndarray, rng: np.random.Generator) -> PartyInput:
         """The party's quantised coefficients."""
-        return secure.ferret_input(encoding, flat, rng)
+        return secure.party_input(encoding, flat, rng)
 
     def secure_mean(self, encoding: SecureEncoding, sums: list[np.ndarray], survivors: int, round_id: int
                     ) -> PayloadAggregate:

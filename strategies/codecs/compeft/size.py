@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from strategies.codecs.compeft import CODEC, CODEC_VERSION, parse_tensor
+from strategies.codecs.compeft.wire import CODEC, CODEC_VERSION, parse_tensor
 from strategies.codecs.envelope import parse_envelope
 from strategies.codecs.position_coding import binary_entropy, decode_positions
 

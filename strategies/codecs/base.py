@@ -3,25 +3,26 @@ client's payload, how a round's contributions aggregate, and what secure aggrega
 
 A codec object is stateless; the per-run choices live in its options dataclass. Callers reach a codec through
 ``strategies.codecs.registry`` and never compare codec names: a behaviour that differs between codecs is a method
-or a class attribute here, overridden in the codec's module.
+or a class attribute here, overridden in the codec's package (``strategies/codecs/<name>/``: ``options``, ``wire``,
+``secure``, ``codec``); ``registration.register_codec`` adds a codec to the registry by name. Its
+secure-aggregation methods make a codec a ``strategies.secagg.updates.SecureCodec``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
+from strategies.norms import l2_norm
+from strategies.secagg.ring import Quantizer
+from strategies.secagg.updates import PartyInput, SecureEncoding
 from strategies.settings import KeyedSettings
-
-if TYPE_CHECKING:
-    from strategies.secagg.ring import Quantizer
-    from strategies.secagg.updates import PartyInput, SecureEncoding
 
 Tensors = dict[str, torch.Tensor]
 # A robust or plain mean over decoded updates (or coefficient vectors), weighted by examples.
@@ -71,13 +72,6 @@ class PayloadAggregate(bytes):
 Aggregate = TensorAggregate | PayloadAggregate
 
 
-def _l2_norm(update: Tensors) -> float:
-    # strategies.fedavg.l2_norm, imported late: fedavg is not a dependency of the codecs' wire formats.
-    from strategies.fedavg import l2_norm
-
-    return l2_norm(update)
-
-
 class Codec(ABC):
     """One codec. Class attributes say how the rest of the system treats it; methods do its work."""
 
@@ -120,7 +114,7 @@ class Codec(ABC):
 
     def norm(self, contribution: Any) -> float:
         """L2 norm of an accepted contribution (for the coordinator's norm bound)."""
-        return _l2_norm(contribution)
+        return l2_norm(contribution)
 
     def nbytes(self, contribution: Any) -> int:
         """Memory an accepted contribution holds while the round waits for the rest."""
@@ -172,11 +166,11 @@ class Codec(ABC):
         """The survivors' mean from the unmasked sums, as this codec's aggregate."""
 
     def secure_round_config(self, options: CodecOptions, layout: Layout, previous_update: Tensors | None,
-                            tag: bytes) -> tuple[Any, dict[str, Any]]:
+                            tag: bytes) -> tuple[Any, bytes]:
         """What the coordinator decides for a secure round beyond the setup: (the codec's round parameter for
-        SecureEncoding.support, extra train-config entries). Nothing by default."""
-        return None, {}
+        SecureEncoding.support, the same coded for the train message). Nothing by default."""
+        return None, b""
 
-    def secure_round_parameter(self, config: Mapping[str, Any], entries: int) -> Any:
-        """The client's reading of ``secure_round_config``'s train-config entries (SecureEncoding.support)."""
+    def secure_round_parameter(self, coded: bytes, entries: int) -> Any:
+        """The client's reading of ``secure_round_config``'s coded parameter (SecureEncoding.support)."""
         return None

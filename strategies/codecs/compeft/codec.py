@@ -1,44 +1,22 @@
-"""The ComPEFT codec as the system sees it: top-k magnitudes as ``alpha * sign``, positions entropy-coded."""
+"""The ComPEFT codec as the system sees it: top-k magnitudes as ``alpha * sign``, positions entropy-coded; under
+secure aggregation, signs on a support the coordinator shares (``secure.py``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from strategies.codecs import compeft, sparse
+from strategies.codecs import sparse
+from strategies.codecs.base import Codec, CodecOptions, TensorAggregate, Tensors
+from strategies.codecs.compeft import secure, wire
+from strategies.codecs.compeft.options import CompeftOptions
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
-from strategies.codecs.kinds.base import Codec, CodecOptions, TensorAggregate, Tensors
 from strategies.codecs.sparse import SparseUpdate
-from strategies.secagg import updates as secure
-from strategies.settings import setting
-
-if TYPE_CHECKING:
-    from strategies.secagg.updates import PartyInput, SecureEncoding
-
-
-@dataclasses.dataclass(frozen=True)
-class CompeftOptions(CodecOptions):
-    """Options of the ComPEFT codec."""
-
-    density: float = setting("compeft-density", 0.05,
-        "fraction of entries kept, in (0, 1]")
-    alpha_scale: float = setting("compeft-alpha-scale", 1.0,
-        "alpha in units of the delta's std (ComPEFT's c)")
-    scope: str = setting("compeft-scope", "global",
-        "one alpha for the whole delta, or `tensor`: one per tensor")
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.density <= 1.0:
-            raise ValueError(f"compeft-density must be in (0, 1], got {self.density}")
-        if not 0.0 < self.alpha_scale < math.inf:
-            raise ValueError(f"compeft-alpha-scale must be positive, got {self.alpha_scale}")
-        if self.scope not in compeft.SCOPES:
-            raise ValueError(f"compeft-scope '{self.scope}' is not one of {', '.join(compeft.SCOPES)}")
+from strategies.norms import l2_norm
+from strategies.secagg.updates import PartyInput, SecureEncoding, flatten
 
 
 class CompeftCodec(Codec):
@@ -51,13 +29,13 @@ class CompeftCodec(Codec):
     def encode(self, update: Tensors, options: CodecOptions, *, round_id: int, seed: int | None = None) -> bytes:
         """Keep the top ``density`` magnitudes as ``alpha * sign``."""
         assert isinstance(options, CompeftOptions)
-        return compeft.encode(update, density=options.density, alpha_scale=options.alpha_scale, scope=options.scope,
+        return wire.encode(update, density=options.density, alpha_scale=options.alpha_scale, scope=options.scope,
                               round_id=round_id)
 
     def decode(self, payload: bytes, *, expected_round: int | None, expected_layout: Layout | None,
                max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, expected_seed: int | None = None) -> Tensors:
         """fp32 sparse ternary tensors (zeros where nothing was kept)."""
-        decoded = compeft.decode(payload, expected_round=expected_round, expected_layout=expected_layout,
+        decoded = wire.decode(payload, expected_round=expected_round, expected_layout=expected_layout,
                                  max_bytes=max_bytes)
         return {name: tensor.to(torch.float32) for name, tensor in decoded.items()}
 
@@ -65,12 +43,12 @@ class CompeftCodec(Codec):
                ) -> SparseUpdate:
         """The checked payload's kept entries as fp32 positions and values (``decode`` checks, sparse form): the
         coordinator folds them into its running sum without building a dense tensor per client."""
-        return compeft.decode_sparse(payload, expected_round=round_id, expected_layout=layout, max_bytes=max_bytes,
+        return wire.decode_sparse(payload, expected_round=round_id, expected_layout=layout, max_bytes=max_bytes,
                                      dtype=torch.float32)
 
     def norm(self, contribution: SparseUpdate) -> float:
         """L2 norm of the kept entries."""
-        return sparse.l2_norm(contribution)
+        return l2_norm({name: kept.values for name, kept in contribution.items()})  # zeros add nothing
 
     def nbytes(self, contribution: SparseUpdate) -> int:
         """Memory the kept positions and values hold."""
@@ -88,29 +66,29 @@ class CompeftCodec(Codec):
 
     def secure_segments(self, encoding: SecureEncoding) -> list[tuple[int, int]]:
         """A vote word per support entry and one alpha word."""
-        return secure.compeft_segments(encoding)
+        return secure.segments(encoding)
 
     def secure_input(self, encoding: SecureEncoding, flat: np.ndarray, rng: np.random.Generator) -> PartyInput:
         """The party's signs on the shared support and its quantised alpha."""
-        return secure.compeft_input(encoding, flat, rng)
+        return secure.party_input(encoding, flat, rng)
 
     def secure_mean(self, encoding: SecureEncoding, sums: list[np.ndarray], survivors: int, round_id: int
                     ) -> TensorAggregate:
         """``mean alpha * mean sign`` on the support."""
-        return TensorAggregate(secure.compeft_mean(encoding, sums, survivors))
+        return TensorAggregate(secure.mean(encoding, sums, survivors))
 
     def secure_round_config(self, options: CodecOptions, layout: Layout, previous_update: Tensors | None,
-                            tag: bytes) -> tuple[Any, dict[str, Any]]:
+                            tag: bytes) -> tuple[Any, bytes]:
         """The round's shared support (from the previous public global update) and its coded form for clients."""
         assert isinstance(options, CompeftOptions)
         entries = sum(math.prod(shape) for shape in layout.values())
-        previous = secure.flatten(previous_update, layout) if previous_update is not None else None
+        previous = flatten(previous_update, layout) if previous_update is not None else None
         support = secure.choose_support(previous, options.density, entries, tag)
-        return support, {"secagg-support": secure.support_to_bytes(support, entries)}
+        return support, secure.support_to_bytes(support, entries)
 
-    def secure_round_parameter(self, config: Mapping[str, Any], entries: int) -> Any:
+    def secure_round_parameter(self, coded: bytes, entries: int) -> Any:
         """The shared support the coordinator sent."""
-        return secure.support_from_bytes(config["secagg-support"], entries)
+        return secure.support_from_bytes(coded, entries)
 
 
 COMPEFT = CompeftCodec()

@@ -194,12 +194,16 @@ def _top_k(flats: list[_Flat], density: float, scratch: np.ndarray
     return ms.select_top(candidates, k, bounds.ceiling), first.std(float(flats[0].values[0]))
 
 
+def position_message(coded: CodedPositions) -> compeft_pb2.CompeftTensor:
+    """A CompeftTensor carrying ``coded`` positions (no signs, no alpha yet)."""
+    return compeft_pb2.CompeftTensor(coding=_CODINGS[coded.coding], rice_bits=coded.rice_bits,
+                                     positions=coded.positions, remainders=coded.remainders)
+
+
 def _tensor_message(numel: int, kept: np.ndarray, negative: np.ndarray, alpha: float | None
                     ) -> compeft_pb2.CompeftTensor:
-    coded = encode_positions(kept, numel)
-    message = compeft_pb2.CompeftTensor(coding=_CODINGS[coded.coding], rice_bits=coded.rice_bits,
-                                        positions=coded.positions, remainders=coded.remainders,
-                                        signs=np.packbits(negative).tobytes())
+    message = position_message(encode_positions(kept, numel))
+    message.signs = np.packbits(negative).tobytes()
     if alpha is not None:
         message.alpha = alpha
     return message
@@ -319,10 +323,15 @@ def parse_tensor(entry: update_pb2.TensorEntry) -> tuple[compeft_pb2.CompeftTens
         tensor = compeft_pb2.CompeftTensor.FromString(entry.data)
     except DecodeError as exc:
         raise UpdateRejected(f"tensor '{entry.name}': compeft payload is malformed: {exc}") from exc
-    coding = {code: name for name, code in _CODINGS.items()}.get(tensor.coding)
+    return tensor, coded_positions(tensor, f"tensor '{entry.name}'")
+
+
+def coded_positions(message: compeft_pb2.CompeftTensor, where: str) -> CodedPositions:
+    """The coded positions a CompeftTensor carries; UpdateRejected naming ``where`` for an unknown coding."""
+    coding = {code: name for name, code in _CODINGS.items()}.get(message.coding)
     if coding is None:
-        raise UpdateRejected(f"tensor '{entry.name}': unknown position coding {tensor.coding}")
-    return tensor, CodedPositions(coding, tensor.rice_bits, tensor.positions, tensor.remainders)
+        raise UpdateRejected(f"{where}: unknown position coding {message.coding}")
+    return CodedPositions(coding, message.rice_bits, message.positions, message.remainders)
 
 
 def _checked_alpha(alpha: float, where: str) -> float:

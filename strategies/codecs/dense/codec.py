@@ -1,32 +1,15 @@
-"""The dense codec as the system sees it: every entry, fp32/bf16/fp16 (the baseline)."""
+"""The dense codec as the system sees it: every entry, fp32/bf16/fp16 (the baseline); under secure aggregation
+its entries are clipped, quantised and summed (``secure.py``)."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from strategies.codecs import dense
+from strategies.codecs.base import Codec, CodecOptions, TensorAggregate, Tensors
+from strategies.codecs.dense import secure, wire
+from strategies.codecs.dense.options import DenseOptions
 from strategies.codecs.envelope import DEFAULT_MAX_PAYLOAD_BYTES, Layout
-from strategies.codecs.kinds.base import Codec, CodecOptions, TensorAggregate, Tensors
-from strategies.secagg import updates as secure
-from strategies.settings import setting
-
-if TYPE_CHECKING:
-    from strategies.secagg.updates import PartyInput, SecureEncoding
-
-
-@dataclasses.dataclass(frozen=True)
-class DenseOptions(CodecOptions):
-    """Options of the dense codec."""
-
-    dtype: str = setting("dense-dtype", "fp32",
-        "wire precision of each entry: `fp32` (lossless), `bf16` or `fp16`")
-
-    def __post_init__(self) -> None:
-        if self.dtype not in dense.WIRE_DTYPES:
-            raise ValueError(f"dense-dtype '{self.dtype}' is not one of {', '.join(dense.WIRE_DTYPES)}")
+from strategies.secagg.updates import PartyInput, SecureEncoding
 
 
 class DenseCodec(Codec):
@@ -39,12 +22,12 @@ class DenseCodec(Codec):
     def encode(self, update: Tensors, options: CodecOptions, *, round_id: int, seed: int | None = None) -> bytes:
         """Serialise every entry in the options' wire dtype."""
         assert isinstance(options, DenseOptions)
-        return dense.encode(update, dtype=options.dtype, round_id=round_id)
+        return wire.encode(update, dtype=options.dtype, round_id=round_id)
 
     def decode(self, payload: bytes, *, expected_round: int | None, expected_layout: Layout | None,
                max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, expected_seed: int | None = None) -> Tensors:
         """fp32 tensors of a dense payload."""
-        return dense.decode(payload, expected_round=expected_round, expected_layout=expected_layout,
+        return wire.decode(payload, expected_round=expected_round, expected_layout=expected_layout,
                             max_bytes=max_bytes)
 
     def lossy(self, options: CodecOptions) -> bool:
@@ -60,16 +43,16 @@ class DenseCodec(Codec):
 
     def secure_segments(self, encoding: SecureEncoding) -> list[tuple[int, int]]:
         """One word per entry."""
-        return secure.dense_segments(encoding)
+        return secure.segments(encoding)
 
     def secure_input(self, encoding: SecureEncoding, flat: np.ndarray, rng: np.random.Generator) -> PartyInput:
         """The clipped, quantised entries."""
-        return secure.dense_input(encoding, flat, rng)
+        return secure.party_input(encoding, flat, rng)
 
     def secure_mean(self, encoding: SecureEncoding, sums: list[np.ndarray], survivors: int, round_id: int
                     ) -> TensorAggregate:
         """The survivors' mean delta."""
-        return TensorAggregate(secure.dense_mean(encoding, sums, survivors))
+        return TensorAggregate(secure.mean(encoding, sums, survivors))
 
 
 DENSE = DenseCodec()
