@@ -1,6 +1,6 @@
 """Round times of the real deployment against the in-process simulation, same run config, side by side.
 
-For each preset: (1) ``fedsqueeze simulate``; (2) the deployment as the README runs it — a TLS SuperLink
+For each preset: (1) ``fedsqueeze simulate``; (2) the deployment as docs/deployment.md runs it — a TLS SuperLink
 (``fedsqueeze coordinator``), two ``fedsqueeze node`` (SuperNode + warm trainer), ``fedsqueeze submit``; (3) the same
 deployment with ``fedsqueeze node --cold`` (plain flower-supernode: a fresh ClientApp process loads everything for
 every message). One torch thread per client everywhere. Reads each run's metrics.jsonl ``round_s`` (training,

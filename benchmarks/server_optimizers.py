@@ -4,7 +4,7 @@ FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021) and FedProx, s
 Runs ``fedsqueeze simulate`` once per variant (each in its own process, one after the other), reads each run's
 summary.json and metrics.jsonl, writes ``server_optimizers.json`` and ``server_optimizers.png`` to ``--out`` and
 prints the JSON. The adaptive optimisers' server learning rates are set for LoRA deltas of this task (their
-per-entry step is about ``lr``: see the README); ``--lr name=value`` overrides one. Usage:
+per-entry step is about ``lr``: see docs/aggregation.md); ``--lr name=value`` overrides one. Usage:
 python benchmarks/server_optimizers.py --out runs/server_optimizers [--rounds 5] [--reuse]
 """
 

@@ -1,10 +1,10 @@
 """The run config: every key a user can set, declared once in the settings dataclasses below (key, default, help,
 checks), and its resolution against a preset.
 
-``DEFAULTS``, ``PRESET_KEYS``, the clients' ConfigRecords and the README's key tables are derived from the
+``DEFAULTS``, ``PRESET_KEYS``, the clients' ConfigRecords and the manual's key tables are derived from the
 declarations; pyproject.toml's ``[tool.flwr.app.config]`` (which Flower reads) is kept equal to ``DEFAULTS`` by a
-test. Task keys left at "" or 0 take the chosen preset's value. ``python -m server.run_config`` prints the
-reference table the README carries.
+test. Task keys left at "" or 0 take the chosen preset's value. ``python -m server.run_config > docs/run-config.md``
+writes the reference page (a test keeps the page equal to this output).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class AggregationSettings(KeyedSettings):
     """How the coordinator combines the round's accepted updates: ``fedavg`` or a robust rule
     (strategies/robust.py), with its options (0 = the rule's default for the round's client count)."""
 
-    rule: str = setting("aggregation", "fedavg", "`fedavg` or a robust rule (see \"Reliability\")")
+    rule: str = setting("aggregation", "fedavg", "`fedavg` or a robust rule (docs/reliability.md)")
     trim: float = setting("aggregation-trim", 0.2, "trimmed-mean: fraction cut at each end")
     byzantine: int = setting("aggregation-byzantine", 0, "Krum's f, sign-majority's quorum − 1 (0: the rule's default)")
     keep: int = setting("aggregation-keep", 0, "multi-Krum: updates kept (0: n − f)")
@@ -154,7 +154,7 @@ class UpdateLimits(KeyedSettings):
             raise ValueError("max-update-norm and max-update-bytes must be >= 0 (0: no norm bound / the default size)")
 
 
-# Every group of keys, in the order of pyproject's table and the README's reference.
+# Every group of keys, in the order of pyproject's table and the reference page.
 GROUPS: tuple[type[KeyedSettings], ...] = (
     RunSettings, CodecChoice, *(codec.options_type for codec in CODECS.values()), TaskKeys, SecureSettings,
     DPSettings, AggregationSettings, UpdateLimits, ServerOptimizerSettings)
@@ -309,7 +309,7 @@ def _secure_settings(secure: SecureSettings, uplink: CodecSettings, task: TaskSp
 
 
 def reference_table() -> str:
-    """Every run-config key with its default and help, as the README's markdown table."""
+    """Every run-config key with its default and help, as a markdown table."""
     def shown(value: object) -> str:
         return str(value).lower() if isinstance(value, bool) else repr(value) if value == "" else str(value)
 
@@ -320,5 +320,24 @@ def reference_table() -> str:
     return "\n".join(lines)
 
 
+REFERENCE_INTRO = """\
+# Run-config reference
+
+Every key, its default and what it does, generated from the settings dataclasses that declare them
+(`server/run_config.py`, each codec's `options.py` under `strategies/codecs/`, `client/task/task_keys.py`,
+`strategies/privacy.py`, `strategies/server_optimizers.py`). This page is the output of
+`python -m server.run_config > docs/run-config.md`; a test keeps it, the other pages' key tables and pyproject's
+`[tool.flwr.app.config]` equal to the declarations. Task keys whose default is `''` or `0` take the preset's value.
+
+Set keys with `fedsqueeze simulate --run-config "num-server-rounds=5 lr=1e-4"` (or `fedsqueeze submit --run-config ...`,
+`flwr run . --run-config ...`). A wrong key or value stops the run with one line naming it before anything slow starts.
+"""
+
+
+def reference_page() -> str:
+    """The run-config reference page (docs/run-config.md) as generated from the declarations."""
+    return f"{REFERENCE_INTRO}\n{reference_table()}\n"
+
+
 if __name__ == "__main__":
-    print(reference_table())
+    print(reference_page(), end="")

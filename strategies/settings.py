@@ -1,7 +1,7 @@
 """Settings declared once: each field of a settings dataclass names its run-config key and a line of help in its
 metadata (PEFT's ``field(metadata={"help": ...})`` shape), and checks its range in ``__post_init__``. The
-defaults, the typed reading of a run config, the ConfigRecord round trip and the README's key tables are derived
-from those declarations."""
+defaults, the typed reading of a run config, the ConfigRecord round trip and the manual's key tables
+(docs/run-config.md) are derived from those declarations."""
 
 from __future__ import annotations
 

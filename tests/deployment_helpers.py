@@ -74,7 +74,7 @@ def start_process(name: str, command: list[str], *, logs: Path, env: dict[str, s
 def node_command(*, superlink: str, partition_id: int, num_partitions: int, root_certificates: Path,
                  clientappio_port: int, warm: bool = True, auth_key: Path | None = None,
                  trusted_nodes: Path | None = None) -> list[str]:
-    """``fedsqueeze node`` as the README runs it: a SuperNode and (unless ``warm`` is False) its warm trainer;
+    """``fedsqueeze node`` as docs/deployment.md runs it: a SuperNode and (unless ``warm`` is False) its warm trainer;
     with ``auth_key`` and ``trusted_nodes`` it authenticates and signs its secure-aggregation steps."""
     command = [sys.executable, "-m", "simulations.cli", "node", "--superlink", superlink,
                "--partition-id", str(partition_id), "--num-partitions", str(num_partitions),

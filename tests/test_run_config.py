@@ -113,7 +113,7 @@ def test_server_optimizer_keys_are_checked_and_refused_with_ferret() -> None:
 
 
 def _cell_value(text: str) -> object:
-    """A README table cell's default as a value: true/false, a number, or the text."""
+    """A key table cell's default as a value: true/false, a number, or the text."""
     text = text.strip().strip("`")
     if text in ("true", "false"):
         return text == "true"
@@ -123,20 +123,19 @@ def _cell_value(text: str) -> object:
         return "" if text == "''" else text
 
 
-def test_readme_key_tables_are_derived_from_the_settings_dataclasses() -> None:
-    from server.run_config import GROUPS, reference_table
+def test_key_tables_in_the_manual_are_derived_from_the_settings_dataclasses() -> None:
+    from server.run_config import GROUPS, reference_page
 
-    readme = (ROOT / "README.md").read_text()
-    start = "<!-- run-config reference: python -m server.run_config -->\n"
-    end = "\n<!-- end of run-config reference -->"
-    assert start in readme and end in readme, "the README carries the generated reference"
-    assert readme.split(start)[1].split(end)[0] == reference_table()
+    assert (ROOT / "docs" / "run-config.md").read_text() == reference_page(), \
+        "docs/run-config.md is stale: python -m server.run_config > docs/run-config.md"
     declared = {key: text for group in GROUPS for key, text in group.help().items()}
-    rows = [line.split("|")[1:-1] for line in readme.splitlines() if line.startswith("| `")]
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    rows = [line.split("|")[1:-1] for page in pages for line in page.read_text().splitlines()
+            if line.startswith("| `")]
     checked = 0
     for cells in rows:
         key = cells[0].strip().strip("`")
-        if key in declared and len(cells) == 3:  # every table that lists run-config keys, in any section
+        if key in declared and len(cells) == 3:  # every table that lists run-config keys, on any page
             assert _cell_value(cells[1]) == DEFAULTS[key], key
             assert cells[2].strip() == declared[key], key
             checked += 1

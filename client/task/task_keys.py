@@ -20,7 +20,7 @@ class TaskKeys(KeyedSettings):
 
     trainable: str = setting("trainable", "lora", "`full`: tune every parameter of the model")
     adapter: str = setting("adapter", "lora", "PEFT adapter family: `lora`, `dora`, `loha`, `lokr`, `vera`, "
-                           "`randlora`, `miss` or `shira` (see \"Adapters\")")
+                           "`randlora`, `miss` or `shira` (docs/adapters.md)")
     model: str = setting("model", "", "bundled model name, local HF directory or GGUF file, or hub id", preset=True)
     dataset: str = setting("dataset", "", "`wordnet`, `fortunes`, `finefoods`, or a path to your data", preset=True)
     topics: str = setting("topics", "", "WordNet domains (sft) or fortune topics, comma-separated", preset=True)
