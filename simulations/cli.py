@@ -29,8 +29,6 @@ def _quiet_environment() -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from simulations.simulate import simulate
-
     user_config = parse_run_config(args.run_config)
     if args.resume:
         from server.checkpoint import load
@@ -48,6 +46,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     fail = _partitions(args.fail_partitions, "--fail-partitions")
     byzantine = _partitions(args.byzantine_partitions, "--byzantine-partitions")
     slow = _partitions(args.slow_partitions, "--slow-partitions")
+    from server.run_config import resolve
+
+    resolve(user_config)  # a wrong key or value: one line in a second, before torch, Ray and the model load
+    from simulations.simulate import simulate
+
     capture = TerminalCapture(Path(args.out) / LOG_NAME, verbose=args.verbose)
     with ExitStack() as stack:  # output is captured once the input has been checked: bad input writes nothing
         summary = simulate(user_config, out_dir=Path(args.out), max_parallel=args.max_parallel,

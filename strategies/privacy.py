@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from opacus.accountants import RDPAccountant
 
 from strategies.norms import l2_norm
 from strategies.settings import KeyedSettings, setting
@@ -95,6 +94,8 @@ class PrivacyLedger:
             raise ValueError(f"sample rate must be in (0, 1], got {sample_rate}")
         if not 0 < delta < 1:
             raise ValueError(f"dp-delta must be in (0, 1), got {delta}")
+        from opacus.accountants import RDPAccountant  # 2 s to import: only runs with DP pay it
+
         self.settings, self.sample_rate, self.delta = settings, sample_rate, delta
         self.accountant = RDPAccountant()
         self.multipliers: list[float] = []

@@ -204,3 +204,21 @@ def test_the_checks_catch_a_planted_cycle_and_a_planted_forbidden_import(graph: 
     assert "server.round imports client.task.build" in found
     assert "strategies.fedavg imports server.checkpoint" in found
     assert "simulations.cli imports simulations.testing.tiny_model" in found
+
+
+def test_the_cli_checks_a_run_config_without_loading_the_training_stack() -> None:
+    """What runs before anything slow starts (the CLI's parser, the run-config check, a task kind's data-columns)
+    loads no model, adapter, data or DP library: importing them costs seconds on every ``fedsqueeze`` command."""
+    import subprocess
+    import sys
+
+    heavy = ("peft", "transformers", "datasets", "flwr_datasets", "opacus", "rouge_score", "matplotlib")
+    code = ("import sys\n"
+            "from simulations.cli import build_parser\n"
+            "from server.run_config import resolve\n"
+            "build_parser().parse_args(['submit', '--insecure', '--run-config', 'adapter=vera'])\n"
+            "resolve({'preset': 'sft', 'adapter': 'vera', 'data-columns': 'instruction=q,output=a'})\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

@@ -9,9 +9,10 @@ import pytest
 from datasets import Dataset
 
 from client.task.chat_format import IGNORE, PLAIN_TEMPLATE, encode_conversation, ensure_chat_template, prompt_ids
-from client.task.data import parse_columns
+from client.task.columns import SFT_COLUMN_ROLES as COLUMN_ROLES
+from client.task.columns import parse_columns
 from client.task.partition import client_partition
-from client.task.sft_data import COLUMN_ROLES, user_conversations
+from client.task.sft_data import user_conversations
 from client.task.wordnet import parse_synset
 
 

@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from client.task.build import build_task, load_splits
+from client.task.columns import SFT_COLUMN_ROLES
+from client.task.kinds.registry import KINDS, KindEntry, kind_of
 from client.task.loop import evaluate, train_locally
 from client.task.model_sources import ModelNotFoundError, resolve_model
 from client.task.models import load_causal_lm
@@ -116,3 +118,16 @@ def test_classification_kinds_reproduce_their_figures_from_before_the_task_inter
     # x86 CPU's float kernels (fortunes preset; accuracy and the rest agree).
     assert scores["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert state_sum == pytest.approx(expected["state_sum"], rel=1e-6)
+
+
+def test_every_registered_kind_loads_as_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kind's code loads on first use; the class must declare the name and data-columns roles it is registered
+    with (those are what the run config was checked against)."""
+    for name, entry in KINDS.items():
+        kind = kind_of(name)
+        assert kind.name == name and kind.column_roles == entry.column_roles and kind_of(name) is kind
+    monkeypatch.setitem(KINDS, "chat", KindEntry("client.task.kinds.sft:SFT", SFT_COLUMN_ROLES))
+    with pytest.raises(TypeError, match="declares kind 'sft'"):
+        kind_of("chat")
+    with pytest.raises(ValueError, match="task kind 'regression' is not one of sft, prompt-classification"):
+        kind_of("regression")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import peft
-import torch
-from peft import PeftConfig, PeftModel, get_peft_model
-from torch import nn
+if TYPE_CHECKING:  # peft and torch load only when a model is wrapped: the run config is checked without them
+    import torch
+    from peft import PeftModel
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -27,36 +28,47 @@ class AdapterSettings:
     targets: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class AdapterFamily:
+    """One ``adapter=`` value: PEFT's config class (by name), its options from the run's settings, the run's seed
+    and the modules trained in full, and a line of help."""
 
-# name -> (PEFT config from the settings, the run's seed and the modules trained in full), a line of help.
-ADAPTERS: dict[str, tuple[Callable[[AdapterSettings, int, list[str] | None], PeftConfig], str]] = {
-    "lora": (lambda s, seed, full: peft.LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                                                   target_modules=list(s.targets), modules_to_save=full),
-             "LoRA (Hu et al.): B·A of rank r, scaled alpha/r"),
-    "dora": (lambda s, seed, full: peft.LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                                                   target_modules=list(s.targets), modules_to_save=full,
-                                                   use_dora=True),
-             "DoRA: LoRA on the direction, a trained magnitude per output"),
-    "loha": (lambda s, seed, full: peft.LoHaConfig(r=s.r, alpha=s.alpha, rank_dropout=s.dropout,
-                                                   target_modules=list(s.targets), modules_to_save=full),
-             "LoHa (FedPara): Hadamard product of two rank-r factorisations"),
-    "lokr": (lambda s, seed, full: peft.LoKrConfig(r=s.r, alpha=s.alpha, rank_dropout=s.dropout,
-                                                   target_modules=list(s.targets), modules_to_save=full),
-             "LoKr: Kronecker product of a small and a low-rank factor"),
-    "vera": (lambda s, seed, full: peft.VeraConfig(r=s.r, projection_prng_key=seed, save_projection=False,
-                                                   vera_dropout=s.dropout, target_modules=list(s.targets),
-                                                   modules_to_save=full),
-             "VeRA: shared frozen random A, B (from the seed); only scaling vectors train"),
-    "randlora": (lambda s, seed, full: peft.RandLoraConfig(r=s.r, randlora_alpha=s.alpha, projection_prng_key=seed,
-                                                           save_projection=False, randlora_dropout=s.dropout,
-                                                           target_modules=list(s.targets), modules_to_save=full),
-                 "RandLoRA: full-rank sums of shared frozen random bases (from the seed), trained scalings"),
-    "miss": (lambda s, seed, full: peft.MissConfig(r=s.r, miss_dropout=s.dropout, target_modules=list(s.targets),
-                                                   modules_to_save=full),
-             "MiSS (Bone): one shared trained block per layer, r wide"),
-    "shira": (lambda s, seed, full: peft.ShiraConfig(r=s.r, mask_type="random", random_seed=seed,
-                                                     target_modules=list(s.targets), modules_to_save=full),
-              "ShiRA: sparse high-rank update on a random mask (from the seed) with r·(m+n) entries"),
+    config_class: str
+    options: Callable[[AdapterSettings, int, list[str] | None], dict[str, object]]
+    help: str
+
+
+def _lora(s: AdapterSettings, full: list[str] | None, **extra: object) -> dict[str, object]:
+    return {"r": s.r, "lora_alpha": s.alpha, "lora_dropout": s.dropout, "target_modules": list(s.targets),
+            "modules_to_save": full, **extra}
+
+
+ADAPTERS: dict[str, AdapterFamily] = {
+    "lora": AdapterFamily("LoraConfig", lambda s, seed, full: _lora(s, full),
+                          "LoRA (Hu et al.): B·A of rank r, scaled alpha/r"),
+    "dora": AdapterFamily("LoraConfig", lambda s, seed, full: _lora(s, full, use_dora=True),
+                          "DoRA: LoRA on the direction, a trained magnitude per output"),
+    "loha": AdapterFamily("LoHaConfig", lambda s, seed, full: {
+        "r": s.r, "alpha": s.alpha, "rank_dropout": s.dropout, "target_modules": list(s.targets),
+        "modules_to_save": full}, "LoHa (FedPara): Hadamard product of two rank-r factorisations"),
+    "lokr": AdapterFamily("LoKrConfig", lambda s, seed, full: {
+        "r": s.r, "alpha": s.alpha, "rank_dropout": s.dropout, "target_modules": list(s.targets),
+        "modules_to_save": full}, "LoKr: Kronecker product of a small and a low-rank factor"),
+    "vera": AdapterFamily("VeraConfig", lambda s, seed, full: {
+        "r": s.r, "projection_prng_key": seed, "save_projection": False, "vera_dropout": s.dropout,
+        "target_modules": list(s.targets), "modules_to_save": full},
+        "VeRA: shared frozen random A, B (from the seed); only scaling vectors train"),
+    "randlora": AdapterFamily("RandLoraConfig", lambda s, seed, full: {
+        "r": s.r, "randlora_alpha": s.alpha, "projection_prng_key": seed, "save_projection": False,
+        "randlora_dropout": s.dropout, "target_modules": list(s.targets), "modules_to_save": full},
+        "RandLoRA: full-rank sums of shared frozen random bases (from the seed), trained scalings"),
+    "miss": AdapterFamily("MissConfig", lambda s, seed, full: {
+        "r": s.r, "miss_dropout": s.dropout, "target_modules": list(s.targets), "modules_to_save": full},
+        "MiSS (Bone): one shared trained block per layer, r wide"),
+    "shira": AdapterFamily("ShiraConfig", lambda s, seed, full: {
+        "r": s.r, "mask_type": "random", "random_seed": seed, "target_modules": list(s.targets),
+        "modules_to_save": full},
+        "ShiRA: sparse high-rank update on a random mask (from the seed) with r·(m+n) entries"),
 }
 
 
@@ -70,12 +82,16 @@ def wrap_with_adapter(base: nn.Module, adapter: str, settings: AdapterSettings, 
                       modules_to_save: list[str] | None = None) -> PeftModel:
     """Add a fresh ``adapter`` (initialised from ``seed``) to ``base``; only its weights (and ``modules_to_save``)
     train. ValueError naming the adapter when PEFT cannot wrap the target modules."""
+    import peft
+    import torch
+
     check_adapter(adapter)
-    config = ADAPTERS[adapter][0](settings, seed, modules_to_save)
+    family = ADAPTERS[adapter]
+    config = getattr(peft, family.config_class)(**family.options(settings, seed, modules_to_save))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            return get_peft_model(base, config)
+            return peft.get_peft_model(base, config)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"cannot add a {adapter} adapter to target modules {list(settings.targets)}: "
                              f"{exc}") from exc

@@ -95,20 +95,6 @@ def load_finefoods() -> TaskData:
     )
 
 
-def parse_columns(spec: str, roles: tuple[str, ...]) -> dict[str, str]:
-    """``"role=column,role=column"`` (the ``data-columns`` key) as {role: column}; ValueError naming an entry that
-    is not ROLE=COLUMN or a role not in ``roles``."""
-    mapping: dict[str, str] = {}
-    for item in (part.strip() for part in spec.split(",") if part.strip()):
-        role, sep, column = (x.strip() for x in item.partition("="))
-        if not sep or not column:
-            raise ValueError(f"data-columns entry '{item}' is not ROLE=COLUMN")
-        if role not in roles:
-            raise ValueError(f"data-columns role '{role}' is not one of {', '.join(roles)}")
-        mapping[role] = column
-    return mapping
-
-
 def load_table(path: str) -> Dataset:
     """The rows of local csv/json/jsonl/parquet files (one file or a directory of them), of a directory written
     by ``Dataset.save_to_disk``, or of a hub data set (where the user has network). DataNotFoundError names

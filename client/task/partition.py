@@ -6,7 +6,7 @@ from __future__ import annotations
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 
-PARTITIONERS = ("iid", "dirichlet", "domain")
+from client.task.spec import PARTITIONERS
 
 
 class DomainPartitioner(Partitioner):

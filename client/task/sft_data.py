@@ -13,11 +13,11 @@ from typing import Any
 
 from datasets import Dataset
 
-from client.task.data import load_table, parse_columns
+from client.task.columns import SFT_COLUMN_ROLES, parse_columns
+from client.task.data import load_table
 from client.task.wordnet import PROMPT, load_definitions
 
 ROLES = ("system", "user", "assistant")
-COLUMN_ROLES = ("instruction", "input", "output", "messages", "prompt", "completion", "category")
 SHAPES = "Alpaca (instruction, output, optional input), chat (messages) or prompt/completion"
 
 
@@ -77,7 +77,7 @@ def user_conversations(path: str, columns: str = "") -> Dataset:
     malformed (naming the row); conversations with no assistant turn or an empty last response are refused.
     """
     table = load_table(path)
-    names = {role: role for role in COLUMN_ROLES} | parse_columns(columns, COLUMN_ROLES)
+    names = {role: role for role in SFT_COLUMN_ROLES} | parse_columns(columns, SFT_COLUMN_ROLES)
     shape = _shape(set(table.column_names), names)
     if shape is None:
         raise ValueError(f"data '{path}' has columns {table.column_names}, none of the SFT shapes: {SHAPES} "

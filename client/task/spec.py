@@ -9,6 +9,7 @@ from client.task.adapters import AdapterSettings, check_adapter
 PRECISIONS = ("auto", "bf16", "fp32")
 TRAINABLE = ("lora", "full")
 QUANTIZATIONS = ("none", "8bit", "4bit")
+PARTITIONERS = ("iid", "dirichlet", "domain")  # client/task/partition.py
 # Upper bounds that catch a typo before it allocates: the widest layers of open models are 8192 wide (a rank above a
 # layer's width adds nothing), context windows reach about a million tokens, and a step holds its whole batch.
 MAX_RANK = 8192

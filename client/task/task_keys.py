@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from client.task.kinds.registry import check_spec
-from client.task.partition import PARTITIONERS
 from client.task.presets import PRESETS
-from client.task.spec import TaskSpec
+from client.task.spec import PARTITIONERS, TaskSpec
 from strategies.settings import KeyedSettings, setting, typed
 
 

@@ -13,7 +13,8 @@ from datasets import Dataset
 from torch.nn import functional
 from transformers import PreTrainedTokenizerBase
 
-from client.task.data import TaskData, load_files, load_finefoods, load_fortunes, parse_columns, split_heldout
+from client.task.columns import LABELLED_TEXT_COLUMN_ROLES, parse_columns
+from client.task.data import TaskData, load_files, load_finefoods, load_fortunes, split_heldout
 from client.task.kinds.base import Evaluation
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class LabelledTextKind:
 
     primary_metric: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
-    column_roles: ClassVar[tuple[str, ...]] = ("text", "label")
+    column_roles: ClassVar[tuple[str, ...]] = LABELLED_TEXT_COLUMN_ROLES
 
     def load_splits(self, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase | None = None
                     ) -> tuple[TaskData, TaskData]:

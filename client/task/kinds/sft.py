@@ -17,11 +17,12 @@ from torch.nn import functional
 from transformers import PreTrainedTokenizerBase
 
 from client.task.chat_format import IGNORE, encode_conversation, ensure_chat_template, last_response, prompt_ids
+from client.task.columns import SFT_COLUMN_ROLES
 from client.task.data import TaskData, split_heldout
 from client.task.generation_scores import exact_match, rouge_l
 from client.task.kinds.base import Evaluation
 from client.task.models import load_causal_lm, load_tokenizer
-from client.task.sft_data import COLUMN_ROLES, user_conversations, wordnet_conversations
+from client.task.sft_data import user_conversations, wordnet_conversations
 
 if TYPE_CHECKING:
     from client.task.kinds.base import Task
@@ -163,7 +164,7 @@ class SFT:
     name: ClassVar[str] = "sft"
     primary_metric: ClassVar[str] = "perplexity"
     higher_is_better: ClassVar[bool] = False
-    column_roles: ClassVar[tuple[str, ...]] = COLUMN_ROLES
+    column_roles: ClassVar[tuple[str, ...]] = SFT_COLUMN_ROLES
 
     def load_splits(self, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase | None = None
                     ) -> tuple[TaskData, TaskData]:
