@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord
 from strategies.codecs.registry import CodecSettings
 from strategies.downlink import DownlinkMessage
 from strategies.privacy import DPSettings
+from strategies.settings import typed
 
 DOWNLINK = "downlink"              # ConfigRecord: the global state, full or as compressed aggregates (downlink)
 TRAIN_CONFIG = "train-config"      # ConfigRecord: TrainInstructions.to_record()
@@ -119,12 +120,7 @@ def _typed(record: Mapping[str, Any], key: str, kind: type) -> Any:
     """``record[key]`` when it is a ``kind`` (an int stands for a float); ValueError naming the key otherwise."""
     if key not in record:
         raise ValueError(f"train message lacks '{key}'")
-    value = record[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ValueError(f"train message key '{key}' should be {kind.__name__}, got {type(value).__name__}")
-    return value
+    return typed(key, kind(), record[key], source="train message key")
 
 
 def downlink_record(message: DownlinkMessage) -> ConfigRecord:

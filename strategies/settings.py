@@ -18,9 +18,9 @@ def setting(key: str, default: Scalar, help: str, *, preset: bool = False) -> An
     return dataclasses.field(default=default, metadata={"key": key, "help": help, "preset": preset})
 
 
-def typed(key: str, default: Scalar, value: object) -> Scalar:
+def typed(key: str, default: Scalar | bytes, value: object, source: str = "run-config key") -> Scalar:
     """``value`` as the type of ``default`` (an int where a float is expected is widened); ValueError naming
-    ``key`` otherwise."""
+    ``key`` (a ``source`` key: the run config's, or a message's) otherwise."""
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
@@ -28,10 +28,12 @@ def typed(key: str, default: Scalar, value: object) -> Scalar:
     elif isinstance(default, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value  # type: ignore[arg-type]
+    elif isinstance(default, bytes):
+        ok = isinstance(value, bytes)
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ValueError(f"run-config key '{key}' expects {type(default).__name__}, got {value!r}")
+        raise ValueError(f"{source} '{key}' expects {type(default).__name__}, got {value!r:.80}")  # a long value: cut
     return value  # type: ignore[return-value]
 
 
