@@ -88,7 +88,18 @@ def _partitions(text: str, flag: str) -> frozenset[int]:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from simulations.report import ReportError, render, report
+    from simulations.sweep_report import TABLE_FILE, is_sweep, report_sweep
 
+    if is_sweep(Path(args.directory)):
+        try:
+            document, plots = report_sweep(Path(args.directory), plots=not args.no_plots)
+        except ReportError as exc:
+            print(f"fedsqueeze: error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(document, indent=2) if args.json else (Path(args.directory) / TABLE_FILE).read_text())
+        if plots:
+            print(f"plots     {len(plots)} drawn again under {Path(args.directory) / 'plots'}", file=sys.stderr)
+        return 0
     try:
         figures, plots = report(Path(args.directory), plots=not args.no_plots)
     except ReportError as exc:
@@ -192,16 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--json", action="store_true", help="print one JSON object per prompt")
     generate.set_defaults(func=_cmd_generate)
 
-    summary = sub.add_parser("report", help="summarise a run directory (finished, stopped or resumed) and redraw "
-                                           "its plots")
-    summary.add_argument("directory", help="the run's --out directory")
+    summary = sub.add_parser("report", help="summarise a run directory (finished, stopped or resumed) or a sweep "
+                                           "directory, and redraw its plots")
+    summary.add_argument("directory", help="the run's --out directory, or a sweep's")
     summary.add_argument("--json", action="store_true", help="print the figures as JSON")
     summary.add_argument("--no-plots", action="store_true", help="do not redraw the plots")
     summary.set_defaults(func=_cmd_report)
 
     from simulations.deploy_cli import add_deploy_commands
+    from simulations.evaluate_cli import add_evaluate_command
+    from simulations.sweep_cli import add_sweep_command
 
     add_deploy_commands(sub)
+    add_evaluate_command(sub)
+    add_sweep_command(sub)
     return parser
 
 
