@@ -51,8 +51,8 @@ def interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float
     """The ``confidence`` interval of the mean of ``values`` from Student's t with n − 1 degrees of freedom (what
     ``scipy.stats.t.interval(confidence, n - 1, loc=mean, scale=sem)`` gives); None for fewer than two values, the
     mean itself when they are all equal."""
-    if len(values) < 2:
-        return None
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return None  # a diverged run's infinite perplexity has no interval
     from scipy import stats
 
     mean = sum(values) / len(values)
@@ -73,8 +73,8 @@ def estimate(values: list[float]) -> dict[str, Any]:
 
 
 def _scores(record: RunRecord, keys: dict[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in keys.items()
-            if k not in COUNTS and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
+    return {k: float(v) for k, v in keys.items()  # NaN (nothing scored) is left out; a diverged run's inf is kept
+            if k not in COUNTS and isinstance(v, int | float) and not isinstance(v, bool) and not math.isnan(v)}
 
 
 def read_result(name: str, seed: int, directory: Path) -> RunResult:
@@ -189,7 +189,9 @@ def collect(out: Path, plan_record: dict[str, Any], runs: list[dict[str, Any]]) 
 
 
 def _number(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.{digits}g}" if math.isfinite(value) else ("∞" if value > 0 else "-∞")
 
 
 def _cell(estimate_: dict[str, Any], digits: int = 4) -> str:

@@ -153,3 +153,13 @@ def test_domain_partitioner_gives_each_client_whole_domains() -> None:
         client_partition(train, 0, 6, kind="domain", alpha=1.0, seed=0, by="category")
     with pytest.raises(ValueError, match="this data has none"):
         client_partition(train, 0, 2, kind="dirichlet", alpha=1.0, seed=0, by="")
+
+
+def test_a_diverged_models_perplexity_is_infinite_not_an_overflow_that_stops_the_run() -> None:
+    import math
+
+    from client.task.kinds.sft import perplexity_of
+
+    assert perplexity_of(1.0) == pytest.approx(math.e)
+    assert perplexity_of(709.0) == pytest.approx(math.exp(709.0))
+    assert perplexity_of(3192.0) == math.inf  # what Ferret at 485,000x compression reached (math.exp raises)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -31,6 +32,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels: [batch, width], right-padded
+
+MAX_EXP_ARGUMENT = math.log(sys.float_info.max)  # 709.78: exp of more overflows
+
+
+def perplexity_of(nll: float) -> float:
+    """exp(mean NLL per response token); infinite for a diverged model whose NLL passes 709.78, where exp
+    overflows a float (the run goes on and reports it instead of stopping on an OverflowError)."""
+    return math.exp(nll) if nll < MAX_EXP_ARGUMENT else math.inf
 
 
 def conversations(spec: TaskSpec) -> Dataset:
@@ -140,7 +149,7 @@ class SFTHead:
                 loss, count = response_loss_sum(task.model, batch)
             total, tokens = total + float(loss), tokens + count
         nll = total / tokens if tokens else math.nan
-        metrics: dict[str, float] = {"nll": nll, "perplexity": math.exp(nll) if tokens else math.nan,
+        metrics: dict[str, float] = {"nll": nll, "perplexity": perplexity_of(nll) if tokens else math.nan,
                                      "response_tokens": float(tokens), "examples": float(len(dataset))}
         sample = dataset.select(range(min(self.eval_samples, len(dataset))))
         samples: list[dict[str, Any]] = []
