@@ -58,7 +58,7 @@ def comparison(document: dict[str, Any], settings: dict[str, dict[str, object]])
         up = mean(row["mb_up"])
         out.append({
             "label": name, **settings[name], "runs": row["runs"], "finished": row["finished"],
-            "metric": row["metric"], "final": row["final"],
+            "metric": row["metric"], "final": row["final"], "paired_vs_dense": row.get("paired_vs_target"),
             "mb_up": row["mb_up"] if sent else None, "mb_down": row["mb_down"] if sent else None,
             "compression_up_vs_dense": dense_up / up if sent and up and dense_up else None,
             "target_reached": row["target_reached"] if sent else None,

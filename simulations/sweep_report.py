@@ -173,6 +173,17 @@ def target_value(target: str | float | None, rows: dict[str, dict[str, Any]]) ->
     return float(row["final"][row["metric"]]["mean"]), f"mean final {row['metric']} of '{target}'"
 
 
+def paired_difference(results: list[RunResult], reference: list[RunResult]) -> dict[str, Any]:
+    """The primary metric's difference to the reference configuration, seed by seed (both runs finished), with
+    its Student's t interval: a paired comparison, far tighter than two separate intervals when seeds move both
+    (each seed draws its own held-out words)."""
+    theirs = {r.seed: r for r in reference if r.finished}
+    pairs = [(r.final[r.metric], theirs[r.seed].final[r.metric]) for r in results
+             if r.finished and r.metric and r.seed in theirs and r.metric in r.final
+             and r.metric in theirs[r.seed].final]
+    return estimate([mine - other for mine, other in pairs])
+
+
 def collect(out: Path, plan_record: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Every configuration's row (in the plan's order), the target and the plan, as written to sweep.json (run
     directories are relative to ``out``)."""
@@ -182,6 +193,10 @@ def collect(out: Path, plan_record: dict[str, Any], runs: list[dict[str, Any]]) 
     untargeted = {name: summarise_configuration(name, results, None, out) for name, results in by_name.items()}
     value, source = target_value(plan_record.get("target"), untargeted)
     rows = {name: summarise_configuration(name, results, value, out) for name, results in by_name.items()}
+    reference = plan_record.get("target")
+    if isinstance(reference, str) and reference in by_name:
+        for name, row in rows.items():
+            row["paired_vs_target"] = paired_difference(by_name[name], by_name[reference])
     return {"plan": plan_record, "confidence": CONFIDENCE, "interval": "Student's t over seeds (scipy.stats.t)",
             "target": {"value": value, "from": source, "metric": next(
                 (r["metric"] for r in rows.values() if r["metric"]), None)},
@@ -220,18 +235,25 @@ def render_markdown(document: dict[str, Any]) -> str:
     lines = [f"# Sweep: {len(rows)} configuration(s) × seeds {document['plan']['seeds']}"
              + (f", protocol `{document['plan']['protocol']}`" if document["plan"].get("protocol") else ""), "",
              f"Mean ± half-width of the {int(CONFIDENCE * 100)} % confidence interval over seeds (Student's t). "
-             f"Target: {_number(target['value'])} ({target['from']}). ⚠ marks a configuration with a run that "
+             f"Target: {_number(target['value'])} ({target['from']})"
+             + (f"; the paired column is each seed's {metric} minus the target configuration's on the same seed "
+                "(same held-out words), mean and interval over seeds" if any("paired_vs_target" in r for r in rows)
+                else "") + ". ⚠ marks a configuration with a run that "
              "failed, did not finish, or had failed, rejected or refused clients (listed below); its means are over "
              "its finished runs only.", ""]
-    header = ["configuration", "runs", f"final {metric}", *others, "MB up", "MB down", "rounds to target",
-              "MB up to target", "wall s"]
+    paired = any("paired_vs_target" in r for r in rows)
+    header = ["configuration", "runs", f"final {metric}",
+              *([f"{metric} − target's, paired by seed"] if paired else []), *others, "MB up", "MB down",
+              "rounds to target", "MB up to target", "wall s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         marker = " ⚠" if row["problem_runs"] else ""
         reached = ("–" if row["target_reached"] is None else
                    f"{_cell(row['rounds_to_target'], 3)} ({row['target_reached']}/{row['finished']})")
         cells = [f"{row['name']}{marker}", f"{row['finished']}/{row['runs']}",
-                 _cell(row["final"].get(metric, {})), *(_cell(row["final"].get(k, {})) for k in others),
+                 _cell(row["final"].get(metric, {})),
+                 *([_cell(row.get("paired_vs_target", {}), 3)] if paired else []),
+                 *(_cell(row["final"].get(k, {})) for k in others),
                  _cell(row["mb_up"]), _cell(row["mb_down"]), reached, _cell(row["mb_to_target"]),
                  _cell(row["wall_s"], 3)]
         lines.append("| " + " | ".join(cells) + " |")

@@ -162,6 +162,10 @@ def test_the_sweep_reports_means_and_scipy_intervals_and_marks_rejected_and_fail
     assert rejected["finished"] == 2
     assert [run["seed"] for run in rejected["problem_runs"]] == [0, 1]
     assert all(run["updates_rejected"] == 4 and run["rounds_skipped"] == 2 for run in rejected["problem_runs"])
+    paired = rows["rejected"]["paired_vs_target"]  # each seed's perplexity minus dense's on the same seed
+    seeds = {name: {s["seed"]: s["final"]["perplexity"] for s in rows[name]["seeds"]} for name in ("dense", "rejected")}
+    assert paired["values"] == pytest.approx([seeds["rejected"][s] - seeds["dense"][s] for s in (0, 1)])
+    assert dense["paired_vs_target"]["values"] == [0.0, 0.0]
     missing = rows["missing"]
     assert missing["finished"] == 0 and missing["final"] == {}
     assert all(run["state"].startswith("failed: exit 2: fedsqueeze: error:") and "/nonexistent/tiny-model"
