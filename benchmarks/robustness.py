@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simulations.byzantine import ByzantineSetup, run  # noqa: E402
+from simulations.byzantine import ByzantineSetup, prepare, run  # noqa: E402
 from simulations.testing.fuzz import FuzzReport, fuzz  # noqa: E402
 from simulations.testing.fuzz_codecs import codec_targets, meets_layout  # noqa: E402
 from simulations.testing.fuzz_secagg import fuzz_secagg, secagg_targets  # noqa: E402
@@ -43,14 +43,15 @@ ATTACKS = ("sign-flip", "scale", "random")
 def byzantine_rows(base: ByzantineSetup) -> list[dict]:
     """Every attack x rule, beside the clean run of the same codec."""
     rows = []
+    federation = prepare(base)  # every run shares the task, the base score and round 1's honest updates
     for codec, rules in ((codec_settings("dense"), DENSE_RULES),
                          (codec_settings("compeft", density=0.2, alpha_scale=4.0), TERNARY_RULES)):
-        clean_run = run(replace(base, codec=codec))
+        clean_run = run(replace(base, codec=codec), federation)
         clean = clean_run.accuracy
         for attack in ATTACKS:
             for rule in rules:
                 started = time.perf_counter()
-                result = run(replace(base, codec=codec, attack=attack, rule=rule))
+                result = run(replace(base, codec=codec, attack=attack, rule=rule), federation)
                 rows.append({"codec": codec.codec, "attack": attack, "rule": rule, "accuracy": result.accuracy,
                              "clean_accuracy": clean, "base_accuracy": result.base_accuracy,
                              "loss": result.loss, "clean_loss": clean_run.loss,

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from simulations.attacks import defences, metrics, token_recovery
+from simulations.attacks.federated import defended_mean
 from simulations.attacks.harness import AttackConfig, run
+from strategies.norms import l2_norm
 
 
 def test_metrics_on_known_cases() -> None:
@@ -54,6 +56,9 @@ def test_defences_change_what_is_seen_and_refuse_unsound_combinations() -> None:
     assert (seen["w"] != 0).float().mean() == pytest.approx(0.05, abs=0.01) and nbytes < 4 * victim["w"].numel() / 10
     seen, _ = defences.observe("secagg-8", victim, others, round_id=1, dp_clip=1.0, generator=generator)
     torch.testing.assert_close(seen["w"], (victim["w"] + others[7]["w"]) / 8)
+    seen, nbytes = defences.observe("dp-1", victim, others, round_id=1, dp_clip=1.0, generator=generator)
+    noise = seen["w"] - victim["w"] / l2_norm(victim)  # clipped to norm 1, then N(0, (z * clip)^2) per entry
+    assert nbytes == 4 * victim["w"].numel() and float(noise.std()) == pytest.approx(1.0, abs=0.03)
     with pytest.raises(ValueError, match="securely aggregated"):
         defences.observe("compeft-0.05+secagg-8", victim, others, round_id=1, dp_clip=1.0, generator=generator)
     with pytest.raises(ValueError, match="unknown defence"):
@@ -74,6 +79,26 @@ def test_ferret_under_secure_aggregation_sees_the_projection_of_the_round_sum() 
         defences.observe("ferret-64+dp-1+secagg-8", victim, others, round_id=3, dp_clip=1.0, generator=generator)
 
 
+def test_the_federation_mean_under_codec_and_dp_defences() -> None:
+    generator = torch.Generator().manual_seed(2)
+    updates = [{"w": torch.randn(128, 64, generator=generator)} for _ in range(4)]
+    dense_bytes = 4 * 128 * 64
+
+    def mean_under(name: str) -> tuple[dict[str, torch.Tensor], int]:
+        return defended_mean(name, 1.0, 1.0, generator)(updates, 1)
+
+    plain, nbytes = mean_under("none")
+    torch.testing.assert_close(plain["w"], sum(u["w"] for u in updates) / 4)
+    assert nbytes == dense_bytes
+    sparse, nbytes = mean_under("compeft-0.05")  # four clients' 5 % supports
+    assert nbytes < dense_bytes / 10 and 0 < float((sparse["w"] != 0).float().mean()) <= 0.21
+    projected, nbytes = mean_under("ferret-64")
+    assert nbytes < dense_bytes / 10 and not torch.allclose(projected["w"], plain["w"], atol=0.1)
+    noised, nbytes = mean_under("dp-1")  # each update clipped to norm 1 and given N(0, 1) noise: the mean's is 1/2
+    clipped = sum(u["w"] / l2_norm(u) for u in updates) / 4
+    assert nbytes == dense_bytes and float((noised["w"] - clipped).std()) == pytest.approx(0.5, abs=0.02)
+
+
 @pytest.mark.parametrize(("settings", "named"), [
     ({"attacks": "token,canaries"}, "unknown attack 'canaries'"),
     ({"canary-defences": "none,secagg"}, "unknown defence 'secagg'"),
@@ -89,7 +114,10 @@ def test_bad_attack_settings_are_named_before_anything_runs(settings: dict[str, 
 
 @pytest.mark.slow
 def test_quick_harness_writes_every_attack_against_every_defence(tmp_path: Path) -> None:
-    config = AttackConfig.quick()
+    # The quick grid with the defences the claims below rest on (none; secure aggregation over 8 clients): the
+    # codec and DP defences of `fedsqueeze attack --quick` are the tests above (what the coordinator sees of one
+    # update, and the federation's mean under each).
+    config = AttackConfig.quick().with_overrides({"defences": "none,secagg-8"})
     result = run(tmp_path, config)
     rows = result["rows"]
     saved = json.loads((tmp_path / "attacks.json").read_text())

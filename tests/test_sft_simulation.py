@@ -13,6 +13,10 @@ from simulations.simulate import simulate
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
+# One Ray actor runs every client in turn: each actor imports torch, transformers and peft (seconds of CPU), while
+# the tiny model trains a client in well under a second, so on 2 cores a second or third actor costs more than it
+# saves. The results are the same whatever the number of actors (each client's training is seeded).
+ACTORS = 1
 
 
 def _tiny_sft(model: str, **overrides) -> dict:
@@ -49,25 +53,32 @@ print(json.dumps({"metrics": result.metrics, "generations": [s["generation"] for
 """
 
 
-def test_sft_with_compeft_learns_and_its_adapter_reloads_in_a_fresh_process(tmp_path: Path, tiny_causal_lm: str
-                                                                             ) -> None:
+@pytest.fixture(scope="module")
+def compeft_run(tmp_path_factory: pytest.TempPathFactory, tiny_causal_lm: str) -> tuple[dict, dict, Path]:
+    """ComPEFT with error feedback, 2 rounds: its config, summary and output folder. One test checks what it
+    learnt and exported, another that a run cut after round 1 and resumed reproduces it."""
     config = _tiny_sft(tiny_causal_lm, codec="compeft", **{"compeft-density": 0.2, "error-feedback": True})
-    summary = simulate(config, out_dir=tmp_path, max_parallel=3)
+    out = tmp_path_factory.mktemp("compeft")
+    return config, simulate(config, out_dir=out, max_parallel=ACTORS), out
 
+
+def test_sft_with_compeft_learns_and_its_adapter_reloads_in_a_fresh_process(compeft_run: tuple[dict, dict, Path]
+                                                                             ) -> None:
+    _, summary, run = compeft_run
     assert summary["metric"] == "perplexity" and summary["higher_is_better"] is False
     assert summary["perplexity_final"] < summary["perplexity_base"]
     for key in ("nll", "rouge_l", "exact_match"):
         assert f"{key}_base" in summary and f"{key}_final" in summary
-    rows = _rows(tmp_path, "metrics.jsonl")
+    rows = _rows(run, "metrics.jsonl")
     assert all(r["applied"] and r["clients_ok"] == 3 and r["evaluated"] and "perplexity" in r for r in rows)
     assert all(0 < c["bytes_up"] < c["dense_fp32_bytes_up"] / 3 for r in rows for c in r["clients"])
-    samples = _rows(tmp_path, "samples.jsonl")
+    samples = _rows(run, "samples.jsonl")
     assert [s["round"] for s in samples] == [0] * 4 + [1] * 4 + [2] * 4
     assert all(s["prompt"].endswith("<|im_start|>assistant\n") and s["reference"] for s in samples)
-    assert (tmp_path / "plots" / "perplexity_vs_round.png").stat().st_size > 0
-    assert (tmp_path / "plots" / "rouge_l_vs_bytes.png").stat().st_size > 0
+    assert (run / "plots" / "perplexity_vs_round.png").stat().st_size > 0
+    assert (run / "plots" / "rouge_l_vs_bytes.png").stat().st_size > 0
 
-    reloaded = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path)], capture_output=True, text=True,
+    reloaded = subprocess.run([sys.executable, "-c", RELOAD, str(run)], capture_output=True, text=True,
                               cwd=ROOT, timeout=300)
     assert reloaded.returncode == 0, reloaded.stderr[-3000:]
     again = json.loads(reloaded.stdout.strip().splitlines()[-1])
@@ -75,7 +86,7 @@ def test_sft_with_compeft_learns_and_its_adapter_reloads_in_a_fresh_process(tmp_
     assert again["generations"] == [s["generation"] for s in samples if s["round"] == 2]
 
     answered = subprocess.run([sys.executable, "-m", "simulations.cli", "generate", "--adapter",
-                               str(tmp_path / "adapter"), "--prompt", "Define the word 'dog'.", "--json",
+                               str(run / "adapter"), "--prompt", "Define the word 'dog'.", "--json",
                                "--max-new-tokens", "4"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert answered.returncode == 0, answered.stderr[-3000:]
     assert json.loads(answered.stdout.strip().splitlines()[-1])["prompt"] == "Define the word 'dog'."
@@ -95,7 +106,7 @@ def test_sft_under_secure_aggregation_with_signed_keys_is_exact_with_n_minus_t_d
     monkeypatch.setenv("FEDSQUEEZE_SECAGG_AUDIT_DIR", str(audit))
     generate_node_keys(tmp_path / "node-keys", 5)  # as fedsqueeze certs DIR --nodes 5 writes them
     summary = simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1, "num-clients": 5}),
-                       out_dir=tmp_path / "run", max_parallel=3, node_identities=tmp_path / "node-keys",
+                       out_dir=tmp_path / "run", max_parallel=ACTORS, node_identities=tmp_path / "node-keys",
                        fail_partitions=frozenset({1, 3}), fail_at="train.secagg_mask")
 
     row = _rows(tmp_path / "run", "metrics.jsonl")[0]
@@ -103,6 +114,9 @@ def test_sft_under_secure_aggregation_with_signed_keys_is_exact_with_n_minus_t_d
     assert len(row["secagg"]["survivors"]) == 3 and len(row["secagg"]["dropped"]) == 2
     assert sorted(audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
     assert summary["secagg"] and summary["perplexity_final"] < summary["perplexity_base"]
+    assert sum("injected failure on partition" in p for p in row["problems"]) == 2
+    survivors = [c for c in row["clients"] if c["status"] == "ok"]  # quantised masked sums: under fp32's size
+    assert len(survivors) == 3 and all(c["bytes_up"] < 0.7 * c["dense_fp32_bytes_up"] for c in survivors)
     # Nothing about one client's own update in the clear: no loss, norm, clip count or residual per client.
     assert row["train_loss"] is None
     for client in row["clients"]:
@@ -120,7 +134,7 @@ def test_keys_signed_by_a_node_nobody_pinned_are_refused_in_the_flower_path(tmp_
     stranger = generate_node_keys(tmp_path / "elsewhere", 1)[0]  # node 2 signs with a key nobody pinned: the
     pairs[2].public_key.write_text(stranger.public_key.read_text())  # federation's list pins another in its place
     simulate(_tiny_sft(tiny_causal_lm, secagg=True, **{"num-server-rounds": 1}), out_dir=tmp_path / "run",
-             max_parallel=3, node_identities=tmp_path / "node-keys", node_floor="min-threshold=2")  # t = 2 of 3
+             max_parallel=ACTORS, node_identities=tmp_path / "node-keys", node_floor="min-threshold=2")  # t = 2 of 3
 
     row = _rows(tmp_path / "run", "metrics.jsonl")[0]
     assert not row["applied"] and row["secagg"]["aborted"]
@@ -132,7 +146,7 @@ def test_nodes_refuse_a_round_below_their_floor_and_the_coordinator_records_why(
                                                                               tiny_causal_lm: str) -> None:
     """The coordinator switches secure aggregation off; every node's floor demands it."""
     summary = simulate(_tiny_sft(tiny_causal_lm, **{"num-server-rounds": 1}), out_dir=tmp_path / "run",
-                       max_parallel=3, node_floor="secagg=true min-parties=3")
+                       max_parallel=ACTORS, node_floor="secagg=true min-parties=3")
     row = _rows(tmp_path / "run", "metrics.jsonl")[0]
     assert not row["applied"] and row["clients_ok"] == 0 and row["clients_refused"] == 3
     assert {c["status"] for c in row["clients"]} == {"refused"}
@@ -141,23 +155,21 @@ def test_nodes_refuse_a_round_below_their_floor_and_the_coordinator_records_why(
     assert summary["perplexity_final"] == summary["perplexity_base"]  # nothing trained, nothing lost
 
 
-def test_sft_resumed_after_a_round_ends_bit_identical_to_the_uninterrupted_run(tmp_path: Path,
-                                                                               tiny_causal_lm: str) -> None:
+def test_sft_resumed_after_a_round_ends_bit_identical_to_the_uninterrupted_run(
+        tmp_path: Path, compeft_run: tuple[dict, dict, Path]) -> None:
     from safetensors.torch import load_file
 
-    config = _tiny_sft(tiny_causal_lm, codec="compeft", **{"compeft-density": 0.3, "error-feedback": False,
-                                                           "local-steps": 2, "eval-samples": 2})
-    whole = simulate(config, out_dir=tmp_path / "whole", max_parallel=3)
-    simulate({**config, "num-server-rounds": 1}, out_dir=tmp_path / "cut", max_parallel=3)
+    config, whole, whole_dir = compeft_run  # the uninterrupted run, error-feedback residuals and all
+    simulate({**config, "num-server-rounds": 1}, out_dir=tmp_path / "cut", max_parallel=ACTORS)
     with (tmp_path / "cut" / "samples.jsonl").open("a") as out:  # a line of a round that never checkpointed
         out.write('{"round": 2, "generation": "lost"}\n')
-    resumed = simulate({**config, "resume": True}, out_dir=tmp_path / "cut", max_parallel=3)
+    resumed = simulate({**config, "resume": True}, out_dir=tmp_path / "cut", max_parallel=ACTORS)
 
     assert resumed["nll_final"] == whole["nll_final"] and resumed["rouge_l_base"] == whole["rouge_l_base"]
-    expected = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    expected = load_file(whole_dir / "adapter" / "adapter_model.safetensors")
     got = load_file(tmp_path / "cut" / "adapter" / "adapter_model.safetensors")
     assert expected.keys() == got.keys() and all((expected[k] == got[k]).all() for k in expected)
-    assert _rows(tmp_path / "cut", "samples.jsonl") == _rows(tmp_path / "whole", "samples.jsonl")
+    assert _rows(tmp_path / "cut", "samples.jsonl") == _rows(whole_dir, "samples.jsonl")
 
 
 def test_fedadam_and_fedprox_resumed_after_a_round_end_bit_identical_to_the_uninterrupted_run(
@@ -166,11 +178,11 @@ def test_fedadam_and_fedprox_resumed_after_a_round_end_bit_identical_to_the_unin
 
     config = _tiny_sft(tiny_causal_lm, **{"server-optimizer": "fedadam", "server-lr": 3e-3, "fedprox-mu": 0.1,
                                           "local-steps": 2, "eval-samples": 2, "num-server-rounds": 2})
-    whole = simulate(config, out_dir=tmp_path / "whole", max_parallel=3)
-    simulate({**config, "num-server-rounds": 1}, out_dir=tmp_path / "cut", max_parallel=3)
+    whole = simulate(config, out_dir=tmp_path / "whole", max_parallel=ACTORS)
+    simulate({**config, "num-server-rounds": 1}, out_dir=tmp_path / "cut", max_parallel=ACTORS)
     manifest = json.loads((tmp_path / "cut" / "checkpoint" / "checkpoint.json").read_text())
     assert manifest["optimizer_steps"] == 1 and manifest["optimizer_moments"] == ["m", "v"]
-    resumed = simulate({**config, "resume": True}, out_dir=tmp_path / "cut", max_parallel=3)
+    resumed = simulate({**config, "resume": True}, out_dir=tmp_path / "cut", max_parallel=ACTORS)
 
     assert whole["server_optimizer"] == "fedadam" and whole["nll_final"] < whole["nll_base"]
     assert resumed["nll_final"] == whole["nll_final"]
@@ -201,7 +213,7 @@ def test_a_vera_adapter_under_secure_aggregation_learns_and_reloads_in_a_fresh_p
         tmp_path: Path, tiny_causal_lm: str) -> None:
     summary = simulate(_tiny_sft(tiny_causal_lm, adapter="vera", secagg=True,
                                  **{"lora-r": 16, "lr": 5e-2, "num-server-rounds": 2}), out_dir=tmp_path,
-                       max_parallel=3)
+                       max_parallel=ACTORS)
 
     rows = _rows(tmp_path, "metrics.jsonl")
     assert all(r["applied"] and len(r["secagg"]["survivors"]) == 3 for r in rows)

@@ -15,6 +15,9 @@ from simulations.simulate import simulate
 from simulations.testing.audit import audited_sums_are_exact
 
 pytestmark = pytest.mark.slow
+# The coordinator scores the global model before and after every round: tests that assert nothing of the score have
+# it computed on 40 held-out reviews instead of the preset's 200.
+SMALL_HELDOUT = {"heldout": 40}
 
 
 def test_simulation_survives_a_failing_client_and_exports_a_loadable_adapter(tmp_path: Path) -> None:
@@ -71,7 +74,7 @@ def test_compeft_with_error_feedback_and_compressed_downlink(tmp_path: Path) -> 
 def test_ferret_keeps_every_client_bit_identical_to_the_global_model(tmp_path: Path, trainable: str) -> None:
     config = {"preset": "encoder", "num-server-rounds": 3, "num-clients": 3, "fraction-train": 0.67,
               "partitioner": "iid", "codec": "ferret", "trainable": trainable,
-              "ferret-dim": 256, "ferret-block-size": 16384}
+              "ferret-dim": 256, "ferret-block-size": 16384, **SMALL_HELDOUT}
     summary = simulate(config, out_dir=tmp_path, max_parallel=2)
 
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -89,23 +92,6 @@ def test_ferret_keeps_every_client_bit_identical_to_the_global_model(tmp_path: P
     assert summary["codec"] == "ferret" and summary["compression_up"] > 40
 
 
-def test_secure_aggregation_is_exact_and_survives_a_dropout_after_key_sharing(tmp_path: Path,
-                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    audit = tmp_path / "audit"
-    monkeypatch.setenv("FEDSQUEEZE_SECAGG_AUDIT_DIR", str(audit))
-    config = {"preset": "encoder", "num-server-rounds": 1, "num-clients": 5, "partitioner": "iid", "secagg": True}
-    summary = simulate(config, out_dir=tmp_path / "run", max_parallel=2, fail_partitions=frozenset({3}),
-                       fail_at="train.secagg_mask")
-
-    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
-    assert row["applied"] and len(row["secagg"]["survivors"]) == 4 and len(row["secagg"]["dropped"]) == 1
-    assert any("injected failure on partition 3" in p for p in row["problems"])
-    assert sorted(audited_sums_are_exact(audit, 1)) == row["secagg"]["survivors"]
-    assert summary["metric_final"] > summary["metric_base"]
-    survivors = [c for c in row["clients"] if c["status"] == "ok"]
-    assert len(survivors) == 4 and all(c["bytes_up"] < 0.7 * c["dense_fp32_bytes_up"] for c in survivors)
-
-
 @pytest.mark.parametrize(("codec", "extra", "fail_at"), [
     ("ferret", {"ferret-dim": 256, "ferret-block-size": 16384}, "train.secagg_unmask"),
     ("compeft", {"compeft-support": "shared", "compeft-density": 0.1, "dp-noise-multiplier": 0.5, "dp-clip": 0.5},
@@ -116,7 +102,7 @@ def test_secure_aggregation_of_ferret_and_compeft_with_dropouts(tmp_path: Path, 
     audit = tmp_path / "audit"
     monkeypatch.setenv("FEDSQUEEZE_SECAGG_AUDIT_DIR", str(audit))
     config = {"preset": "encoder", "num-server-rounds": 1, "num-clients": 5, "partitioner": "iid", "secagg": True,
-              "codec": codec, **extra}
+              "codec": codec, **extra, **SMALL_HELDOUT}
     summary = simulate(config, out_dir=tmp_path / "run", max_parallel=2, fail_partitions=frozenset({0}),
                        fail_at=fail_at)
 
@@ -132,7 +118,8 @@ def test_secure_aggregation_of_ferret_and_compeft_with_dropouts(tmp_path: Path, 
 
 
 def test_one_dropout_too_many_skips_the_round_and_keeps_the_global_model(tmp_path: Path) -> None:
-    config = {"preset": "encoder", "num-server-rounds": 1, "num-clients": 3, "partitioner": "iid", "secagg": True}
+    config = {"preset": "encoder", "num-server-rounds": 1, "num-clients": 3, "partitioner": "iid", "secagg": True,
+              **SMALL_HELDOUT}
     summary = simulate(config, out_dir=tmp_path, max_parallel=2, fail_partitions=frozenset({0, 1}),
                        fail_at="train.secagg_mask")  # threshold 2 of 3: one dropout is fine, two are not
 

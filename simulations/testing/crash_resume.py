@@ -18,10 +18,12 @@ from server import checkpoint
 
 # Compressed both ways, with error feedback: a resumed run needs the coordinator's checkpoint (global state, downlink
 # history) and each client's residual from before the round it runs again, which the nodes keep on disk under the
-# federation's id (client/residual_store.py), to reproduce the uninterrupted run bit for bit.
+# federation's id (client/residual_store.py), to reproduce the uninterrupted run bit for bit. The coordinator scores
+# 50 held-out reviews, not the preset's 200: it scores the base model and every round of every run, and what a
+# resume must reproduce is the adapter, bit for bit.
 RESUME_RUN: dict[str, object] = {
     "preset": "encoder", "num-clients": 2, "num-server-rounds": 3, "local-steps": 4, "partitioner": "iid",
-    "codec": "compeft", "compeft-density": 0.2, "error-feedback": True, "downlink-codec": "compeft",
+    "heldout": 50, "codec": "compeft", "compeft-density": 0.2, "error-feedback": True, "downlink-codec": "compeft",
     "downlink-density": 0.5}
 
 
