@@ -209,13 +209,27 @@ def _number(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if math.isfinite(value) else ("∞" if value > 0 else "-∞")
 
 
+def mean_and_half_width(mean: float, half: float, digits: int = 4) -> str:
+    """``mean ± half`` as results are reported: the half-width to two significant digits and the mean to the same
+    decimal place (``21.7 ± 4.0``, ``2.1430 ± 0.0033``); a half-width that is rounding noise next to the mean (the
+    same value on every seed) is ``± 0``; very large or small numbers fall back to ``digits`` significant digits."""
+    if not (math.isfinite(mean) and math.isfinite(half)):
+        return f"{_number(mean, digits)} ± {_number(half, 2)}"
+    if half <= 1e-9 * abs(mean) or half == 0.0:
+        return f"{_number(mean, digits)} ± 0"
+    decimals = max(0, 1 - math.floor(math.log10(half)))
+    if decimals > 6 or abs(mean) >= 1e7:
+        return f"{_number(mean, digits)} ± {_number(half, 2)}"
+    return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
+
+
 def _cell(estimate_: dict[str, Any], digits: int = 4) -> str:
     if not estimate_ or estimate_.get("mean") is None:
         return "–"
     mean, ci = estimate_["mean"], estimate_.get("ci95")
     if not ci:
         return f"{_number(mean, digits)} (n={estimate_['n']})"
-    return f"{_number(mean, digits)} ± {_number((ci[1] - ci[0]) / 2, 2)}"
+    return mean_and_half_width(mean, (ci[1] - ci[0]) / 2, digits)
 
 
 def _problem_text(run: dict[str, Any]) -> str:

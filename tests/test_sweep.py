@@ -18,7 +18,7 @@ import pytest
 from scipy import stats
 
 from simulations.cli import main
-from simulations.sweep_report import interval
+from simulations.sweep_report import interval, mean_and_half_width
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +81,14 @@ def test_the_interval_is_scipys_student_t_interval(values: list[float]) -> None:
     expected = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
     assert interval(values) == pytest.approx(expected, rel=1e-12)
     assert interval([2.0]) is None and interval([2.0, 2.0]) == (2.0, 2.0)
+
+
+@pytest.mark.parametrize(("mean", "half", "shown"), [
+    (21.69, 4.04, "21.7 ± 4.0"), (3.0751, 0.1823, "3.08 ± 0.18"), (2.14312, 0.00331, "2.1431 ± 0.0033"),
+    (1113.2, 842.0, "1113 ± 842"), (185.4, 8.5e-14, "185.4 ± 0"), (0.5, 0.0, "0.5 ± 0"),
+    (float("inf"), 1.0, "∞ ± 1")])
+def test_a_mean_is_shown_to_the_decimal_place_of_its_interval(mean: float, half: float, shown: str) -> None:
+    assert mean_and_half_width(mean, half) == shown
 
 
 # Three configurations on the tiny protocol (4 clients, 2 sampled a round, 2 rounds, seeds 0 and 1): plain dense
@@ -175,7 +183,7 @@ def test_the_sweep_reports_means_and_scipy_intervals_and_marks_rejected_and_fail
     assert "- rejected: seed 0: 4 updates rejected, 2 rounds skipped" in table
     perplexity = dense["final"]["perplexity"]
     half = (perplexity["ci95"][1] - perplexity["ci95"][0]) / 2
-    assert f"{perplexity['mean']:.4g} ± {half:.2g}" in table
+    assert mean_and_half_width(perplexity["mean"], half) in table
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"perplexity.png", "nll.png"}
     # fedsqueeze report reads the sweep directory back (a finished sweep: the same table)
     assert main(["report", str(out), "--no-plots"]) == 0
