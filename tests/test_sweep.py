@@ -98,10 +98,10 @@ CONFIGS = ["dense: codec=dense", "rejected: codec=compeft compeft-density=0.2 ma
            "missing: model=/nonexistent/tiny-model"]
 
 
-def _sweep_command(out: Path, model: str) -> list[str]:
+def _sweep_command(out: Path, model: str, parallel: int) -> list[str]:
     configs = [arg for config in CONFIGS for arg in ("--config", config)]
     return [sys.executable, "-m", "simulations.cli", "sweep", "--out", str(out), "--protocol", "tiny",
-            "--run-config", f"model={model}", *configs, "--target", "dense", "--parallel", "2",
+            "--run-config", f"model={model}", *configs, "--target", "dense", "--parallel", str(parallel),
             "--max-parallel", "1"]
 
 
@@ -114,9 +114,10 @@ def resumed_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_causal_lm: str)
     """The sweep killed (SIGKILL to its process group) once the first 'rejected' run checkpointed round 1, then
     run again to the end; what each phase left behind."""
     out = tmp_path_factory.mktemp("sweep") / "out"
-    command = _sweep_command(out, tiny_causal_lm)
-    first = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             start_new_session=True, text=True)
+    # One run at a time until the kill, so both dense runs have finished when the first 'rejected' run checkpoints;
+    # the second invocation runs two at a time.
+    first = subprocess.Popen(_sweep_command(out, tiny_causal_lm, 1), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, start_new_session=True, text=True)
     manifest = out / "rejected" / "seed-0" / "checkpoint" / "checkpoint.json"
     deadline = time.monotonic() + 400
     while not manifest.exists():
@@ -128,7 +129,8 @@ def resumed_sweep(tmp_path_factory: pytest.TempPathFactory, tiny_causal_lm: str)
     finished = {seed: (out / "dense" / f"seed-{seed}" / "summary.json").stat().st_mtime_ns for seed in (0, 1)}
     killed_round = json.loads(manifest.read_text())["round"]
     assert not (out / "rejected" / "seed-0" / "summary.json").exists()
-    second = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    second = subprocess.run(_sweep_command(out, tiny_causal_lm, 2), cwd=ROOT, env=_env(), capture_output=True,
+                            text=True, timeout=600)
     return {"out": out, "finished": finished, "killed_round": killed_round, "second": second}
 
 
