@@ -7,8 +7,8 @@ A sweep (``fedsqueeze sweep``) runs every configuration × seed, resumes what a 
 ``--out`` and reports means with 95 % intervals; this script adds the comparison: per configuration the final
 primary metric (response perplexity for the SFT protocol) and every other held-out metric (ROUGE-L ...), MB sent up
 and down, the compression against dense, and bytes- and rounds-to-target, the target being dense FedAvg's mean final
-perplexity. Writes ``accuracy_vs_bytes.json`` and ``accuracy_vs_bytes.png`` to ``--out`` (beside the sweep's
-sweep.json, sweep.md and plots/) and prints the JSON. Usage:
+perplexity. Writes ``accuracy_vs_bytes.json``, ``accuracy_vs_bytes.png`` and ``accuracy_vs_bytes.md`` (the docs'
+table) to ``--out`` (beside the sweep's sweep.json, sweep.md and plots/) and prints the JSON. Usage:
 python benchmarks/accuracy_vs_bytes.py --out runs/accuracy_vs_bytes [--seeds 0,1,2] [--densities 0.05 0.1]
 [--protocol tiny --run-config model=DIR]   (a quick check)
 [--protocol "" --run-config "preset=fortunes num-server-rounds=3" --seeds 0,1,2]   (no protocol: the fortunes
@@ -66,6 +66,36 @@ def comparison(document: dict[str, Any], settings: dict[str, dict[str, object]])
             "mb_up_to_target": row["mb_to_target"] if sent else None,
             "wall_s": row["wall_s"], "problem_runs": row["problem_runs"]})
     return out
+
+
+def table(results: list[dict[str, Any]], target: dict[str, Any]) -> str:
+    """The comparison as the Markdown table the docs show: mean ± half-width of the 95 % interval over seeds; the
+    paired column is each seed's primary metric minus dense's on the same seed; ⚠ marks a configuration with a run
+    that failed or had failed, rejected or refused clients (listed under the table)."""
+    from simulations.sweep_report import estimate_text
+
+    metric = results[0]["metric"] or "metric"
+    lines = [f"| variant | runs | final {metric} | − dense's, paired by seed | ROUGE-L | MB up | MB down | "
+             "fewer bytes up than dense | runs reaching the target | rounds to target | MB up to target |",
+             "|" + "---|" * 11]
+    for row in results:
+        final = row["final"]
+        sent = row["mb_up"] is not None
+        ratio = row["compression_up_vs_dense"]
+        reached = "–" if row["target_reached"] is None else f"{row['target_reached']}/{row['finished']}"
+        lines.append("| " + " | ".join([
+            row["label"] + (" ⚠" if row["problem_runs"] else ""), f"{row['finished']}/{row['runs']}",
+            estimate_text(final.get(metric)), estimate_text(row["paired_vs_dense"], 3),
+            estimate_text(final.get("rouge_l"), 3),
+            estimate_text(row["mb_up"]) if sent else "(not sent)", estimate_text(row["mb_down"]) if sent else "–",
+            f"{ratio:,.0f}x" if ratio else "–", reached,
+            estimate_text(row["rounds_to_target"], 3) if sent else "–",
+            estimate_text(row["mb_up_to_target"]) if sent else "–"]) + " |")
+    problems = [f"- {row['label']}: {len(row['problem_runs'])} run(s) with problems (sweep.md lists them)"
+                for row in results if row["problem_runs"]]
+    head = (f"Target: {target['value']:.4g} ({target['from']}). Rounds and MB to target are over the runs that "
+            "reached it.")
+    return "\n".join([head, "", *lines, *(["", *problems] if problems else [])]) + "\n"
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -127,6 +157,8 @@ def main() -> None:
     results = comparison(document, settings)
     args.out.mkdir(parents=True, exist_ok=True)
     plot(results, args.out / "accuracy_vs_bytes.png")
+    if document["target"]["value"] is not None:
+        (args.out / "accuracy_vs_bytes.md").write_text(table(results, document["target"]))
     write(args.out, "accuracy_vs_bytes", {
         "benchmark": "accuracy_vs_bytes", "protocol": args.protocol, "seeds": document["plan"]["seeds"],
         "shared_run_config": document["plan"]["shared_run_config"], "confidence": document["confidence"],

@@ -223,7 +223,9 @@ def mean_and_half_width(mean: float, half: float, digits: int = 4) -> str:
     return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
 
 
-def _cell(estimate_: dict[str, Any], digits: int = 4) -> str:
+def estimate_text(estimate_: dict[str, Any] | None, digits: int = 4) -> str:
+    """An estimate (``estimate``) as a table cell: mean ± half-width of its interval, ``mean (n=1)`` for a single
+    run, ``–`` for none."""
     if not estimate_ or estimate_.get("mean") is None:
         return "–"
     mean, ci = estimate_["mean"], estimate_.get("ci95")
@@ -263,19 +265,20 @@ def render_markdown(document: dict[str, Any]) -> str:
     for row in rows:
         marker = " ⚠" if row["problem_runs"] else ""
         reached = ("–" if row["target_reached"] is None else
-                   f"{_cell(row['rounds_to_target'], 3)} ({row['target_reached']}/{row['finished']})")
+                   f"{estimate_text(row['rounds_to_target'], 3)} ({row['target_reached']}/{row['finished']})")
         cells = [f"{row['name']}{marker}", f"{row['finished']}/{row['runs']}",
-                 _cell(row["final"].get(metric, {})),
-                 *([_cell(row.get("paired_vs_target", {}), 3)] if paired else []),
-                 *(_cell(row["final"].get(k, {})) for k in others),
-                 _cell(row["mb_up"]), _cell(row["mb_down"]), reached, _cell(row["mb_to_target"]),
-                 _cell(row["wall_s"], 3)]
+                 estimate_text(row["final"].get(metric, {})),
+                 *([estimate_text(row.get("paired_vs_target", {}), 3)] if paired else []),
+                 *(estimate_text(row["final"].get(k, {})) for k in others),
+                 estimate_text(row["mb_up"]), estimate_text(row["mb_down"]), reached,
+                 estimate_text(row["mb_to_target"]),
+                 estimate_text(row["wall_s"], 3)]
         lines.append("| " + " | ".join(cells) + " |")
     lm_names = sorted({k for r in rows for k in r["lm_eval"]})
     if lm_names:
         lines += ["", "lm-eval scores of each run's final adapter (and of the base model alone):", "",
                   "| configuration | " + " | ".join(lm_names) + " |", "|" + "---|" * (len(lm_names) + 1)]
-        lines += ["| " + row["name"] + " | " + " | ".join(_cell(row["lm_eval"].get(k, {})) for k in lm_names)
+        lines += ["| " + row["name"] + " | " + " | ".join(estimate_text(row["lm_eval"].get(k, {})) for k in lm_names)
                   + " |" for row in rows]
     troubled = [r for r in rows if r["problem_runs"]]
     if troubled:
