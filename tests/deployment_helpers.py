@@ -146,7 +146,9 @@ def restart_process(name: str, command: list[str], *, logs: Path, env: dict[str,
 
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL ``proc``, every process of its group and every process below it, all at once (a machine that lost
-    power: nothing gets to stop gracefully), and reap it."""
+    power: nothing gets to stop gracefully), reap it and wait until every one of them is gone (a dying SuperLink
+    still accepts connections on its port for a moment, so a caller that restarts it and waits for the port could
+    otherwise find the old one)."""
     import psutil
 
     below = psutil.Process(proc.pid).children(recursive=True)
@@ -157,6 +159,17 @@ def kill_group(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    for child in below:  # gone, or a zombie nobody reaped yet: either way its sockets are closed
+        while True:
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process {child.pid} outlived SIGKILL by 30 s")
+            time.sleep(0.05)
 
 
 def warm_trainer_pid(node: subprocess.Popen, timeout_s: float = 60.0) -> int:
