@@ -15,9 +15,9 @@ from simulations.simulate import simulate
 from simulations.testing.audit import audited_sums_are_exact
 
 pytestmark = pytest.mark.slow
-# The coordinator scores the global model before and after every round: tests that assert nothing of the score have
-# it computed on 40 held-out reviews instead of the preset's 200.
-SMALL_HELDOUT = {"heldout": 40}
+# Tests that assert nothing of what the model learns (bytes, bit-identity, secure sums, dropouts) train 2 local steps
+# instead of the preset's 10, and the coordinator scores the global model on 40 held-out reviews instead of 200.
+UNSCORED = {"heldout": 40, "local-steps": 2}
 
 
 def test_simulation_survives_a_failing_client_and_exports_a_loadable_adapter(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_compeft_with_error_feedback_and_compressed_downlink(tmp_path: Path) -> 
 def test_ferret_keeps_every_client_bit_identical_to_the_global_model(tmp_path: Path, trainable: str) -> None:
     config = {"preset": "encoder", "num-server-rounds": 3, "num-clients": 3, "fraction-train": 0.67,
               "partitioner": "iid", "codec": "ferret", "trainable": trainable,
-              "ferret-dim": 256, "ferret-block-size": 16384, **SMALL_HELDOUT}
+              "ferret-dim": 256, "ferret-block-size": 16384, **UNSCORED}
     summary = simulate(config, out_dir=tmp_path, max_parallel=2)
 
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -102,7 +102,7 @@ def test_secure_aggregation_of_ferret_and_compeft_with_dropouts(tmp_path: Path, 
     audit = tmp_path / "audit"
     monkeypatch.setenv("FEDSQUEEZE_SECAGG_AUDIT_DIR", str(audit))
     config = {"preset": "encoder", "num-server-rounds": 1, "num-clients": 5, "partitioner": "iid", "secagg": True,
-              "codec": codec, **extra, **SMALL_HELDOUT}
+              "codec": codec, **extra, **UNSCORED}
     summary = simulate(config, out_dir=tmp_path / "run", max_parallel=2, fail_partitions=frozenset({0}),
                        fail_at=fail_at)
 
@@ -119,7 +119,7 @@ def test_secure_aggregation_of_ferret_and_compeft_with_dropouts(tmp_path: Path, 
 
 def test_one_dropout_too_many_skips_the_round_and_keeps_the_global_model(tmp_path: Path) -> None:
     config = {"preset": "encoder", "num-server-rounds": 1, "num-clients": 3, "partitioner": "iid", "secagg": True,
-              **SMALL_HELDOUT}
+              **UNSCORED}
     summary = simulate(config, out_dir=tmp_path, max_parallel=2, fail_partitions=frozenset({0, 1}),
                        fail_at="train.secagg_mask")  # threshold 2 of 3: one dropout is fine, two are not
 
