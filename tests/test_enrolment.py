@@ -1,6 +1,6 @@
 """Enrolment before round 1: FedAvg weights a client cannot inflate. (Nodes ordered by partition, so that sampling
 is reproducible whatever node ids Flower hands out: the SFT resume test in test_sft_simulation.py checks two
-processes sample the same clients.)"""
+simulations sample the same clients.)"""
 
 from __future__ import annotations
 

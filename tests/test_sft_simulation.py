@@ -173,7 +173,7 @@ def test_sft_resumed_after_a_round_ends_bit_identical_to_the_uninterrupted_run(
     resumed = simulate({**config, "resume": True}, out_dir=tmp_path / "cut", max_parallel=ACTORS)
 
     assert whole["server_optimizer"] == "fedadam" and whole["nll_final"] < whole["nll_base"]
-    # Two processes, other node ids each: the same partitions sampled in every round (nodes ordered by partition).
+    # Two simulations, other node ids each: the same partitions sampled in every round (nodes ordered by partition).
     sampled = [[sorted(c["partition_id"] for c in row["clients"]) for row in _rows(run, "metrics.jsonl")]
                for run in (whole_dir, tmp_path / "cut")]
     assert sampled[0] == sampled[1] and all(len(s) == 2 for s in sampled[0])
