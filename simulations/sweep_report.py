@@ -215,7 +215,7 @@ def mean_and_half_width(mean: float, half: float, digits: int = 4) -> str:
     same value on every seed) is ``± 0``; very large or small numbers fall back to ``digits`` significant digits."""
     if not (math.isfinite(mean) and math.isfinite(half)):
         return f"{_number(mean, digits)} ± {_number(half, 2)}"
-    if half <= 1e-9 * abs(mean) or half == 0.0:
+    if half <= 1e-9 * abs(mean):
         return f"{_number(mean, digits)} ± 0"
     decimals = max(0, 1 - math.floor(math.log10(half)))
     if decimals > 6 or abs(mean) >= 1e7:
